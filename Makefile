@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+DEMO    = demo
+
+.PHONY: demo test bench clean
+
+$(BIN)/python:
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+	  rm -rf $(VENV); \
+	  echo "python3 -m venv failed: Debian needs the python3-venv package."; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y python3-venv >/dev/null && $(PYTHON) -m venv $(VENV); \
+	  else echo "Run: sudo apt-get install python3-venv"; exit 1; fi; }
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@ $(VENV)/.installed
+
+# Render the next edition of the bundled sample blog to demo/preview.html and demo/preview.txt.
+demo: $(VENV)/.installed
+	@test -f $(DEMO)/digest.toml || { mkdir -p $(DEMO) && $(BIN)/digest init --config $(DEMO)/digest.toml \
+	  --name "codelooru weekly" --from "codelooru weekly <digest@codelooru.example>" \
+	  --feed ../examples/codelooru.atom --first-edition-days 0 >/dev/null; }
+	$(BIN)/digest --config $(DEMO)/digest.toml send --preview --out $(DEMO)
+
+test: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest
+
+bench: $(VENV)/.dev-installed
+	$(BIN)/python bench/send.py
+
+clean:
+	rm -rf $(VENV) $(DEMO) .pytest_cache

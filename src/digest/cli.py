@@ -1,0 +1,304 @@
+"""The `digest` command. Thin: parse arguments, call a service, print the result."""
+
+from __future__ import annotations
+
+import csv
+import sys
+import webbrowser
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import editions as editions_svc
+from . import jobs, sources
+from . import subscribers as subs
+from .config import Settings, config_path, load_settings, render_config
+from .errors import DigestError
+from .mailer import SMTPMailer
+from .models import SubscriberStatus
+from .store import create_schema, make_engine, session
+
+app = typer.Typer(
+    help="digest: turn a blog's feeds into an email newsletter.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+subscribers_app = typer.Typer(help="Manage the subscriber list.", no_args_is_help=True)
+editions_app = typer.Typer(help="List editions, or show one with `digest editions show N`.", invoke_without_command=True)
+app.add_typer(subscribers_app, name="subscribers")
+app.add_typer(editions_app, name="editions")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+ConfigOpt = Annotated[
+    Optional[Path],
+    typer.Option("--config", "-c", help="Config file (default: $DIGEST_CONFIG, else ./digest.toml).", show_default=False),
+]
+
+
+class State:
+    config: Path | None = None
+
+
+state = State()
+
+
+@app.callback()
+def _main(config: ConfigOpt = None) -> None:
+    state.config = config
+
+
+def settings() -> Settings:
+    return load_settings(state.config)
+
+
+@contextmanager
+def db(cfg: Settings):
+    engine = make_engine(cfg.database_url)
+    create_schema(engine)
+    with session(engine) as s:
+        yield s
+    engine.dispose()
+
+
+# --- init / fetch / send --------------------------------------------------------------------
+
+
+@app.command()
+def init(
+    config: ConfigOpt = None,
+    name: Annotated[str, typer.Option(help="Newsletter name.")] = "My Newsletter",
+    from_: Annotated[str, typer.Option("--from", help="From address, 'Name <addr>'.")] = "My Newsletter <news@example.com>",
+    feed: Annotated[Optional[list[str]], typer.Option(help="Feed URL or path (repeatable).")] = None,
+    public_url: Annotated[str, typer.Option(help="Base URL of `digest serve`.")] = "http://127.0.0.1:8000",
+    first_edition_days: Annotated[int, typer.Option(min=0, help="On a new install only posts this recent are sent (0: all).")] = 7,
+) -> None:
+    """Write a commented config (with a new secret key) and create the database."""
+    path = config_path(config or state.config)
+    if path.exists():
+        out.print(f"Config exists, left as it is: {path}")
+    else:
+        path.write_text(render_config(name=name, from_=from_, feeds=feed, public_url=public_url, first_edition_days=first_edition_days), encoding="utf-8")
+        out.print(f"Wrote {path}")
+    cfg = load_settings(path)
+    with db(cfg):
+        pass
+    out.print(f"Database ready: {cfg.database_url}")
+
+
+@app.command()
+def fetch() -> None:
+    """Poll every source and store new and updated posts."""
+    cfg = settings()
+    with db(cfg) as s:
+        reports = sources.poll(s, cfg, jobs.utc_now)
+    _print_poll(reports)
+    if reports and all(not r.ok for r in reports):
+        raise typer.Exit(1)
+
+
+def _print_poll(reports: list[sources.SourceReport]) -> None:
+    for r in reports:
+        if r.error:
+            err.print(f"[red]failed[/] {r.error}")
+        elif r.not_modified:
+            out.print(f"{r.url}: not modified")
+        else:
+            out.print(f"{r.url}: {r.new} new, {r.updated} updated, {r.unchanged} unchanged")
+
+
+@app.command()
+def send(
+    preview: Annotated[bool, typer.Option("--preview", help="Render the next edition to files; record and send nothing.")] = False,
+    out_dir: Annotated[Path, typer.Option("--out", help="Where --preview writes preview.html and preview.txt.")] = Path("."),
+    to: Annotated[Optional[list[str]], typer.Option("--to", help="With --preview: mail it to this address only (repeatable).")] = None,
+    open_: Annotated[bool, typer.Option("--open", help="With --preview: open preview.html in a browser.")] = False,
+    latest: Annotated[Optional[int], typer.Option("--latest", min=1, help="With --preview: the newest N posts, sent or not.")] = None,
+    no_fetch: Annotated[bool, typer.Option("--no-fetch", help="Do not poll the feeds first.")] = False,
+) -> None:
+    """Fetch, finish any unfinished edition, then build and deliver the next one."""
+    cfg = settings()
+    if not preview and (to or open_ or latest):
+        raise typer.BadParameter("--to, --open and --latest go with --preview")
+    with db(cfg) as s:
+        if preview:
+            _preview(s, cfg, out_dir, to or [], open_, latest, not no_fetch)
+            return
+        mailer = SMTPMailer(cfg.smtp)
+        try:
+            result = jobs.send(s, cfg, mailer, fetch=not no_fetch)
+        finally:
+            mailer.close()
+    _print_poll(result.polled)
+    for r in result.resumed:
+        out.print(f"Resumed edition {r.edition_number}: {r.sent} delivered, {r.failed} failed, {r.deferred} pending")
+        _print_failures(r)
+    if result.edition is None:
+        out.print("Nothing new to send.")
+        return
+    r = result.edition
+    out.print(
+        f"Edition {r.edition_number}: {result.post_count} posts, {r.sent} delivered, {r.failed} failed"
+        + (f", {r.deferred} pending (will retry)" if r.deferred else "")
+    )
+    _print_failures(r)
+
+
+def _print_failures(r) -> None:
+    for address, reply in r.failures[:20]:
+        err.print(f"  failed {address}: {reply}")
+    if len(r.failures) > 20:
+        err.print(f"  ... and {len(r.failures) - 20} more (digest editions show {r.edition_number})")
+
+
+def _preview(s, cfg: Settings, out_dir: Path, to: list[str], open_: bool, latest: int | None, fetch: bool) -> None:
+    if fetch:
+        _print_poll(sources.poll(s, cfg, jobs.utc_now))
+    p = jobs.preview(s, cfg, latest=latest, fetch=False)
+    if p is None:
+        out.print("Nothing new to send: every post is already in an edition. Use --latest N to preview the newest posts.")
+        return
+    html, text = p.message.parts_for(jobs.preview_recipient(cfg))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    html_path, text_path = out_dir / "preview.html", out_dir / "preview.txt"
+    html_path.write_text(html, encoding="utf-8")
+    text_path.write_text(text, encoding="utf-8")
+    out.print(f"Subject: {p.subject}")
+    out.print(f"{p.view.post_count} posts in {len(p.view.sections)} sections: " + ", ".join(
+        f"{sec.name} ({len(sec.posts)})" for sec in p.view.sections))
+    out.print(f"Wrote {html_path.resolve()}")
+    out.print(f"Wrote {text_path.resolve()}")
+    if to:
+        for address, reply in jobs.send_preview(p, to, SMTPMailer(cfg.smtp), cfg):
+            if reply.ok:
+                out.print(f"Sent preview to {address}")
+            else:
+                err.print(f"[red]Preview to {address} refused:[/] {reply.code} {reply.text}")
+    if open_:
+        webbrowser.open(html_path.resolve().as_uri())
+
+
+# --- subscribers ------------------------------------------------------------------------------
+
+
+@subscribers_app.command("add")
+def subscribers_add(email: str, name: Annotated[Optional[str], typer.Option(help="The subscriber's name.")] = None) -> None:
+    """Add a confirmed subscriber (or reactivate one)."""
+    cfg = settings()
+    with db(cfg) as s:
+        sub, created = subs.add(s, email, jobs.utc_now, name=name)
+    out.print(f"{'Added' if created else 'Updated'} {sub.email} ({sub.status.value})")
+
+
+@subscribers_app.command("import")
+def subscribers_import(file: Annotated[Path, typer.Argument(help="CSV with columns email[,name].")]) -> None:
+    """Import confirmed subscribers from CSV; bad rows are reported, the rest imported."""
+    cfg = settings()
+    try:
+        stream = file.open(encoding="utf-8-sig", newline="")
+    except OSError as exc:
+        raise DigestError(f"cannot read {file}: {exc.strerror}") from None
+    with stream, db(cfg) as s:
+        report = subs.import_csv(s, stream, jobs.utc_now)
+    for line, reason in report.errors:
+        err.print(f"{file}:{line}: {reason}")
+    out.print(f"Imported {report.imported}, skipped {report.skipped} already subscribed, {len(report.errors)} bad rows")
+
+
+@subscribers_app.command("export")
+def subscribers_export(status: Annotated[Optional[SubscriberStatus], typer.Option(help="Only this status.")] = None) -> None:
+    """Write the list as CSV to standard output."""
+    cfg = settings()
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    with db(cfg) as s:
+        for row in subs.export_rows(s, status):
+            writer.writerow(row)
+
+
+@subscribers_app.command("list")
+def subscribers_list(status: Annotated[Optional[SubscriberStatus], typer.Option(help="Only this status.")] = None) -> None:
+    """List subscribers."""
+    cfg = settings()
+    table = Table("email", "name", "status", "since", "topics")
+    n = 0
+    with db(cfg) as s:
+        for sub in subs.iterate(s, status):
+            n += 1
+            table.add_row(sub.email, sub.name or "", sub.status.value, f"{sub.created_at:%Y-%m-%d}", sub.categories or "all")
+    out.print(table)
+    out.print(f"{n} subscriber{'s' if n != 1 else ''}")
+
+
+@subscribers_app.command("remove")
+def subscribers_remove(email: str) -> None:
+    """Unsubscribe an address (its history is kept)."""
+    cfg = settings()
+    with db(cfg) as s:
+        sub = subs.get(s, email)
+        changed = subs.unsubscribe(s, sub, jobs.utc_now)
+    out.print(f"Unsubscribed {sub.email}" if changed else f"{sub.email} was already unsubscribed")
+
+
+@subscribers_app.command("delete")
+def subscribers_delete(email: str, yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False) -> None:
+    """Erase everything stored about an address."""
+    cfg = settings()
+    with db(cfg) as s:
+        sub = subs.get(s, email)
+        if not yes and sys.stdin.isatty():
+            typer.confirm(f"Erase {sub.email} and their data?", abort=True)
+        subs.erase(s, sub)
+    out.print(f"Erased {email}")
+
+
+# --- editions ---------------------------------------------------------------------------------
+
+
+@editions_app.callback()
+def editions_list(ctx: typer.Context) -> None:
+    """List editions: number, date, posts, delivered / failed / pending."""
+    if ctx.invoked_subcommand is not None:
+        return
+    cfg = settings()
+    table = Table("#", "created (UTC)", "status", "posts", "delivered", "failed", "pending", "subject")
+    with db(cfg) as s:
+        rows = editions_svc.summaries(s)
+    for e, c in rows:
+        table.add_row(str(e.number), f"{e.created_at:%Y-%m-%d %H:%M}", e.status.value, str(c["posts"]),
+                      str(c["sent"]), str(c["failed"]), str(c["pending"]), e.subject)
+    out.print(table if rows else "No editions yet.")
+
+
+@editions_app.command("show")
+def editions_show(number: int) -> None:
+    """Show one edition: its posts, counts, and every failed delivery with the server's reply."""
+    cfg = settings()
+    with db(cfg) as s:
+        e, counts, posts, failures = editions_svc.details(s, number)
+    out.print(f"Edition {e.number} — {e.subject}")
+    out.print(f"Created {e.created_at:%Y-%m-%d %H:%M} UTC, status {e.status.value}"
+              + (f", finished {e.finished_at:%Y-%m-%d %H:%M}" if e.finished_at else ""))
+    out.print(f"Delivered {counts['sent']}, failed {counts['failed']}, pending {counts['pending']}, skipped {counts['skipped']}")
+    for p in posts:
+        out.print(f"  [{p.category}] {p.display_title}  {p.url}")
+    if failures:
+        out.print("Failures:")
+        for address, attempts, error in failures:
+            out.print(f"  {address or '(erased)'}: {error} (attempts: {attempts})")
+
+
+def main() -> None:
+    try:
+        app()
+    except DigestError as exc:
+        err.print(f"error: {exc}", markup=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,269 @@
+"""Every setting and its default, in one place.
+
+Settings come from a TOML file (``--config PATH``, else ``$DIGEST_CONFIG``, else
+``./digest.toml``) and can be overridden from the environment as
+``DIGEST_<SECTION>__<KEY>`` (e.g. ``DIGEST_SMTP__PORT=2525``).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from email.utils import parseaddr
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_NAME = "digest.toml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NewsletterSettings(_Section):
+    name: str
+    from_: str = Field(alias="from")
+    public_url: str = "http://127.0.0.1:8000"
+    secret_key: str = Field(min_length=16)
+    subject: str = "{name}: {n} new posts"
+    reply_to: str | None = None
+    list_id: str | None = None  # defaults to "<slug>.<from domain>"
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @field_validator("from_")
+    @classmethod
+    def _from_has_address(cls, value: str) -> str:
+        _, addr = parseaddr(value)
+        if "@" not in addr or any(c in value for c in "\r\n"):
+            raise ValueError("must be an address such as 'Name <news@example.com>'")
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @property
+    def from_address(self) -> str:
+        return parseaddr(self.from_)[1]
+
+    @property
+    def domain(self) -> str:
+        return self.from_address.rpartition("@")[2].lower()
+
+
+class DatabaseSettings(_Section):
+    url: str = "sqlite:///digest.db"
+
+
+class FeedsSettings(_Section):
+    urls: list[str] = Field(min_length=1)
+    timeout: float = 20.0
+    max_bytes: int = 10 * 1024 * 1024
+    user_agent: str = "digest/0.1 (+self-hosted newsletter digest)"
+
+
+class SMTPSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = 25
+    security: Literal["none", "starttls", "tls"] = "none"
+    username: str | None = None
+    password: str | None = None
+    timeout: float = 20.0
+    local_hostname: str = "localhost"
+
+
+class DigestSettings(_Section):
+    category_from: Literal["title", "feed"] = "title"
+    sections: list[str] = []
+    excerpt_words: int = Field(default=60, ge=5)
+    first_edition_days: int = Field(default=7, ge=0)
+    templates_dir: Path | None = None
+
+
+class DeliverySettings(_Section):
+    batch_size: int = Field(default=200, ge=1)  # deliveries claimed (and committed) per batch
+    lease_seconds: int = Field(default=600, ge=10)  # a claim older than this is abandoned
+
+
+class Settings(BaseSettings):
+    newsletter: NewsletterSettings
+    database: DatabaseSettings = DatabaseSettings()
+    feeds: FeedsSettings
+    smtp: SMTPSettings = SMTPSettings()
+    digest: DigestSettings = DigestSettings()
+    delivery: DeliverySettings = DeliverySettings()
+
+    model_config = SettingsConfigDict(
+        env_prefix="DIGEST_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    # Set by load_settings(); relative paths in the file are resolved against it.
+    _config_path: Path | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file, which load_settings() passes as init values.
+        return (env_settings, init_settings)
+
+    @property
+    def config_dir(self) -> Path:
+        return self._config_path.parent if self._config_path else Path.cwd()
+
+    @property
+    def templates_dir(self) -> Path | None:
+        d = self.digest.templates_dir
+        if d is None:
+            return None
+        return d if d.is_absolute() else self.config_dir / d
+
+    def feed_locations(self) -> list[str]:
+        """Feed URLs, with relative local paths resolved against the config file."""
+        out = []
+        for url in self.feeds.urls:
+            if url.startswith(("http://", "https://", "file://")) or Path(url).is_absolute():
+                out.append(url)
+            else:
+                out.append(str((self.config_dir / url).resolve()))
+        return out
+
+    @property
+    def database_url(self) -> str:
+        """The database URL, a relative SQLite path resolved against the config file."""
+        url = self.database.url
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+            path = url[len(prefix):]
+            if path and not Path(path).is_absolute():
+                return prefix + str((self.config_dir / path).resolve())
+        return url
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """Where the config file is: --config, else $DIGEST_CONFIG, else ./digest.toml."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("DIGEST_CONFIG")
+    if env:
+        return Path(env)
+    return Path.cwd() / DEFAULT_CONFIG_NAME
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Load settings; any problem is a ConfigError with a one-line message naming the key."""
+    cfg = config_path(path)
+    if not cfg.is_file():
+        raise ConfigError(
+            f"config file not found: {cfg} (run 'digest init' to create one, or pass --config)"
+        )
+    try:
+        data = tomllib.loads(cfg.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{cfg}: not valid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{cfg}: cannot read: {exc}") from None
+    for section, values in overrides.items():
+        data.setdefault(section, {}).update(values)
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, cfg)) from None
+    settings._config_path = cfg.resolve()
+    return settings
+
+
+def _describe(exc: ValidationError, cfg: Path) -> str:
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    key = ".".join("from" if p == "from_" else p for p in loc)
+    if err["type"] == "missing":
+        msg = f"missing required setting '{key}'"
+    else:
+        msg = f"invalid setting '{key}': {err['msg']}"
+    env = "DIGEST_" + "__".join(p.upper() for p in loc)
+    return f"{cfg}: {msg} (set it in the file or as {env})"
+
+
+def new_secret_key() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def render_config(
+    *,
+    name: str = "My Newsletter",
+    from_: str = "My Newsletter <news@example.com>",
+    public_url: str = "http://127.0.0.1:8000",
+    feeds: list[str] | None = None,
+    database_url: str = "sqlite:///digest.db",
+    smtp_host: str = "127.0.0.1",
+    smtp_port: int = 25,
+    secret_key: str | None = None,
+    first_edition_days: int = 7,
+) -> str:
+    """The commented config file that `digest init` writes."""
+    import json
+
+    feeds = feeds or ["https://www.example.com/feeds/posts/default"]
+    q = json.dumps  # TOML basic strings accept JSON string escapes
+    feed_list = ", ".join(q(f) for f in feeds)
+    return f"""\
+# digest configuration. Every key can be overridden from the environment as
+# DIGEST_<SECTION>__<KEY>, e.g. DIGEST_SMTP__PORT=2525.
+
+[newsletter]
+name = {q(name)}                 # shown in the subject and the header
+from = {q(from_)}   # From address
+public_url = {q(public_url)}     # base URL of `digest serve`; used in every link
+secret_key = {q(secret_key or new_secret_key())}  # signs links; keep it secret
+# subject = "{{name}}: {{n}} new posts"  # {{name}}, {{n}} (posts), {{number}} (edition), {{date}}
+# reply_to = "editor@example.com"
+
+[database]
+url = {q(database_url)}   # any SQLAlchemy URL; relative SQLite paths are relative to this file
+
+[feeds]
+urls = [{feed_list}]   # http(s) URLs or local file paths
+# timeout = 20        # seconds per HTTP request
+# max_bytes = 10485760
+
+[smtp]
+host = {q(smtp_host)}
+port = {smtp_port}
+security = "none"     # none | starttls | tls
+# username = ""
+# password = ""       # better: DIGEST_SMTP__PASSWORD in the environment
+# timeout = 20
+
+[digest]
+category_from = "title"   # "title": the prefix before ": "; "feed": the post's first feed category
+sections = []             # section order; unlisted categories follow alphabetically
+excerpt_words = 60
+first_edition_days = {first_edition_days}    # on a new install, only posts this recent go into the first edition (0: all)
+# templates_dir = "templates"   # override the bundled templates
+
+[delivery]
+# batch_size = 200      # deliveries claimed and committed per batch
+# lease_seconds = 600   # a sender that stops answering loses its claim after this
+"""

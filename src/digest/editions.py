@@ -1,0 +1,247 @@
+"""Service: which posts go into the next edition, and creating it with its deliveries."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, insert, literal, select as sa_select
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from .errors import NotFound
+
+from .models import (
+    Delivery,
+    DeliveryStatus,
+    Edition,
+    EditionPost,
+    EditionStatus,
+    Post,
+    Subscriber,
+    SubscriberStatus,
+    as_utc,
+)
+
+Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True)
+class Section:
+    name: str
+    posts: tuple[Post, ...]
+
+
+@dataclass(frozen=True)
+class EditionView:
+    """What a rendered edition shows: its number (None in a preview), date and sections."""
+
+    number: int | None
+    date: datetime
+    sections: tuple[Section, ...]
+
+    @property
+    def post_count(self) -> int:
+        return sum(len(s.posts) for s in self.sections)
+
+    @property
+    def categories(self) -> frozenset[str]:
+        return frozenset(s.name for s in self.sections)
+
+    def only(self, categories: frozenset[str] | None) -> EditionView:
+        """The sections a subscriber chose (None = all)."""
+        if categories is None:
+            return self
+        keep = tuple(s for s in self.sections if s.name in categories)
+        return EditionView(self.number, self.date, keep)
+
+
+def unsent_posts(session: Session) -> list[Post]:
+    """Every eligible post not yet in an edition."""
+    in_edition = sa_select(EditionPost.post_id)
+    stmt = select(Post).where(Post.eligible == True, col(Post.id).not_in(in_edition))  # noqa: E712
+    return list(session.exec(stmt).all())
+
+
+def latest_posts(session: Session, n: int) -> list[Post]:
+    stmt = select(Post).order_by(
+        col(Post.published_at).desc().nulls_last(), col(Post.first_seen_at).desc()
+    ).limit(n)
+    return list(session.exec(stmt).all())
+
+
+def _sort_key(post: Post) -> tuple:
+    when = post.published_at or post.first_seen_at
+    return (when, post.id or 0)
+
+
+def sections(posts: Iterable[Post], order: Sequence[str] = ()) -> tuple[Section, ...]:
+    """Posts grouped by category: configured order first, then alphabetical; newest first within."""
+    groups: dict[str, list[Post]] = {}
+    for post in posts:
+        groups.setdefault(post.category, []).append(post)
+    rank = {name.casefold(): i for i, name in enumerate(order)}
+    names = sorted(groups, key=lambda n: (rank.get(n.casefold(), len(rank)), n.casefold()))
+    return tuple(
+        Section(name, tuple(sorted(groups[name], key=_sort_key, reverse=True))) for name in names
+    )
+
+
+def view(posts: Iterable[Post], number: int | None, date: datetime, order: Sequence[str] = ()) -> EditionView:
+    return EditionView(number, date, sections(posts, order))
+
+
+def edition_view(session: Session, edition: Edition, order: Sequence[str] = ()) -> EditionView:
+    posts = session.exec(
+        select(Post).join(EditionPost, EditionPost.post_id == Post.id).where(
+            EditionPost.edition_id == edition.id
+        )
+    ).all()
+    return view(posts, edition.number, edition.created_at, order)
+
+
+def parse_categories(value: str | None) -> frozenset[str] | None:
+    if value is None:
+        return None
+    return frozenset(c for c in (p.strip() for p in value.split(",")) if c)
+
+
+def subject_for(template: str, name: str, n: int, number: int | None, date: datetime) -> str:
+    subject = template.format_map(
+        _Lenient(name=name, n=n, number=number if number is not None else "", date=date.strftime("%B %-d, %Y"))
+    )
+    return " ".join(subject.split())  # one line, whatever the config says
+
+
+class _Lenient(dict):
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def unfinished(session: Session) -> list[Edition]:
+    return list(
+        session.exec(
+            select(Edition).where(Edition.status == EditionStatus.sending).order_by(Edition.number)
+        ).all()
+    )
+
+
+def next_number(session: Session) -> int:
+    return (session.execute(sa_select(func.max(Edition.number))).scalar() or 0) + 1
+
+
+def create(
+    session: Session,
+    clock: Clock,
+    *,
+    subject_template: str,
+    newsletter_name: str,
+    slot: datetime | None = None,
+) -> Edition | None:
+    """Create the next edition from every unsent post, with a pending delivery for each active
+    subscriber, in one transaction. None when there is nothing new (or another process just took
+    these posts)."""
+    posts = unsent_posts(session)
+    if not posts:
+        return None
+    now = as_utc(clock())
+    number = next_number(session)
+    edition = Edition(
+        number=number,
+        created_at=now,
+        status=EditionStatus.sending,
+        subject=subject_for(subject_template, newsletter_name, len(posts), number, now),
+        slot=as_utc(slot) if slot else None,
+    )
+    try:
+        session.add(edition)
+        session.flush()
+        session.add_all(EditionPost(post_id=p.id, edition_id=edition.id) for p in posts)
+        session.flush()
+        _add_deliveries(session, edition, frozenset(p.category for p in posts))
+        session.commit()
+    except IntegrityError:
+        # Another sender built an edition from the same posts (or slot) first.
+        session.rollback()
+        return None
+    return edition
+
+
+def _add_deliveries(session: Session, edition: Edition, categories: frozenset[str]) -> None:
+    """One pending delivery per subscriber who is active, not paused, and wants one of these
+    categories, in a single INSERT ... SELECT (no subscriber is loaded into memory)."""
+    wanted = sa_select(
+        literal(edition.id),
+        Subscriber.id,
+        literal(DeliveryStatus.pending.name),
+        literal(0),
+    ).where(Subscriber.status == SubscriberStatus.active, Subscriber.paused == False)  # noqa: E712
+    session.execute(
+        insert(Delivery).from_select(["edition_id", "subscriber_id", "status", "attempts"], wanted)
+    )
+    # Subscribers who chose categories, none of which are in this edition, get nothing.
+    choosy = session.exec(
+        select(Subscriber.id, Subscriber.categories).where(
+            Subscriber.status == SubscriberStatus.active,
+            Subscriber.paused == False,  # noqa: E712
+            col(Subscriber.categories).is_not(None),
+        )
+    ).all()
+    skip = [sid for sid, cats in choosy if not (parse_categories(cats) & categories)]
+    for i in range(0, len(skip), 500):
+        session.execute(
+            Delivery.__table__.delete().where(
+                Delivery.edition_id == edition.id, col(Delivery.subscriber_id).in_(skip[i : i + 500])
+            )
+        )
+
+
+def _counts(session: Session, edition_ids: list[int]) -> dict[int, dict[str, int]]:
+    counts: dict[int, dict[str, int]] = {
+        i: {"posts": 0, **{s.value: 0 for s in DeliveryStatus}} for i in edition_ids
+    }
+    if not edition_ids:
+        return counts
+    for eid, status, n in session.execute(
+        sa_select(Delivery.edition_id, Delivery.status, func.count())
+        .where(col(Delivery.edition_id).in_(edition_ids))
+        .group_by(Delivery.edition_id, Delivery.status)
+    ).all():
+        counts[eid][DeliveryStatus(status).value] = n
+    for eid, n in session.execute(
+        sa_select(EditionPost.edition_id, func.count())
+        .where(col(EditionPost.edition_id).in_(edition_ids))
+        .group_by(EditionPost.edition_id)
+    ).all():
+        counts[eid]["posts"] = n
+    return counts
+
+
+def summaries(session: Session) -> list[tuple[Edition, dict[str, int]]]:
+    """Every edition, newest first, with post and delivery counts."""
+    rows = list(session.exec(select(Edition).order_by(col(Edition.number).desc())).all())
+    counts = _counts(session, [e.id for e in rows])
+    return [(e, counts[e.id]) for e in rows]
+
+
+def get(session: Session, number: int) -> Edition:
+    edition = session.exec(select(Edition).where(Edition.number == number)).first()
+    if edition is None:
+        raise NotFound(f"no edition {number} (see `digest editions`)")
+    return edition
+
+
+def details(session: Session, number: int):
+    """(edition, counts, posts, failures[(address, attempts, error)]) for `digest editions show`."""
+    edition = get(session, number)
+    counts = _counts(session, [edition.id])[edition.id]
+    posts = edition_view(session, edition).sections
+    failures = session.execute(
+        sa_select(Subscriber.email, Delivery.attempts, Delivery.last_error)
+        .select_from(Delivery)
+        .outerjoin(Subscriber, Subscriber.id == Delivery.subscriber_id)
+        .where(Delivery.edition_id == edition.id, Delivery.status == DeliveryStatus.failed)
+        .order_by(Delivery.id)
+    ).all()
+    return edition, counts, [p for s in posts for p in s.posts], failures

@@ -1,0 +1,223 @@
+"""Fetch a feed (http(s) or a local file) and parse it into FeedPost values.
+
+Nothing here touches the database: `sources.poll()` stores what this returns.
+"""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import html
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import feedparser
+import httpx
+import nh3
+
+from .errors import FeedError
+
+FALLBACK_CATEGORY = "More"
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    body: bytes | None  # None: not modified since the last fetch
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+@dataclass(frozen=True)
+class FeedPost:
+    guid: str
+    url: str  # "" when the feed gave no http(s) link
+    title: str  # plain text, one line
+    category: str
+    display_title: str
+    author: str | None
+    published_at: datetime | None  # UTC
+    excerpt: str  # plain text
+    content_hash: str
+
+
+@dataclass(frozen=True)
+class ParsedFeed:
+    title: str | None
+    posts: list[FeedPost] = field(default_factory=list)
+
+
+def is_http(location: str) -> bool:
+    return location.startswith(("http://", "https://"))
+
+
+def fetch(
+    location: str,
+    *,
+    etag: str | None = None,
+    last_modified: str | None = None,
+    timeout: float = 20.0,
+    max_bytes: int = 10 * 1024 * 1024,
+    user_agent: str = "digest",
+    transport: httpx.BaseTransport | None = None,
+) -> FetchResult:
+    """Read a feed's bytes: conditional GET for http(s), a plain read for a local path."""
+    if not is_http(location):
+        path = Path(location[len("file://"):] if location.startswith("file://") else location)
+        try:
+            size = path.stat().st_size
+            if size > max_bytes:
+                raise FeedError(f"{location}: file is larger than {max_bytes} bytes")
+            return FetchResult(path.read_bytes())
+        except FileNotFoundError:
+            raise FeedError(f"{location}: no such file") from None
+        except OSError as exc:
+            raise FeedError(f"{location}: cannot read: {exc.strerror or exc}") from None
+
+    headers = {"User-Agent": user_agent, "Accept": "application/atom+xml, application/rss+xml, application/xml;q=0.9, */*;q=0.5"}
+    if etag:
+        headers["If-None-Match"] = etag
+    if last_modified:
+        headers["If-Modified-Since"] = last_modified
+    try:
+        with httpx.Client(timeout=timeout, follow_redirects=True, transport=transport) as client:
+            with client.stream("GET", location, headers=headers) as resp:
+                if resp.status_code == 304:
+                    return FetchResult(None, etag, last_modified)
+                if resp.status_code >= 400:
+                    raise FeedError(f"{location}: HTTP {resp.status_code} {resp.reason_phrase}")
+                declared = resp.headers.get("Content-Length")
+                if declared and declared.isdigit() and int(declared) > max_bytes:
+                    raise FeedError(f"{location}: feed is larger than {max_bytes} bytes")
+                chunks, total = [], 0
+                for chunk in resp.iter_bytes():
+                    total += len(chunk)
+                    if total > max_bytes:
+                        raise FeedError(f"{location}: feed is larger than {max_bytes} bytes")
+                    chunks.append(chunk)
+                return FetchResult(
+                    b"".join(chunks),
+                    resp.headers.get("ETag"),
+                    resp.headers.get("Last-Modified"),
+                )
+    except httpx.TimeoutException:
+        raise FeedError(f"{location}: timed out after {timeout:g} s") from None
+    except httpx.HTTPError as exc:
+        raise FeedError(f"{location}: {exc.__class__.__name__}: {exc}") from None
+
+
+def parse(
+    body: bytes,
+    location: str,
+    *,
+    category_from: str = "title",
+    excerpt_words: int = 60,
+) -> ParsedFeed:
+    """Parse feed bytes. A document that is not a feed raises FeedError."""
+    # Our own sanitizer (nh3) handles untrusted HTML; feedparser's would hide its mistakes.
+    d = feedparser.parse(body, sanitize_html=False)
+    if not d.entries:
+        if d.get("bozo"):
+            reason = d.get("bozo_exception")
+            raise FeedError(f"{location}: not a valid feed ({_one_line(str(reason)) or 'parse error'})")
+        if not d.get("version"):
+            raise FeedError(f"{location}: not an RSS or Atom feed")
+    title = _one_line(html_to_text(d.feed.get("title", ""))) or None
+    posts = [_post(e, category_from, excerpt_words) for e in d.entries]
+    return ParsedFeed(title=title, posts=posts)
+
+
+def _post(entry, category_from: str, excerpt_words: int) -> FeedPost:
+    title = _one_line(html_to_text(entry.get("title", ""))) or "(untitled)"
+    content = ""
+    if entry.get("content"):
+        content = entry.content[0].get("value", "")
+    summary = entry.get("summary", "")
+    body_html = content or summary
+    tags = [t.get("term") or t.get("label") for t in entry.get("tags", []) or []]
+    tags = [_one_line(t) for t in tags if t and _one_line(t)]
+
+    category, display = split_category(title, tags, category_from)
+    link = entry.get("link", "") or ""
+    url = link if _is_web_link(link) else ""
+    guid = entry.get("id") or link or ""
+    digest_src = (title + "\x00" + body_html).encode("utf-8", "replace")
+    content_hash = hashlib.sha256(digest_src).hexdigest()
+    if not guid:
+        guid = "sha256:" + content_hash
+    published = entry.get("published_parsed") or entry.get("updated_parsed")
+    published_at = (
+        datetime.fromtimestamp(calendar.timegm(published), tz=timezone.utc)
+        if published
+        else None
+    )
+    detail = entry.get("author_detail") or {}
+    author_raw = detail.get("name") or entry.get("author", "") or ""
+    author = _one_line(html_to_text(author_raw)) or None
+    return FeedPost(
+        guid=guid[:2000],
+        url=url,
+        title=title,
+        category=category,
+        display_title=display,
+        author=author[:500] if author else None,
+        published_at=published_at,
+        excerpt=excerpt(html_to_text(body_html), excerpt_words),
+        content_hash=content_hash,
+    )
+
+
+_PREFIX = re.compile(r"^\s*([^:]{1,40}?):\s+(\S.*)$")
+
+
+def split_category(title: str, tags: list[str], category_from: str) -> tuple[str, str]:
+    """(section, shown title): "Architecture: Snowflake" -> ("Architecture", "Snowflake")."""
+    if category_from == "title":
+        m = _PREFIX.match(title)
+        if m and len(m.group(1).split()) <= 4:
+            return m.group(1).strip(), m.group(2).strip()
+    return (tags[0] if tags else FALLBACK_CATEGORY), title
+
+
+_BLOCK = re.compile(
+    r"<(?:br|/?p|/?div|/?h[1-6]|/?li|/?ul|/?ol|/?tr|/?td|/?th|/?blockquote|/?pre|/?section|"
+    r"/?article|/?figure|/?figcaption|img|hr)\b[^>]*>",
+    re.IGNORECASE,
+)
+_SPACE = re.compile(r"\s+")
+
+
+def html_to_text(fragment: str) -> str:
+    """Untrusted HTML to plain text: tags (and script/style contents) dropped, entities decoded."""
+    if not fragment:
+        return ""
+    spaced = _BLOCK.sub(" ", fragment)
+    stripped = nh3.clean(spaced, tags=set(), attributes={}, strip_comments=True)
+    return _SPACE.sub(" ", html.unescape(stripped)).strip()
+
+
+def excerpt(text: str, words: int) -> str:
+    """About `words` words, cut at a word boundary with an ellipsis."""
+    parts = text.split()
+    if len(parts) <= words:
+        return " ".join(parts)
+    cut = " ".join(parts[:words]).rstrip(",;:-–—(")
+    return cut + "…"
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
+
+
+def _one_line(value: str) -> str:
+    """No CR/LF or other control characters: nothing from a feed can break a header."""
+    return _SPACE.sub(" ", _CONTROL.sub(" ", value or "")).strip()
+
+
+def _is_web_link(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.netloc) and not _CONTROL.search(url)

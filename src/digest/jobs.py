@@ -1,0 +1,136 @@
+"""The main job, shared by `digest send` and the scheduler: fetch, finish any unfinished
+edition, build the next one from every unsent post, deliver it. And the preview of it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from sqlmodel import Session
+
+from . import editions, sources
+from .config import Settings
+from .delivery import DeliveryReport, build_message, deliver
+from .editions import EditionView
+from .links import Links
+from .mailer import Envelope, Mailer, Reply
+from .message import Message, Recipient
+from .render import Renderer
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def renderer_for(settings: Settings) -> Renderer:
+    return Renderer(
+        newsletter_name=settings.newsletter.name,
+        public_url=settings.newsletter.public_url,
+        templates_dir=settings.templates_dir,
+    )
+
+
+@dataclass
+class SendResult:
+    polled: list[sources.SourceReport] = field(default_factory=list)
+    resumed: list[DeliveryReport] = field(default_factory=list)
+    edition: DeliveryReport | None = None  # the new edition, if one was built
+    post_count: int = 0
+
+
+def send(
+    session: Session,
+    settings: Settings,
+    mailer: Mailer,
+    clock: Clock = utc_now,
+    *,
+    fetch: bool = True,
+    stop: Callable[[], bool] = lambda: False,
+    slot: datetime | None = None,
+) -> SendResult:
+    result = SendResult()
+    if fetch:
+        result.polled = sources.poll(session, settings, clock)
+    renderer = renderer_for(settings)
+    for unfinished in editions.unfinished(session):
+        if stop():
+            return result
+        result.resumed.append(deliver(session, unfinished, mailer, clock, settings, renderer=renderer, stop=stop))
+    if stop():
+        return result
+    edition = editions.create(
+        session,
+        clock,
+        subject_template=settings.newsletter.subject,
+        newsletter_name=settings.newsletter.name,
+        slot=slot,
+    )
+    if edition is None:
+        return result
+    view = editions.edition_view(session, edition, settings.digest.sections)
+    result.post_count = view.post_count
+    result.edition = deliver(session, edition, mailer, clock, settings, renderer=renderer, stop=stop)
+    return result
+
+
+@dataclass
+class Preview:
+    view: EditionView
+    message: Message
+
+    @property
+    def subject(self) -> str:
+        return self.message.subject
+
+
+def preview(
+    session: Session,
+    settings: Settings,
+    clock: Clock = utc_now,
+    *,
+    latest: int | None = None,
+    fetch: bool = True,
+) -> Preview | None:
+    """Exactly the edition `send` would build now (or the newest `latest` posts); records nothing."""
+    if fetch:
+        sources.poll(session, settings, clock)
+    posts = editions.latest_posts(session, latest) if latest else editions.unsent_posts(session)
+    if not posts:
+        return None
+    now = clock()
+    number = None if latest else editions.next_number(session)
+    view = editions.view(posts, number, now, settings.digest.sections)
+    subject = editions.subject_for(settings.newsletter.subject, settings.newsletter.name, view.post_count, number, now)
+    message = build_message(renderer_for(settings), view, subject, settings, now)
+    return Preview(view, message)
+
+
+def send_preview(preview: Preview, addresses: list[str], mailer: Mailer, settings: Settings, clock: Clock = utc_now) -> list[tuple[str, Reply]]:
+    """Mail the preview to `addresses` only, subject prefixed "[Preview]". Records nothing."""
+    from .subscribers import normalize_email
+
+    now = clock()
+    message = build_message(renderer_for(settings), preview.view, "[Preview] " + preview.subject, settings, now)
+    links = Links(settings.newsletter.secret_key, settings.newsletter.public_url)
+    envelopes = []
+    for addr in addresses:
+        email = normalize_email(addr)
+        mid = f"<preview.{secrets.token_hex(8)}@{settings.newsletter.domain}>"
+        url = f"{links.public_url}/unsubscribe/preview"
+        data = message.for_recipient(Recipient(email, None, url, f"{links.public_url}/preferences/preview", mid))
+        envelopes.append(Envelope(settings.newsletter.from_address, email, data))
+    mailer.open()
+    try:
+        return [(env.recipient, reply) for env, reply in mailer.send(envelopes)]
+    finally:
+        mailer.close()
+
+
+def preview_recipient(settings: Settings) -> Recipient:
+    """The sample reader a preview file is rendered for."""
+    base = settings.newsletter.public_url
+    return Recipient("reader@example.com", "Reader", f"{base}/unsubscribe/preview", f"{base}/preferences/preview", "<preview@example.com>")

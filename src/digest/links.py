@@ -1,0 +1,71 @@
+"""Signed links: every URL in an email or a page that acts for a subscriber.
+
+Link formats (fixed; the web app serves them):
+- ``{public_url}/unsubscribe/{token}`` and ``{public_url}/preferences/{token}``: a subscriber token
+  that never expires;
+- ``{public_url}/confirm/{token}``: a confirmation token that expires after 7 days;
+- ``{public_url}/archive/{number}``: an edition as a web page, no token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
+
+from .errors import BadToken
+
+CONFIRM_MAX_AGE = 7 * 24 * 3600
+
+
+def _fingerprint(email: str) -> str:
+    # Binds a token to the address too, so a reused row id never inherits someone's old link.
+    return hashlib.sha256(email.lower().encode()).hexdigest()[:10]
+
+
+class Links:
+    def __init__(self, secret_key: str, public_url: str):
+        self.public_url = public_url.rstrip("/")
+        self._subscriber = URLSafeSerializer(secret_key, salt="digest.subscriber")
+        self._confirm = URLSafeTimedSerializer(secret_key, salt="digest.confirm")
+
+    # tokens ---------------------------------------------------------------
+    def subscriber_token(self, subscriber_id: int, email: str) -> str:
+        return self._subscriber.dumps([subscriber_id, _fingerprint(email)])
+
+    def confirm_token(self, subscriber_id: int, email: str) -> str:
+        return self._confirm.dumps([subscriber_id, _fingerprint(email)])
+
+    def read_subscriber_token(self, token: str) -> tuple[int, str]:
+        """(subscriber id, address fingerprint); BadToken if forged or altered."""
+        try:
+            sid, fp = self._subscriber.loads(token)
+            return int(sid), str(fp)
+        except (BadSignature, ValueError, TypeError):
+            raise BadToken("this link is not valid") from None
+
+    def read_confirm_token(self, token: str, max_age: int = CONFIRM_MAX_AGE) -> tuple[int, str]:
+        try:
+            sid, fp = self._confirm.loads(token, max_age=max_age)
+            return int(sid), str(fp)
+        except SignatureExpired:
+            raise BadToken("this confirmation link has expired") from None
+        except (BadSignature, ValueError, TypeError):
+            raise BadToken("this link is not valid") from None
+
+    @staticmethod
+    def matches(fingerprint: str, email: str) -> bool:
+        return fingerprint == _fingerprint(email)
+
+    # URLs -----------------------------------------------------------------
+    def unsubscribe_url(self, token: str) -> str:
+        return f"{self.public_url}/unsubscribe/{token}"
+
+    def preferences_url(self, token: str) -> str:
+        return f"{self.public_url}/preferences/{token}"
+
+    def confirm_url(self, token: str) -> str:
+        return f"{self.public_url}/confirm/{token}"
+
+    def archive_url(self, number: int) -> str:
+        return f"{self.public_url}/archive/{number}"

@@ -1,0 +1,190 @@
+"""Message: one rendered edition variant as MIME bytes, personalized per recipient cheaply.
+
+The message (multipart/alternative: text part first, then HTML; UTF-8, quoted-printable) is
+encoded once. Each part is kept as a list of pre-encoded static byte runs and placeholder slots;
+for a recipient only the slot values are encoded (``binascii.b2a_qp``, in C) and joined in, so a
+token can never be split or re-encoded by the quoted-printable line breaks.
+"""
+
+from __future__ import annotations
+
+import binascii
+import html
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from email.header import Header
+from email.utils import format_datetime, formataddr, parseaddr
+
+from .render import PLACEHOLDERS, Rendered
+
+_CTRL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
+_PLACEHOLDER_RE = re.compile("|".join(PLACEHOLDERS))
+_QP_MAX = 76
+
+
+def one_line(value: str) -> str:
+    """Collapse CR, LF and other control characters: nothing can start a new header."""
+    return " ".join(_CTRL.sub(" ", value).split())
+
+
+def encode_header_value(value: str) -> str:
+    value = one_line(value)
+    if value.isascii():
+        return value
+    return Header(value, "utf-8", maxlinelen=76).encode()
+
+
+def format_address(name: str | None, email: str) -> str:
+    name = one_line(name or "")
+    email = one_line(email)
+    if not name:
+        return email
+    return formataddr((name, email), charset="utf-8")
+
+
+@dataclass(frozen=True)
+class Recipient:
+    email: str
+    name: str | None
+    unsubscribe_url: str
+    preferences_url: str
+    message_id: str  # "<...@domain>"
+
+
+class _Part:
+    """A body part as alternating static bytes and slots (field name, escape function)."""
+
+    __slots__ = ("pieces",)
+
+    def __init__(self, text: str, escape) -> None:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+        pieces: list = []
+        pos = 0
+        for m in _PLACEHOLDER_RE.finditer(text):
+            if m.start() > pos:
+                pieces.append(_encode_static(text[pos : m.start()]))
+            pieces.append((PLACEHOLDERS[m.group(0)], escape))
+            pos = m.end()
+        tail = text[pos:]
+        if not tail.endswith("\n"):
+            tail += "\n"
+        pieces.append(_encode_static(tail))
+        self.pieces = pieces
+
+    def fill(self, values: dict[str, str], out: list[bytes]) -> None:
+        for piece in self.pieces:
+            if isinstance(piece, bytes):
+                out.append(piece)
+            else:
+                field, escape = piece
+                out.append(_encode_slot(escape(values[field])))
+
+
+def _qp(data: str) -> bytes:
+    return binascii.b2a_qp(data.encode("utf-8"), quotetabs=False, istext=True).replace(b"\n", b"\r\n")
+
+
+def _encode_static(text: str) -> bytes:
+    enc = _qp(text)
+    if text.endswith("\n"):
+        return enc
+    # Ends mid-line: close the line with a soft break so the next slot starts a fresh line.
+    head, _, last = enc.rpartition(b"\r\n")
+    if len(last) > _QP_MAX - 1:
+        cut = _QP_MAX - 4
+        while b"=" in last[cut - 2 : cut]:  # never split an =XX escape
+            cut -= 1
+        last = last[:cut] + b"=\r\n" + last[cut:]
+    return (head + b"\r\n" if head or enc.startswith(b"\r\n") else b"") + last + b"=\r\n"
+
+
+def _encode_slot(value: str) -> bytes:
+    # A slot always starts a line and ends with a soft break; b2a_qp keeps lines <= 76.
+    return _qp(one_line(value)) + b"=\r\n"
+
+
+def _identity(value: str) -> str:
+    return value
+
+
+def _html_escape(value: str) -> str:
+    return html.escape(value, quote=True)
+
+
+class Message:
+    """A rendered edition variant, ready to send to any number of recipients."""
+
+    def __init__(
+        self,
+        rendered: Rendered,
+        *,
+        from_: str,
+        list_id: str,
+        date: datetime,
+        reply_to: str | None = None,
+        extra_headers: dict[str, str] | None = None,
+    ) -> None:
+        self.subject = one_line(rendered.subject)
+        self.rendered = rendered
+        boundary = "=_digest_" + secrets.token_hex(12)
+        name, addr = parseaddr(from_)
+        common = [
+            ("From", format_address(name, addr)),
+            ("Subject", encode_header_value(self.subject)),
+            ("Date", format_datetime(date)),
+            ("List-Id", one_line(list_id)),
+            ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+            ("Precedence", "bulk"),
+        ]
+        if reply_to:
+            common.append(("Reply-To", one_line(reply_to)))
+        for key, value in (extra_headers or {}).items():
+            common.append((one_line(key), encode_header_value(value)))
+        common += [
+            ("MIME-Version", "1.0"),
+            ("Content-Type", f'multipart/alternative; boundary="{boundary}"'),
+        ]
+        self._common = "".join(f"{k}: {v}\r\n" for k, v in common).encode("ascii")
+        part_head = (
+            "--{b}\r\nContent-Type: text/{sub}; charset=\"utf-8\"\r\n"
+            "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+        )
+        self._text_head = ("\r\n" + part_head.format(b=boundary, sub="plain")).encode()
+        self._html_head = part_head.format(b=boundary, sub="html").encode()
+        self._end = f"--{boundary}--\r\n".encode()
+        self._text = _Part(rendered.text, _identity)
+        self._html = _Part(rendered.html, _html_escape)
+
+    def for_recipient(self, r: Recipient) -> bytes:
+        """The full message for one recipient: CRLF line endings, not dot-stuffed."""
+        values = _values(r)
+        head = (
+            f"To: {format_address(r.name, r.email)}\r\n"
+            f"Message-ID: {one_line(r.message_id)}\r\n"
+            f"List-Unsubscribe: <{one_line(r.unsubscribe_url)}>\r\n"
+        )
+        out = [head.encode("utf-8"), self._common, self._text_head]
+        self._text.fill(values, out)
+        out.append(self._html_head)
+        self._html.fill(values, out)
+        out.append(self._end)
+        return b"".join(out)
+
+    def parts_for(self, r: Recipient) -> tuple[str, str]:
+        """(html, text) as the recipient sees them (for previews)."""
+        values = _values(r)
+
+        def fill(s: str, escape) -> str:
+            return _PLACEHOLDER_RE.sub(lambda m: escape(values[PLACEHOLDERS[m.group(0)]]), s)
+
+        return fill(self.rendered.html, _html_escape), fill(self.rendered.text, _identity)
+
+
+def _values(r: Recipient) -> dict[str, str]:
+    return {
+        "unsubscribe_url": r.unsubscribe_url,
+        "preferences_url": r.preferences_url,
+        "name": one_line(r.name or "") or "there",
+    }

@@ -1,0 +1,123 @@
+"""The tables: Source, Post, Subscriber, Edition, EditionPost, Delivery.
+
+Datetimes are timezone-aware UTC in Python (``as_utc()``); SQLModel stores them as UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from enum import Enum
+
+from sqlalchemy import Column, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def as_utc(dt: datetime) -> datetime:
+    """A datetime as timezone-aware UTC (a naive one is taken to be UTC already)."""
+    if dt.tzinfo is None:
+        return dt.replace(tzinfo=timezone.utc)
+    return dt.astimezone(timezone.utc)
+
+
+class SubscriberStatus(str, Enum):
+    pending = "pending"  # signed up, not yet confirmed
+    active = "active"
+    unsubscribed = "unsubscribed"
+    bounced = "bounced"
+    suspended = "suspended"
+
+
+class EditionStatus(str, Enum):
+    sending = "sending"  # deliveries still pending
+    sent = "sent"  # every delivery is sent or failed
+
+
+class DeliveryStatus(str, Enum):
+    pending = "pending"
+    sent = "sent"
+    failed = "failed"
+    skipped = "skipped"  # the subscriber left (or was erased) before it went out
+
+
+class Source(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    url: str = Field(unique=True, max_length=2000)
+    title: str | None = Field(default=None, max_length=500)
+    etag: str | None = Field(default=None, max_length=500)
+    last_modified: str | None = Field(default=None, max_length=100)
+    created_at: datetime
+    last_fetched_at: datetime | None = None
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class Post(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("source_id", "guid", name="uq_post_source_guid"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    source_id: int = Field(foreign_key="source.id", index=True)
+    guid: str = Field(max_length=2000)
+    url: str = Field(max_length=2000)
+    title: str = Field(sa_column=Column(Text, nullable=False))  # as the feed gives it
+    category: str = Field(max_length=200)  # the section it goes under
+    display_title: str = Field(sa_column=Column(Text, nullable=False))  # title without the prefix
+    author: str | None = Field(default=None, max_length=500)
+    published_at: datetime | None = None
+    excerpt: str = Field(sa_column=Column(Text, nullable=False))  # plain text
+    content_hash: str = Field(max_length=64)
+    first_seen_at: datetime = Field(index=True)
+    updated_at: datetime
+    # False when the post was already old on a new install: it counts as seen, never sent.
+    eligible: bool = True
+
+
+class Subscriber(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(unique=True, max_length=320)  # normalized, lower-case domain
+    name: str | None = Field(default=None, max_length=200)
+    status: SubscriberStatus = Field(default=SubscriberStatus.active, index=True)
+    # Comma-separated category names; None = every category.
+    categories: str | None = Field(default=None, sa_column=Column(Text))
+    paused: bool = False
+    created_at: datetime
+    confirmed_at: datetime | None = None
+    unsubscribed_at: datetime | None = None
+    confirmation_sent_at: datetime | None = None
+
+
+class Edition(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    number: int = Field(unique=True)
+    created_at: datetime
+    status: EditionStatus = Field(default=EditionStatus.sending, index=True)
+    subject: str = Field(sa_column=Column(Text, nullable=False))
+    finished_at: datetime | None = None
+    # The schedule slot that produced it (UTC instant), so one slot makes at most one edition.
+    slot: datetime | None = Field(default=None, unique=True)
+
+
+class EditionPost(SQLModel, table=True):
+    """Which posts an edition carries. post_id is the key: a post is in one edition at most."""
+
+    post_id: int = Field(foreign_key="post.id", primary_key=True)
+    edition_id: int = Field(foreign_key="edition.id", index=True)
+
+
+class Delivery(SQLModel, table=True):
+    __table_args__ = (
+        UniqueConstraint("edition_id", "subscriber_id", name="uq_delivery_edition_subscriber"),
+        Index("ix_delivery_claim", "edition_id", "status", "claimed_until"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    edition_id: int = Field(foreign_key="edition.id")
+    # NULL once the subscriber's data was erased (`digest subscribers delete`).
+    subscriber_id: int | None = Field(default=None, foreign_key="subscriber.id", index=True)
+    status: DeliveryStatus = Field(default=DeliveryStatus.pending)
+    attempts: int = 0
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+    message_id: str | None = Field(default=None, max_length=300)
+    sent_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+    # Claim: a sender process takes a batch by writing its id and a lease end.
+    claimed_by: str | None = Field(default=None, max_length=100)
+    claimed_until: datetime | None = None
