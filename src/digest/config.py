@@ -97,6 +97,8 @@ class DigestSettings(_Section):
 class DeliverySettings(_Section):
     batch_size: int = Field(default=200, ge=1)  # deliveries claimed (and committed) per batch
     lease_seconds: int = Field(default=600, ge=10)  # a claim older than this is abandoned
+    # Where each sender journals acceptances between ledger commits (local disk).
+    journal_dir: Path = Path(".digest-journal")
 
 
 class Settings(BaseSettings):
@@ -148,6 +150,11 @@ class Settings(BaseSettings):
             else:
                 out.append(str((self.config_dir / url).resolve()))
         return out
+
+    @property
+    def journal_dir(self) -> Path:
+        d = self.delivery.journal_dir
+        return d if d.is_absolute() else self.config_dir / d
 
     @property
     def database_url(self) -> str:
@@ -266,4 +273,5 @@ first_edition_days = {first_edition_days}    # on a new install, only posts this
 [delivery]
 # batch_size = 200      # deliveries claimed and committed per batch
 # lease_seconds = 600   # a sender that stops answering loses its claim after this
+# journal_dir = ".digest-journal"  # acceptances not yet in the database; survives a crash
 """

@@ -2,9 +2,11 @@
 
 The ledger is the Delivery table. A sender claims a batch of pending deliveries by writing its
 worker id and a lease end (one UPDATE, atomic on SQLite and PostgreSQL), sends them, and records
-each result; results are committed in small groups, so a crash re-sends at most the messages
-whose acceptance was not yet committed. Claims of a sender that died (its process is gone, or
-its lease ran out) are taken over by the next one.
+each result. Results are committed to the database in groups; between commits each acceptance is
+also appended to a small per-process journal file (one unbuffered write, which survives the
+process being killed), so after a crash the next sender replays the journal and re-sends only the
+message that was in flight. Claims of a sender that died (its process is gone, or its lease ran
+out) are taken over by the next one.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import bindparam, text, update
 from sqlmodel import Session, select
@@ -118,6 +121,50 @@ def list_id(settings: Settings) -> str:
     return f"{nl.name} <{slug}.{nl.domain}>"
 
 
+class Journal:
+    """Acceptances not yet committed to the ledger, one line each: delivery id, Message-ID, time.
+
+    The file belongs to one sender process; it is emptied at every ledger commit and replayed
+    (then removed) by the next sender when its owner died."""
+
+    def __init__(self, directory: Path, worker: str):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / (worker.replace(":", "_") + ".log")
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+    def record(self, delivery_id: int, message_id: str, when: datetime) -> None:
+        os.write(self._fd, f"{delivery_id}\t{message_id}\t{when.isoformat()}\n".encode())
+
+    def clear(self) -> None:
+        os.ftruncate(self._fd, 0)
+
+    def close(self) -> None:
+        os.close(self._fd)
+        self.path.unlink(missing_ok=True)
+
+    @staticmethod
+    def replay(session: Session, directory: Path) -> int:
+        """Mark as sent what dead senders of this host had journaled. Returns deliveries marked."""
+        if not directory.is_dir():
+            return 0
+        marked = 0
+        for path in directory.glob("*.log"):
+            owner = path.stem.replace("_", ":")
+            if not _is_dead_local(owner):
+                continue
+            rows = []
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                parts = line.split("\t")
+                if len(parts) == 3 and parts[0].isdigit():  # a torn last line is ignored
+                    rows.append({"b_id": int(parts[0]), "b_mid": parts[1], "b_at": datetime.fromisoformat(parts[2])})
+            if rows:
+                session.execute(_REPLAY, rows)
+                marked += len(rows)
+            session.commit()
+            path.unlink(missing_ok=True)
+        return marked
+
+
 def release_dead_claims(session: Session) -> int:
     """Free claims held by sender processes on this host that no longer run (e.g. SIGKILLed)."""
     owners = session.exec(
@@ -214,11 +261,27 @@ _RECORD = (
 )
 
 
-class _Ledger:
-    """Collects outcomes and writes them in groups (one executemany per commit)."""
+_REPLAY = (
+    update(_t)
+    .where(_t.c.id == bindparam("b_id"), _t.c.status == DeliveryStatus.pending.name)
+    .values(
+        status=DeliveryStatus.sent.name,
+        attempts=_t.c.attempts + 1,
+        message_id=bindparam("b_mid"),
+        sent_at=bindparam("b_at"),
+        claimed_by=None,
+        claimed_until=None,
+    )
+)
 
-    def __init__(self, session: Session):
+
+class _Ledger:
+    """Collects outcomes and writes them in groups (one executemany per commit); acceptances are
+    journaled at once."""
+
+    def __init__(self, session: Session, journal: Journal):
         self.session = session
+        self.journal = journal
         self.rows: list[dict] = []
         self.last = time.monotonic()
 
@@ -234,6 +297,8 @@ class _Ledger:
                 "b_next": next_at,
             }
         )
+        if status == DeliveryStatus.sent:
+            self.journal.record(delivery_id, message_id, sent_at)
         if len(self.rows) >= COMMIT_EVERY or time.monotonic() - self.last >= COMMIT_SECONDS:
             self.flush()
 
@@ -241,6 +306,7 @@ class _Ledger:
         if self.rows:
             self.session.execute(_RECORD, self.rows)
             self.session.commit()
+            self.journal.clear()
             self.rows = []
         self.last = time.monotonic()
 
@@ -271,8 +337,10 @@ def deliver(
     domain = settings.newsletter.domain
     sender = settings.newsletter.from_address
     lease = timedelta(seconds=settings.delivery.lease_seconds)
+    journal_dir = settings.journal_dir
+    Journal.replay(session, journal_dir)
     release_dead_claims(session)
-    ledger = _Ledger(session)
+    ledger = _Ledger(session, Journal(journal_dir, worker))
 
     try:
         while not stop():
@@ -317,6 +385,7 @@ def deliver(
                 break
     finally:
         ledger.flush()
+        ledger.journal.close()
         _release(session, worker)
         _finish_if_done(session, edition, clock)
     report.deferred = _count_pending(session, edition.id)
