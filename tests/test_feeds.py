@@ -1,0 +1,89 @@
+"""Parsing real feed shapes into posts: Blogger Atom, WordPress RSS, broken and hostile feeds."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import FIXTURES
+from digest import feeds
+from digest.errors import FeedError
+
+
+def parse(name: str, **kw) -> feeds.ParsedFeed:
+    return feeds.parse((FIXTURES / name).read_bytes(), name, **kw)
+
+
+def test_blogger_titles_become_sections():
+    feed = parse("blogger.atom")
+    got = [(p.category, p.display_title) for p in feed.posts]
+    assert got == [
+        ("Architecture", "Confluent Cloud Gateway"),
+        ("Explained", "Model Distillation Attacks"),
+        ("Explained", "AWS ENIs (Elastic Network Interfaces)"),
+        ("In Focus", "The Lean AI Firm"),
+        ("Architecture", "Snowflake"),
+    ]
+    first = feed.posts[0]
+    assert first.author == "Phee Jay"
+    assert first.url == "https://www.codelooru.com/2026/06/architecture-confluent-cloud-gateway.html"
+    assert first.guid.startswith("tag:blogger.com,1999:blog-")
+    assert first.published_at.isoformat() == "2026-06-26T16:30:00+00:00"
+    assert feed.title == "codelooru"
+
+
+def test_excerpt_is_text_cut_at_a_word_with_ellipsis():
+    post = parse("blogger.atom", excerpt_words=13).posts[4]
+    assert post.excerpt == "A data engineer kicks off a heavy quarterly report at 9 a.m. It…"
+    assert "<" not in parse("blogger.atom").posts[0].excerpt
+    assert len(parse("blogger.atom", excerpt_words=60).posts[0].excerpt.split()) == 60
+
+
+def test_wordpress_rss_uses_content_and_feed_categories():
+    feed = parse("wordpress.rss")
+    by_title = {p.title: p for p in feed.posts}
+    deja = by_title["Deep Dive: Déjà vu & caching"]
+    assert (deja.category, deja.display_title) == ("Deep Dive", "Déjà vu & caching")
+    assert deja.author == "Ana Gomez"
+    tiny = by_title["Writing a tiny HTTP server in Python"]
+    assert tiny.category == "Tutorials"  # no prefix: the first feed category
+    assert by_title["Weeknotes, early November"].category == "More"  # no prefix, no category
+    assert tiny.guid == "https://fieldnotes.example/?p=405"
+
+
+def test_category_from_feed_keeps_full_title():
+    post = parse("blogger.atom", category_from="feed").posts[0]
+    assert (post.category, post.display_title) == ("Architecture", "Architecture: Confluent Cloud Gateway")
+
+
+@pytest.mark.parametrize("name, reason", [("broken.xml", "not a valid feed"), ("not_a_feed.html", "not a valid feed")])
+def test_broken_feeds_are_a_clear_error(name, reason):
+    with pytest.raises(FeedError) as exc:
+        parse(name)
+    assert name in str(exc.value) and reason in str(exc.value)
+
+
+def test_hostile_html_never_survives():
+    feed = parse("hostile.atom")
+    first, second = feed.posts
+    assert first.category == "Explained"
+    for text in (first.excerpt, first.display_title):
+        for bad in ("<script", "alert(", "onerror", "javascript:", "<iframe", "onclick", "<form"):
+            assert bad not in text
+    # CR/LF from the feed never reaches a value that could become a header
+    for value in (second.title, second.display_title, second.author):
+        assert "\r" not in value and "\n" not in value
+    assert second.title == "Innocent subject Bcc: victim@example.com"
+
+
+def test_guid_falls_back_to_link_then_hash():
+    rss = b"""<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>
+    <item><title>A</title><link>https://x.example/a</link><description>one</description></item>
+    <item><title>B</title><description>two</description></item></channel></rss>"""
+    a, b = feeds.parse(rss, "inline").posts
+    assert a.guid == "https://x.example/a"
+    assert b.guid.startswith("sha256:") and b.url == ""
+
+
+def test_split_category_ignores_long_prefixes():
+    assert feeds.split_category("Why this matters to every team today: a note", [], "title")[0] == "More"
+    assert feeds.split_category("In Focus: The Lean AI Firm", [], "title") == ("In Focus", "The Lean AI Firm")
