@@ -130,7 +130,7 @@ def parse(
 
 
 def _post(entry, category_from: str, excerpt_words: int) -> FeedPost:
-    title = _one_line(html_to_text(entry.get("title", ""))) or "(untitled)"
+    title = _one_line(_text_of(entry, "title")) or "(untitled)"
     content = ""
     if entry.get("content"):
         content = entry.content[0].get("value", "")
@@ -196,6 +196,13 @@ def html_to_text(fragment: str) -> str:
     spaced = _BLOCK.sub(" ", fragment)
     stripped = nh3.clean(spaced, tags=set(), attributes={}, strip_comments=True)
     return _SPACE.sub(" ", html.unescape(stripped)).strip()
+
+
+def _text_of(entry, key: str) -> str:
+    """A text construct as plain text: markup is stripped only when the feed says it is HTML."""
+    value = entry.get(key, "") or ""
+    kind = (entry.get(key + "_detail") or {}).get("type", "text/html")
+    return value if kind == "text/plain" else html_to_text(value)
 
 
 def excerpt(text: str, words: int) -> str:

@@ -152,8 +152,9 @@ class Message:
             "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
         )
         self._text_head = ("\r\n" + part_head.format(b=boundary, sub="plain")).encode()
-        self._html_head = part_head.format(b=boundary, sub="html").encode()
-        self._end = f"--{boundary}--\r\n".encode()
+        # Each part ends with its own line break; the CRLF before a delimiter belongs to it.
+        self._html_head = ("\r\n" + part_head.format(b=boundary, sub="html")).encode()
+        self._end = f"\r\n--{boundary}--\r\n".encode()
         self._text = _Part(rendered.text, _identity)
         self._html = _Part(rendered.html, _html_escape)
 

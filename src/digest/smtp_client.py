@@ -504,9 +504,11 @@ class SMTPConnection:
         code-0 reply if you would rather not drain it, then :meth:`reconnect` and resend.
 
         With PIPELINING, the next envelope is taken from ``envelopes`` (and dot-stuffed) while the
-        server processes the current one, i.e. one envelope ahead of the last result yielded.
-        Abandoning the iterator while a transaction is open closes the connection (the server
-        discards an unfinished transaction); envelopes already yielded are unaffected.
+        server processes the current one, so the input is read at most two envelopes ahead of the
+        last result yielded.  An exception raised by the input iterator is re-raised only after the
+        messages already in flight have been finished and yielded.  Abandoning the iterator while a
+        transaction is open closes the connection (the server discards an unfinished transaction);
+        envelopes already yielded are unaffected.
         """
         self._require_connected()
         if self.pipelining:
@@ -588,12 +590,22 @@ class SMTPConnection:
         prev: Envelope | None = None
         tail = b""
 
+        input_error: BaseException | None = None
+
         def pull():
-            env = next(it, _END)
-            if env is _END:
+            # An exception from the caller's iterator (or a non-Envelope item) is held back until
+            # the messages already in flight are finished and reported, then re-raised.
+            nonlocal input_error
+            try:
+                env = next(it, _END)
+                if env is _END:
+                    return _END, None
+                prepared = self._transaction(env)
+            except Exception as exc:
+                input_error = exc
                 return _END, None
             pending.append(env)
-            return env, self._transaction(env)
+            return env, prepared
 
         try:
             env, prepared = pull()
@@ -660,11 +672,13 @@ class SMTPConnection:
                 yield pending.popleft(), reply
         except _ConnectionLost as exc:
             busy = False
-            yield from self._lost(exc, pending, it)
+            yield from self._lost(exc, pending, iter(()) if input_error is not None else it)
         finally:
             self._sending = False
             if busy:  # abandoned with commands or content unacknowledged
                 self._drop()
+        if input_error is not None:
+            raise input_error
 
 
 _END = object()

@@ -1,0 +1,79 @@
+"""Polling feeds over HTTP from a real local server: conditional GET, size cap, timeouts, errors."""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from conftest import FIXTURES, write_config
+from digest import sources
+from digest.config import load_settings
+
+BODY = (FIXTURES / "blogger.atom").read_bytes()
+
+
+class Handler(BaseHTTPRequestHandler):
+    requests: list[dict] = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        Handler.requests.append(dict(self.headers))
+        if self.path == "/slow.atom":
+            time.sleep(3)
+        if self.path == "/missing.atom":
+            self.send_response(404)
+            self.end_headers()
+            return
+        if self.path == "/huge.atom":
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(BODY * 20)
+            return
+        if self.headers.get("If-None-Match") == '"v1"':
+            self.send_response(304)
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/atom+xml")
+        self.send_header("ETag", '"v1"')
+        self.send_header("Last-Modified", "Thu, 26 Nov 2026 08:00:00 GMT")
+        self.send_header("Content-Length", str(len(BODY)))
+        self.end_headers()
+        self.wfile.write(BODY)
+
+
+@pytest.fixture
+def http_base():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    Handler.requests = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_conditional_get_then_not_modified(tmp_path, db, clock, http_base):
+    cfg = load_settings(write_config(tmp_path, feeds=[f"{http_base}/feed.atom"]))
+    first = sources.poll(db, cfg, clock)[0]
+    assert first.ok and first.new == 5
+    second = sources.poll(db, cfg, clock)[0]
+    assert second.ok and second.not_modified
+    assert Handler.requests[1]["If-None-Match"] == '"v1"'
+    assert Handler.requests[1]["If-Modified-Since"] == "Thu, 26 Nov 2026 08:00:00 GMT"
+    assert Handler.requests[0]["User-Agent"].startswith("digest/")
+
+
+def test_http_failures_are_reported_with_url_and_reason(tmp_path, db, clock, http_base):
+    extra = ""
+    cfg = load_settings(write_config(tmp_path, feeds=[f"{http_base}/missing.atom", f"{http_base}/huge.atom",
+                                                        f"{http_base}/slow.atom", f"{http_base}/feed.atom"], extra=extra),
+                        feeds={"timeout": 1, "max_bytes": len(BODY) * 2})
+    missing, huge, slow, good = sources.poll(db, cfg, clock)
+    assert missing.error == f"{http_base}/missing.atom: HTTP 404 Not Found"
+    assert huge.error == f"{http_base}/huge.atom: feed is larger than {len(BODY) * 2} bytes"
+    assert slow.error == f"{http_base}/slow.atom: timed out after 1 s"
+    assert good.ok and good.new == 5

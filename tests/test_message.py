@@ -1,0 +1,109 @@
+"""The email as a reader's mail program sees it: MIME structure, headers, both parts, links."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+from pathlib import Path
+
+from digest import jobs, subscribers
+from digest.links import Links
+from digest.mailer import SMTPMailer
+from digest.message import Message, Recipient
+from digest.render import Rendered
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def send_to(db, settings, clock, smtp_server, people):
+    for addr, name in people:
+        subscribers.add(db, addr, clock, name=name)
+    jobs.send(db, settings, SMTPMailer(settings.smtp), clock)
+    return {r.recipients[0]: r for r in smtp_server.received}
+
+
+def test_each_message_is_multipart_alternative_with_list_headers(db, settings, clock, smtp_server):
+    got = send_to(db, settings, clock, smtp_server, [("ann@example.com", "Ann Lee"), ("bob@example.com", None)])
+    assert set(got) == {"ann@example.com", "bob@example.com"}
+    links = Links(settings.newsletter.secret_key, settings.newsletter.public_url)
+    ids = set()
+    for addr, received in got.items():
+        msg = received.message
+        assert received.sender == "news@digest.test"
+        assert msg.get_content_type() == "multipart/alternative"
+        text, html = msg.get_payload()
+        assert (text.get_content_type(), html.get_content_type()) == ("text/plain", "text/html")
+        assert text.get_content_charset() == html.get_content_charset() == "utf-8"
+        assert msg["From"] == "Test Weekly <news@digest.test>"
+        assert msg["To"].addresses[0].addr_spec == addr
+        assert msg["Subject"] == "Test Weekly: 5 new posts"
+        assert msg["Date"] and msg["List-Id"] == "Test Weekly <test-weekly.digest.test>"
+        assert re.fullmatch(r"<[^@<>]+@digest\.test>", msg["Message-ID"])
+        ids.add(msg["Message-ID"])
+        assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        url = msg["List-Unsubscribe"].strip("<>")
+        assert url.startswith("http://127.0.0.1:8000/unsubscribe/")
+        sid, _ = links.read_subscriber_token(url.rsplit("/", 1)[1])
+        assert sid == subscribers.get(db, addr).id
+        body_text, body_html = text.get_content(), html.get_content()
+        assert url in body_text and url in body_html  # visible unsubscribe link in both parts
+        assert "ARCHITECTURE" in body_text and "Snowflake" in body_html
+        assert "http://127.0.0.1:8000/archive/1" in body_html
+        # lines in the raw message stay short: nothing to clip or re-wrap
+        assert max(len(line) for line in received.data.split(b"\r\n")) <= 998
+    assert len(ids) == 2
+    assert "Hi Ann Lee," in got["ann@example.com"].message.get_payload()[0].get_content()
+    assert "Hi there," in got["bob@example.com"].message.get_payload()[0].get_content()
+
+
+def test_quoted_printable_lines_are_short_and_decode_exactly():
+    long_url = "https://news.example/unsubscribe/" + "x" * 150
+    rendered = Rendered("S", "<p>" + "é" * 300 + "</p><a href=\"XDIGESTUNSUBSCRIBEURLX\">u</a> XDIGESTNAMEX!\n", "Hi XDIGESTNAMEX,\n" + "word " * 100 + "\nXDIGESTUNSUBSCRIBEURLX\n")
+    from datetime import datetime, timezone
+    message = Message(rendered, from_="N <n@x.test>", list_id="<l.x.test>", date=datetime(2026, 11, 26, tzinfo=timezone.utc))
+    raw = message.for_recipient(Recipient("a@x.test", "<Zoë & Co>", long_url, "https://p", "<1@x.test>"))
+    bodies = raw.split(b"\r\n\r\n", 1)[1]
+    assert max(len(line) for line in bodies.split(b"\r\n")) <= 76
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    text, html = msg.get_payload()
+    assert text.get_content().replace("\r\n", "\n") == "Hi <Zoë & Co>,\n" + "word " * 100 + "\n" + long_url + "\n"
+    assert html.get_content().replace("\r\n", "\n") == "<p>" + "é" * 300 + f"</p><a href=\"{long_url}\">u</a> &lt;Zoë &amp; Co&gt;!\n"
+
+
+def test_nothing_a_subscriber_or_feed_controls_can_inject_a_header():
+    from datetime import datetime, timezone
+    rendered = Rendered("Weekly\r\nBcc: victim@example.com", "<p>x</p>", "x")
+    message = Message(rendered, from_="N <n@x.test>", list_id="<l.x.test>", date=datetime(2026, 11, 26, tzinfo=timezone.utc))
+    raw = message.for_recipient(Recipient("a@x.test", "Eve\r\nX-Injected: 1", "https://u", "https://p", "<1@x.test>"))
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert msg["Bcc"] is None and msg["X-Injected"] is None
+    assert msg["Subject"] == "Weekly Bcc: victim@example.com"
+    assert "X-Injected" not in [k for k in msg.keys()]
+
+
+def test_hostile_feed_is_inert_in_the_email(tmp_path, smtp_server, clock):
+    from conftest import FIXTURES, write_config
+    from digest.config import load_settings
+    from digest.store import create_schema, make_engine, session
+    cfg = load_settings(write_config(tmp_path, feeds=[str(FIXTURES / "hostile.atom")], smtp_port=smtp_server.port))
+    engine = make_engine(cfg.database_url)
+    create_schema(engine)
+    with session(engine) as db:
+        subscribers.add(db, "ann@example.com", clock)
+        jobs.send(db, cfg, SMTPMailer(cfg.smtp), clock)
+    msg = smtp_server.received[0].message
+    assert msg["Bcc"] is None and msg["X-Injected"] is None
+    html = msg.get_payload()[1].get_content()
+    for bad in ("<script", "onerror=", "javascript:", "<iframe", "onclick=", "<form", "<b>bold</b>"):
+        assert bad not in html
+    assert "&lt;b&gt;bold&lt;/b&gt; &amp; &#34;quotes&#34;" in html or "&lt;b&gt;bold&lt;/b&gt; &amp; &quot;quotes&quot;" in html
+
+
+def test_text_part_matches_the_golden_file(db, settings, clock):
+    p = jobs.preview(db, settings, clock)
+    _, text = p.message.parts_for(jobs.preview_recipient(settings))
+    golden = GOLDEN / "edition.txt"
+    if not golden.exists():  # first run writes it; review it and commit it
+        golden.write_text(text, encoding="utf-8")
+    assert text == golden.read_text(encoding="utf-8")
