@@ -228,6 +228,25 @@ def test_results_are_yielded_promptly(make_server):
     assert len(handler.messages) == 20
 
 
+@PIPELINING
+def test_input_iterator_error_after_in_flight_messages_are_reported(make_server, pipelining):
+    handler, port = make_server(Recorder(pipelining))
+    envs = envelopes(5)
+
+    def source():
+        yield from envs
+        raise RuntimeError("renderer failed")
+
+    seen = []
+    with conn_for(port) as conn:
+        with pytest.raises(RuntimeError, match="renderer failed"):
+            for env, reply in conn.send(source()):
+                seen.append((env, reply.code))
+        assert seen == [(e, 250) for e in envs]  # every message in flight was finished and reported
+        assert conn.connected and conn.noop().code == 250
+    assert len(handler.messages) == 5
+
+
 # --------------------------------------------------------------------------------------------
 # Refusals
 # --------------------------------------------------------------------------------------------
@@ -291,10 +310,12 @@ def test_data_refusal_554(make_server, pipelining):
 
 
 @PIPELINING
-def test_421_closes_and_remaining_are_temporary(make_server, pipelining):
+@pytest.mark.parametrize("stage", ["rcpt", "data"])
+def test_421_closes_and_remaining_are_temporary(make_server, pipelining, stage):
     handler, port = make_server(Recorder(pipelining))
     envs = envelopes(8)
-    handler.rcpt_replies[envs[3].recipient] = "421 4.3.2 Service shutting down"
+    replies = handler.rcpt_replies if stage == "rcpt" else handler.data_replies
+    replies[envs[3].recipient] = "421 4.3.2 Service shutting down"
     with conn_for(port) as conn:
         results = list(conn.send(envs))
         assert not conn.connected
@@ -436,6 +457,32 @@ def test_noop_reset_and_not_connected(make_server):
 def test_address_injection_rejected(sender, recipient):
     with pytest.raises(ValueError):
         Envelope(sender, recipient, b"x\r\n")
+
+
+@PIPELINING
+def test_non_ascii_address_needs_smtputf8(make_server, pipelining):
+    handler, port = make_server(Recorder(pipelining), enable_SMTPUTF8=False)
+    envs = envelopes(5)
+    envs[2] = Envelope(SENDER, "jürgen@exämple.de", b"Subject: x\r\n\r\nx\r\n")
+    with conn_for(port) as conn:
+        assert not conn.smtputf8
+        results = list(conn.send(envs))
+    assert [e for e, _ in results] == envs
+    assert [r.code for _, r in results] == [250, 250, 553, 250, 250]
+    assert results[2][1].permanent and "SMTPUTF8" in results[2][1].text
+    assert [rcpts[0] for _, rcpts, _, _ in handler.messages] == [e.recipient for i, e in enumerate(envs) if i != 2]
+
+
+def test_non_ascii_address_with_smtputf8(make_server):
+    handler, port = make_server(Recorder(), enable_SMTPUTF8=True)
+    env = Envelope("pöst@example.org", "jürgen@exämple.de", "Subject: Grüße\r\n\r\nHallo\r\n".encode())
+    with conn_for(port) as conn:
+        assert conn.smtputf8
+        [(_, reply)] = list(conn.send([env]))
+    assert reply.code == 250
+    mail_from, rcpts, content, options = handler.messages[0]
+    assert (mail_from, rcpts, content) == (env.sender, [env.recipient], env.data)
+    assert "SMTPUTF8" in options and "BODY=8BITMIME" in options
 
 
 def test_null_sender_allowed(make_server):
