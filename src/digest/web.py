@@ -295,6 +295,10 @@ def create_app(
     def style():
         return Response(stylesheet, media_type="text/css", headers={"Cache-Control": "public, max-age=3600"})
 
+    @app.get("/favicon.ico")
+    def favicon():
+        return Response(status_code=204, headers={"Cache-Control": "public, max-age=86400"})
+
     # --- errors as pages ------------------------------------------------------------------------
 
     @app.exception_handler(StarletteHTTPException)
