@@ -266,6 +266,21 @@ def test_a_refused_confirmation_can_be_asked_for_again_at_once(client, db, smtp_
     assert len(confirmation_mails(smtp_server, "ann@example.com")) == 1
 
 
+def test_when_the_smtp_server_is_down_the_reader_may_try_again_at_once(tmp_path, clock):
+    from conftest import free_port
+
+    cfg = write_config(tmp_path, smtp_port=free_port())  # nothing listens there
+    settings = load_settings(cfg)
+    with TestClient(create_app(settings, clock=clock)) as c:
+        r = c.post("/subscribe", data={"email": "ann@example.com"})
+    assert r.status_code == 200 and "Check your inbox" in r.text
+    engine = make_engine(settings.database_url)
+    with session(engine) as s:
+        sub = s.exec(select(Subscriber)).one()
+        assert sub.status == SubscriberStatus.pending and sub.confirmation_sent_at is None
+    engine.dispose()
+
+
 # --- confirm ----------------------------------------------------------------------------------
 
 

@@ -194,6 +194,9 @@ def send_confirmation(
     except DeliveryError:
         _forget_send(session, confirmation)
         raise
+    except Exception as exc:  # a dropped connection, a protocol error: the mail did not go
+        _forget_send(session, confirmation)
+        raise DeliveryError(f"confirmation mail to {confirmation.email} not sent: {exc}") from exc
     reply = replies[0][1] if replies else None
     if reply is None or not reply.ok:
         _forget_send(session, confirmation)

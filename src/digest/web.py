@@ -6,6 +6,7 @@ subscriber is authorised by the signed token in its URL.
 """
 
 import logging
+from contextlib import asynccontextmanager
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -86,6 +87,7 @@ def create_app(
 ) -> FastAPI:
     clock = clock or utc_now
     mailer_factory = mailer_factory or (lambda: SMTPMailer(settings.smtp))
+    own_engine = engine is None
     engine = engine or make_engine(settings.database_url)
     create_schema(engine)
     env = environment(settings.templates_dir)
@@ -97,7 +99,13 @@ def create_app(
     base = urlsplit(settings.newsletter.public_url).path.rstrip("/")  # pages' links work under a path prefix
     resend_after = timedelta(minutes=settings.web.confirm_resend_minutes)
 
-    app = FastAPI(title=settings.newsletter.name, docs_url=None, redoc_url=None, openapi_url=None)
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        if own_engine:
+            engine.dispose()
+
+    app = FastAPI(title=settings.newsletter.name, docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.add_middleware(SecurityHeaders)
     app.state.engine = engine
     app.state.limiter = limiter
@@ -112,13 +120,13 @@ def create_app(
         html = env.get_template(f"web/{template}").render(newsletter={"name": settings.newsletter.name}, base=base, **ctx)
         return HTMLResponse(html, status_code=http_status, headers=headers)
 
-    def subscribe_form(s: Session, http_status: int = 200, *, error: str | None = None, notice: str | None = None,
+    def subscribe_form(s: Session, http_status: int = 200, *, error: str | None = None, warning: str | None = None,
                        values: dict[str, Any] | None = None) -> HTMLResponse:
         return page("subscribe.html", http_status, categories=signup.known_categories(s, order), error=error,
-                    notice=notice, values=values or {"email": "", "name": "", "categories": []})
+                    warning=warning, values=values or {"email": "", "name": "", "categories": []})
 
     def bad_link(s: Session) -> HTMLResponse:
-        return subscribe_form(s, 400, notice="This link has expired or is not valid. "
+        return subscribe_form(s, 400, warning="This link has expired or is not valid. "
                               "Enter your address below and we'll send you a fresh one.")
 
     def prefs_path(sub) -> str:
@@ -131,6 +139,8 @@ def create_app(
                 signup.send_confirmation(s, mailer, clock, settings, confirmation, env=env)
         except DigestError as exc:
             log.warning("confirmation mail not sent: %s", exc)
+        except Exception:  # the reader has had their answer; the log must say what broke
+            log.exception("confirmation mail not sent")
         finally:
             mailer.close()
 
