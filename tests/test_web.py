@@ -500,7 +500,7 @@ def test_bad_preferences_links_get_400(client, db, links, clock, method):
 
 
 def test_send_honours_the_preferences_set_on_the_web(client, db, links, clock, posts, settings, smtp_server, monkeypatch):
-    everyone = active(db, clock, "all@example.com")
+    active(db, clock, "all@example.com")
     focus = active(db, clock, "focus@example.com")
     two = active(db, clock, "two@example.com")
     resting = active(db, clock, "resting@example.com")
@@ -586,7 +586,8 @@ def test_unknown_and_unsent_editions_are_not_found(client, db, settings, clock, 
     assert 'href="/archive/1"' not in client.get("/archive").text
     r = client.get("/archive/99")
     assert r.status_code == 404 and "Page not found" in r.text and "Test Weekly" in title(r.text)
-    assert client.get("/archive/abc").status_code == 404
+    for path in ("/archive/abc", "/archive/0", "/archive/99999999999999999999999"):
+        assert client.get(path).status_code == 404, path
 
 
 # --- health, headers, pages -------------------------------------------------------------------

@@ -9,11 +9,11 @@ import logging
 from contextlib import asynccontextmanager
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from fastapi import BackgroundTasks, Depends, FastAPI, Form, Request
+from fastapi import BackgroundTasks, Depends, FastAPI, Form, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy import text
@@ -282,7 +282,7 @@ def create_app(
         return page("archive.html", editions=archive.published(s), headers={"Cache-Control": "public, max-age=300"})
 
     @app.get("/archive/{number}", response_class=HTMLResponse)
-    def archive_edition(number: int, s: DB):
+    def archive_edition(number: Annotated[int, Path(ge=1, le=2**62)], s: DB):
         edition = archive.find(s, number)
         if edition is None:
             raise StarletteHTTPException(404)
@@ -330,7 +330,7 @@ def _with_chosen(known: list[str], sub) -> list[str]:
     return known + sorted(picked - set(known), key=str.casefold)
 
 
-def _stylesheet(override: Path | None) -> bytes:
+def _stylesheet(override: FilePath | None) -> bytes:
     for base in (override, bundled_templates_dir()):
         if base is not None and (base / "web" / "style.css").is_file():
             return (base / "web" / "style.css").read_bytes()
