@@ -106,7 +106,8 @@ def test_mjml_is_compiled_once_per_edition_not_per_subscriber(db, settings, cloc
 def test_sigkill_mid_send_then_resume_mails_everyone_and_duplicates_at_most_in_flight(tmp_path, smtp_server):
     from conftest import write_config
     n = 300
-    config = write_config(tmp_path, smtp_port=smtp_server.port, extra="batch_size = 100\n")
+    config = write_config(tmp_path, smtp_port=smtp_server.port)
+    config.write_text(config.read_text().replace("# batch_size = 200", "batch_size = 100"))
     lines = "\n".join(f"reader{i:04d}@example.com" for i in range(n))
     (tmp_path / "list.csv").write_text("email\n" + lines + "\n")
     run_digest(config, "subscribers", "import", str(tmp_path / "list.csv"), check=True)

@@ -184,6 +184,17 @@ def _preview(s, cfg: Settings, out_dir: Path, to: list[str], open_: bool, latest
         webbrowser.open(html_path.resolve().as_uri())
 
 
+@app.command()
+def serve(
+    host: Annotated[Optional[str], typer.Option(help="Address to listen on (default: web.host, 127.0.0.1).", show_default=False)] = None,
+    port: Annotated[Optional[int], typer.Option(min=1, max=65535, help="Port (default: web.port, 8000).", show_default=False)] = None,
+) -> None:
+    """Run the web app readers use: subscribe, confirm, unsubscribe, preferences, archive."""
+    from . import web  # the web stack loads only for this command
+
+    web.serve(settings(), host=host, port=port)
+
+
 # --- subscribers ------------------------------------------------------------------------------
 
 

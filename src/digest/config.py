@@ -101,6 +101,16 @@ class DeliverySettings(_Section):
     journal_dir: Path = Path(".digest-journal")
 
 
+class WebSettings(_Section):
+    host: str = "127.0.0.1"  # `digest serve` listens here (--host overrides)
+    port: int = Field(default=8000, ge=1, le=65535)  # ... and on this port (--port overrides)
+    rate_limit_per_minute: int = Field(default=5, ge=1)  # subscribe posts per client address
+    confirm_resend_minutes: int = Field(default=10, ge=0)  # at most one confirmation mail per address this often
+    check_deliverability: bool = False  # also look up the address's domain in DNS when subscribing
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (uvicorn's forwarded_allow_ips).
+    forwarded_allow_ips: str = "127.0.0.1"
+
+
 class Settings(BaseSettings):
     newsletter: NewsletterSettings
     database: DatabaseSettings = DatabaseSettings()
@@ -108,6 +118,7 @@ class Settings(BaseSettings):
     smtp: SMTPSettings = SMTPSettings()
     digest: DigestSettings = DigestSettings()
     delivery: DeliverySettings = DeliverySettings()
+    web: WebSettings = WebSettings()
 
     model_config = SettingsConfigDict(
         env_prefix="DIGEST_",
@@ -274,4 +285,12 @@ first_edition_days = {first_edition_days}    # on a new install, only posts this
 # batch_size = 200      # deliveries claimed and committed per batch
 # lease_seconds = 600   # a sender that stops answering loses its claim after this
 # journal_dir = ".digest-journal"  # acceptances not yet in the database; survives a crash
+
+[web]                   # `digest serve`: subscribe, confirm, unsubscribe, preferences, archive
+# host = "127.0.0.1"
+# port = 8000
+# rate_limit_per_minute = 5      # subscribe posts per client address; more get 429
+# confirm_resend_minutes = 10    # at most one confirmation mail per pending address this often
+# check_deliverability = false   # also check the address's domain in DNS (needs DNS from the server)
+# forwarded_allow_ips = "127.0.0.1"  # reverse proxies whose X-Forwarded-For is trusted
 """

@@ -1,0 +1,328 @@
+"""Service: readers joining (double opt-in), confirming, choosing topics, pausing and leaving.
+
+What `digest serve` does for a reader, with the session, the mailer and the clock passed in.
+The web app answers a subscribe form the same way whatever the address's state; the outcome
+returned here is for the caller's logs and tests, never for the reader.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime, formataddr, parseaddr
+from enum import Enum
+
+import jinja2
+from sqlalchemy import or_, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from . import subscribers as subs
+from .config import Settings
+from .errors import BadToken, DeliveryError
+from .links import CONFIRM_MAX_AGE, Links
+from .mailer import Envelope, Mailer
+from .message import one_line
+from .models import Post, Subscriber, SubscriberStatus, as_utc
+from .render import compile_mjml, environment
+
+Clock = Callable[[], datetime]
+
+
+class Outcome(str, Enum):
+    """What a subscribe form did. The reader sees the same page for every one of them."""
+
+    created = "created"  # a new pending subscriber; confirmation mail due
+    resent = "resent"  # still pending; another confirmation mail due
+    throttled = "throttled"  # still pending; a confirmation went out too recently
+    returning = "returning"  # had unsubscribed; pending again, confirmation mail due
+    active = "active"  # already subscribed; nothing changes, no mail
+    blocked = "blocked"  # bounced or suspended; nothing changes, no mail
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """A confirmation mail to send (after the reader has had their answer)."""
+
+    subscriber_id: int
+    email: str
+
+
+@dataclass(frozen=True)
+class SubscribeResult:
+    outcome: Outcome
+    confirmation: Confirmation | None
+
+
+# --- categories -------------------------------------------------------------------------------
+
+
+def known_categories(session: Session, order: Sequence[str] = ()) -> list[str]:
+    """Every category seen so far: configured section order first, then alphabetical."""
+    names = [c for c in session.exec(select(Post.category).distinct()).all() if c]
+    rank = {name.casefold(): i for i, name in enumerate(order)}
+    return sorted(names, key=lambda n: (rank.get(n.casefold(), len(rank)), n.casefold()))
+
+
+def choose_categories(chosen: Iterable[str], known: Sequence[str]) -> str | None:
+    """The stored form of a choice: comma-separated known categories, in `known` order.
+    None (every category, new ones included) when none or all of them are chosen."""
+    wanted = {c.strip() for c in chosen if c and c.strip()}
+    keep = [c for c in known if c in wanted]
+    if not keep or len(keep) == len(known):
+        return None
+    return ",".join(keep)
+
+
+def chosen(sub: Subscriber) -> frozenset[str] | None:
+    if sub.categories is None:
+        return None
+    return frozenset(c for c in (p.strip() for p in sub.categories.split(",")) if c)
+
+
+# --- subscribe --------------------------------------------------------------------------------
+
+
+def subscribe(
+    session: Session,
+    clock: Clock,
+    *,
+    email: str,
+    name: str | None = None,
+    categories: Iterable[str] = (),
+    known: Sequence[str] = (),
+    resend_after: timedelta = timedelta(minutes=10),
+    check_deliverability: bool = False,
+) -> SubscribeResult:
+    """Record a sign-up. Raises InvalidAddress for an address that cannot be mailed.
+
+    New address: a pending subscriber. Pending: the form's name and topics replace the old
+    ones. Unsubscribed: the record stays as it is until the reader confirms (a form anyone can
+    post changes nothing about a former subscriber). Each of these gets a confirmation unless
+    one went out less than `resend_after` ago. Active, bounced or suspended: nothing changes and
+    no mail is due.
+    """
+    address = subs.normalize_email(email, check_deliverability=check_deliverability)
+    now = as_utc(clock())
+    choice = choose_categories(categories, known)
+    sub = _find(session, address)
+    if sub is None:
+        sub = Subscriber(
+            email=address,
+            name=subs.clean_name(name),
+            status=SubscriberStatus.pending,
+            categories=choice,
+            created_at=now,
+        )
+        session.add(sub)
+        try:
+            session.commit()
+        except IntegrityError:  # the same address, posted twice at once
+            session.rollback()
+            sub = _find(session, address)
+            assert sub is not None
+        else:
+            return _due(session, sub, Outcome.created, now, resend_after)
+
+    if sub.status == SubscriberStatus.active:
+        return SubscribeResult(Outcome.active, None)
+    if sub.status in (SubscriberStatus.bounced, SubscriberStatus.suspended):
+        return SubscribeResult(Outcome.blocked, None)
+    if sub.status == SubscriberStatus.unsubscribed:
+        return _due(session, sub, Outcome.returning, now, resend_after)
+    sub.name = subs.clean_name(name)
+    sub.categories = choice
+    session.add(sub)
+    session.commit()
+    return _due(session, sub, Outcome.resent, now, resend_after)
+
+
+def _find(session: Session, address: str) -> Subscriber | None:
+    return session.exec(select(Subscriber).where(Subscriber.email == address)).first()
+
+
+def _due(session: Session, sub: Subscriber, outcome: Outcome, now: datetime, resend_after: timedelta) -> SubscribeResult:
+    """Take the right to send a confirmation now: one atomic UPDATE, so two posts at once
+    cannot both send."""
+    cutoff = now - resend_after
+    taken = session.execute(
+        update(Subscriber)
+        .where(
+            col(Subscriber.id) == sub.id,
+            or_(col(Subscriber.confirmation_sent_at).is_(None), col(Subscriber.confirmation_sent_at) <= cutoff),
+        )
+        .values(confirmation_sent_at=now)
+    ).rowcount
+    session.commit()
+    session.refresh(sub)
+    if not taken:
+        return SubscribeResult(Outcome.throttled, None)
+    return SubscribeResult(outcome, Confirmation(sub.id, sub.email))
+
+
+# --- the confirmation mail --------------------------------------------------------------------
+
+
+def send_confirmation(
+    session: Session,
+    mailer: Mailer,
+    clock: Clock,
+    settings: Settings,
+    confirmation: Confirmation,
+    *,
+    env: jinja2.Environment | None = None,
+) -> None:
+    """Mail the confirmation link. On failure the send is forgotten (so the reader's next try
+    sends again) and DeliveryError is raised."""
+    links = Links(settings.newsletter.secret_key, settings.newsletter.public_url)
+    token = links.confirm_token(confirmation.subscriber_id, confirmation.email)
+    data = confirmation_email(
+        settings,
+        confirmation.email,
+        links.confirm_url(token),
+        clock(),
+        env=env or environment(settings.templates_dir),
+    )
+    envelope = Envelope(settings.newsletter.from_address, confirmation.email, data)
+    try:
+        mailer.open()
+        replies = list(mailer.send([envelope]))
+    except DeliveryError:
+        _forget_send(session, confirmation)
+        raise
+    except Exception as exc:  # a dropped connection, a protocol error: the mail did not go
+        _forget_send(session, confirmation)
+        raise DeliveryError(f"confirmation mail to {confirmation.email} not sent: {exc}") from exc
+    reply = replies[0][1] if replies else None
+    if reply is None or not reply.ok:
+        _forget_send(session, confirmation)
+        detail = f"{reply.code} {reply.text}" if reply else "no reply"
+        raise DeliveryError(f"confirmation mail to {confirmation.email} refused: {detail}")
+
+
+def _forget_send(session: Session, confirmation: Confirmation) -> None:
+    session.execute(
+        update(Subscriber).where(col(Subscriber.id) == confirmation.subscriber_id).values(confirmation_sent_at=None)
+    )
+    session.commit()
+
+
+def confirmation_email(
+    settings: Settings, to: str, confirm_url: str, date: datetime, *, env: jinja2.Environment
+) -> bytes:
+    """The confirmation mail as bytes (MJML HTML + text, the digest's look). The name typed into
+    the form is deliberately left out: a stranger's text must not ride in mail we send."""
+    nl = settings.newsletter
+    ctx = {
+        "newsletter": {"name": nl.name, "public_url": nl.public_url},
+        "confirm_url": confirm_url,
+        "days": CONFIRM_MAX_AGE // 86400,
+        "email": to,
+    }
+    html = compile_mjml(env.get_template("confirm.mjml.j2").render(ctx))
+    text = env.get_template("confirm.txt.j2").render(ctx)
+    msg = EmailMessage(policy=SMTP)
+    name, addr = parseaddr(nl.from_)
+    msg["From"] = formataddr((one_line(name), addr)) if name else addr
+    msg["To"] = to
+    msg["Subject"] = one_line(f"Confirm your subscription to {nl.name}")
+    msg["Date"] = format_datetime(date)
+    msg["Message-ID"] = f"<confirm.{secrets.token_hex(8)}@{nl.domain}>"
+    msg["Auto-Submitted"] = "auto-generated"
+    if nl.reply_to:
+        msg["Reply-To"] = one_line(nl.reply_to)
+    msg.set_content(text, cte="quoted-printable")
+    msg.add_alternative(html, subtype="html", cte="quoted-printable")
+    for part in msg.iter_parts():
+        del part["MIME-Version"]  # belongs on the message only
+    return msg.as_bytes()
+
+
+# --- confirm ----------------------------------------------------------------------------------
+
+
+def check_confirm(session: Session, links: Links, token: str) -> Subscriber:
+    """The subscriber a confirmation link is for. BadToken when forged, altered or expired, when
+    the address was erased, bounced or suspended, or when the reader unsubscribed after the
+    last confirmation mail (then the form is the way back)."""
+    sid, fingerprint = links.read_confirm_token(token)
+    sub = session.get(Subscriber, sid)
+    if sub is None or not links.matches(fingerprint, sub.email):
+        raise BadToken("this link is not valid")
+    if sub.status in (SubscriberStatus.pending, SubscriberStatus.active):
+        return sub
+    if sub.status == SubscriberStatus.unsubscribed and _asked_again(sub):
+        return sub
+    raise BadToken("this link is no longer valid")
+
+
+def _asked_again(sub: Subscriber) -> bool:
+    """A former subscriber who asked for a confirmation mail after leaving."""
+    if sub.confirmation_sent_at is None:
+        return False
+    return sub.unsubscribed_at is None or as_utc(sub.confirmation_sent_at) > as_utc(sub.unsubscribed_at)
+
+
+def confirm(session: Session, clock: Clock, links: Links, token: str) -> tuple[Subscriber, bool]:
+    """Activate the subscriber of a confirmation link. (subscriber, changed); idempotent."""
+    sub = check_confirm(session, links, token)
+    if sub.status == SubscriberStatus.active:
+        return sub, False
+    now = as_utc(clock())
+    sub.status = SubscriberStatus.active
+    sub.confirmed_at = now
+    sub.unsubscribed_at = None
+    session.add(sub)
+    session.commit()
+    return sub, True
+
+
+# --- links in the digest: unsubscribe and preferences ----------------------------------------
+
+
+def from_token(session: Session, links: Links, token: str) -> Subscriber | None:
+    """The subscriber of an unsubscribe/preferences link; None when they were erased since.
+    BadToken when the link is forged or altered."""
+    sid, fingerprint = links.read_subscriber_token(token)
+    sub = session.get(Subscriber, sid)
+    if sub is None or not links.matches(fingerprint, sub.email):
+        return None
+    return sub
+
+
+def unsubscribe(session: Session, clock: Clock, links: Links, token: str) -> bool:
+    """Unsubscribe the link's subscriber at once. True when this changed something; idempotent."""
+    sub = from_token(session, links, token)
+    if sub is None:
+        return False
+    return subs.unsubscribe(session, sub, clock)
+
+
+def save_preferences(session: Session, sub: Subscriber, *, categories: Iterable[str], known: Sequence[str]) -> None:
+    """Store the topics chosen (none or all of them: every topic, new ones included)."""
+    sub.categories = choose_categories(categories, known)
+    session.add(sub)
+    session.commit()
+
+
+def set_paused(session: Session, sub: Subscriber, paused: bool) -> None:
+    """Pause (no digest at all, the subscription kept) or resume."""
+    sub.paused = paused
+    session.add(sub)
+    session.commit()
+
+
+def resubscribe(session: Session, sub: Subscriber, clock: Clock) -> bool:
+    """An unsubscribed reader comes back through a link from their own mail: active at once."""
+    if sub.status != SubscriberStatus.unsubscribed:
+        return False
+    sub.status = SubscriberStatus.active
+    sub.confirmed_at = sub.confirmed_at or as_utc(clock())
+    sub.unsubscribed_at = None
+    session.add(sub)
+    session.commit()
+    return True

@@ -1,0 +1,352 @@
+"""The web app readers use (`digest serve`): subscribe, confirm, unsubscribe, preferences, archive.
+
+Thin: each handler reads the request, calls a service (signup, archive) and renders a template
+from templates/web/. Plain HTML forms, no JavaScript, no sessions, no cookies: every action on a
+subscriber is authorised by the signed token in its URL.
+"""
+
+import logging
+from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from pathlib import Path as FilePath
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from fastapi import BackgroundTasks, Depends, FastAPI, Form, Path, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import archive, signup
+from .config import Settings
+from .errors import BadToken, DigestError, InvalidAddress
+from .jobs import renderer_for, utc_now
+from .links import Links
+from .mailer import Mailer, SMTPMailer
+from .models import SubscriberStatus
+from .ratelimit import RateLimiter
+from .render import bundled_templates_dir, environment
+from .store import create_schema, make_engine, session
+
+log = logging.getLogger("digest.web")
+
+# Pages: styles from our own stylesheet only, no script at all, never framed, forms post here.
+CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self' data:; script-src 'none'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+# An archived edition is the email's own HTML, whose styles are inline (as email needs).
+ARCHIVE_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' https: data:; script-src 'none'; "
+    "form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
+)
+# Pages reached through a personal link: not cached, not indexed.
+TOKEN_PATHS = ("/confirm/", "/unsubscribe/", "/preferences/")
+
+
+class SecurityHeaders:
+    """Adds the security headers to every response (an endpoint may set its own CSP and cache
+    policy first)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        personal = scope["path"].startswith(TOKEN_PATHS)
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.setdefault("Content-Security-Policy", CSP)
+                headers["X-Content-Type-Options"] = "nosniff"
+                headers["Referrer-Policy"] = "no-referrer"
+                headers["X-Frame-Options"] = "DENY"
+                headers["Cross-Origin-Opener-Policy"] = "same-origin"
+                headers.setdefault("Cache-Control", "no-store")
+                if personal:
+                    headers["X-Robots-Tag"] = "noindex, nofollow"
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    mailer_factory: Callable[[], Mailer] | None = None,
+    clock: Callable[[], datetime] | None = None,
+    engine: Engine | None = None,
+) -> FastAPI:
+    clock = clock or utc_now
+    mailer_factory = mailer_factory or (lambda: SMTPMailer(settings.smtp))
+    own_engine = engine is None
+    engine = engine or make_engine(settings.database_url)
+    create_schema(engine)
+    env = environment(settings.templates_dir)
+    links = Links(settings.newsletter.secret_key, settings.newsletter.public_url)
+    renderer = renderer_for(settings)
+    limiter = RateLimiter(settings.web.rate_limit_per_minute, clock)
+    stylesheet = _stylesheet(settings.templates_dir)
+    order = settings.digest.sections
+    base = urlsplit(settings.newsletter.public_url).path.rstrip("/")  # pages' links work under a path prefix
+    resend_after = timedelta(minutes=settings.web.confirm_resend_minutes)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        if own_engine:
+            engine.dispose()
+
+    app = FastAPI(title=settings.newsletter.name, docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.add_middleware(SecurityHeaders)
+    app.state.engine = engine
+    app.state.limiter = limiter
+
+    def db() -> Iterator[Session]:
+        with session(engine) as s:
+            yield s
+
+    DB = Annotated[Session, Depends(db)]
+
+    def page(template: str, http_status: int = 200, headers: dict[str, str] | None = None, **ctx: Any) -> HTMLResponse:
+        html = env.get_template(f"web/{template}").render(newsletter={"name": settings.newsletter.name}, base=base, **ctx)
+        return HTMLResponse(html, status_code=http_status, headers=headers)
+
+    def subscribe_form(s: Session, http_status: int = 200, *, error: str | None = None, warning: str | None = None,
+                       values: dict[str, Any] | None = None) -> HTMLResponse:
+        return page("subscribe.html", http_status, categories=signup.known_categories(s, order), error=error,
+                    warning=warning, values=values or {"email": "", "name": "", "categories": []})
+
+    def bad_link(s: Session) -> HTMLResponse:
+        return subscribe_form(s, 400, warning="This link has expired or is not valid. "
+                              "Enter your address below and we'll send you a fresh one.")
+
+    def prefs_path(sub) -> str:
+        return f"{base}/preferences/{links.subscriber_token(sub.id, sub.email)}"
+
+    def send_confirmation(confirmation: signup.Confirmation) -> None:
+        mailer = mailer_factory()
+        try:
+            with session(engine) as s:
+                signup.send_confirmation(s, mailer, clock, settings, confirmation, env=env)
+        except DigestError as exc:
+            log.warning("confirmation mail not sent: %s", exc)
+        except Exception:  # the reader has had their answer; the log must say what broke
+            log.exception("confirmation mail not sent")
+        finally:
+            mailer.close()
+
+    # --- subscribe ----------------------------------------------------------------------------
+
+    @app.get("/", response_class=HTMLResponse)
+    def home(s: DB):
+        return subscribe_form(s)
+
+    @app.post("/subscribe", response_class=HTMLResponse)
+    def subscribe(
+        request: Request,
+        background: BackgroundTasks,
+        s: DB,
+        email: Annotated[str, Form()] = "",
+        name: Annotated[str, Form()] = "",
+        categories: Annotated[list[str], Form()] = [],  # noqa: B006 (FastAPI copies defaults)
+        website: Annotated[str, Form()] = "",  # the honeypot: people never see it
+    ):
+        if not limiter.hit(request.client.host if request.client else "unknown"):
+            return page("too_many.html", 429, headers={"Retry-After": "60"})
+        answer = page("check_inbox.html", email=email.strip())
+        if website:
+            return answer
+        known = signup.known_categories(s, order)
+        try:
+            result = signup.subscribe(
+                s, clock, email=email, name=name, categories=categories, known=known,
+                resend_after=resend_after, check_deliverability=settings.web.check_deliverability,
+            )
+        except InvalidAddress:
+            values = {"email": email.strip(), "name": name.strip(), "categories": categories}
+            return subscribe_form(s, 400, error="That doesn't look like an email address. Please check it.", values=values)
+        if result.confirmation is not None:
+            # After the answer has gone out: the answer takes as long whatever the address's state.
+            background.add_task(send_confirmation, result.confirmation)
+        return answer
+
+    # --- confirm ------------------------------------------------------------------------------
+
+    @app.get("/confirm/{token}", response_class=HTMLResponse)
+    def confirm_page(token: str, s: DB):
+        try:
+            sub = signup.check_confirm(s, links, token)
+        except BadToken:
+            return bad_link(s)
+        if sub.status == SubscriberStatus.active:
+            return page("confirmed.html", email=sub.email, prefs_url=prefs_path(sub))
+        return page("confirm.html", email=sub.email)
+
+    @app.post("/confirm/{token}", response_class=HTMLResponse)
+    def confirm(token: str, s: DB):
+        try:
+            sub, _ = signup.confirm(s, clock, links, token)
+        except BadToken:
+            return bad_link(s)
+        return page("confirmed.html", email=sub.email, prefs_url=prefs_path(sub))
+
+    # --- unsubscribe (RFC 8058 one-click, and the page) ----------------------------------------
+
+    @app.get("/unsubscribe/{token}", response_class=HTMLResponse)
+    def unsubscribe_page(token: str, s: DB):
+        try:
+            sub = signup.from_token(s, links, token)
+        except BadToken:
+            return page("invalid_link.html", 400)
+        if sub is None or sub.status == SubscriberStatus.unsubscribed:
+            return page("unsubscribed.html", prefs_url=prefs_path(sub) if sub else None)
+        return page("unsubscribe.html", email=sub.email, prefs_url=prefs_path(sub))
+
+    @app.post("/unsubscribe/{token}", response_class=HTMLResponse)
+    def unsubscribe(token: str, s: DB):
+        # The body is not read: `List-Unsubscribe=One-Click` (urlencoded or multipart), the
+        # page's own form or nothing at all — the signed URL alone says who leaves.
+        try:
+            signup.unsubscribe(s, clock, links, token)
+            sub = signup.from_token(s, links, token)
+        except BadToken:
+            return page("invalid_link.html", 400)
+        return page("unsubscribed.html", prefs_url=prefs_path(sub) if sub else None)
+
+    # --- preferences --------------------------------------------------------------------------
+
+    @app.get("/preferences/{token}", response_class=HTMLResponse)
+    def preferences_page(token: str, s: DB):
+        try:
+            sub = signup.from_token(s, links, token)
+        except BadToken:
+            sub = None
+        if sub is None:
+            return page("invalid_link.html", 400)
+        return preferences(s, sub, token)
+
+    @app.post("/preferences/{token}", response_class=HTMLResponse)
+    def preferences_save(
+        token: str,
+        s: DB,
+        action: Annotated[str, Form()] = "save",
+        categories: Annotated[list[str], Form()] = [],  # noqa: B006
+    ):
+        try:
+            sub = signup.from_token(s, links, token)
+        except BadToken:
+            sub = None
+        if sub is None:
+            return page("invalid_link.html", 400)
+        notice = None
+        if action == "save":
+            signup.save_preferences(s, sub, categories=categories, known=_with_chosen(signup.known_categories(s, order), sub))
+            notice = "Saved. Your next digest follows these choices."
+        elif action == "pause":
+            signup.set_paused(s, sub, True)
+            notice = "Paused. We won't send you anything until you resume."
+        elif action == "resume":
+            signup.set_paused(s, sub, False)
+            notice = "Welcome back. Your digests will start again with the next edition."
+        elif action == "resubscribe":
+            signup.resubscribe(s, sub, clock)
+            notice = "You're subscribed again."
+        return preferences(s, sub, token, notice=notice)
+
+    def preferences(s: Session, sub, token: str, notice: str | None = None) -> HTMLResponse:
+        known = _with_chosen(signup.known_categories(s, order), sub)
+        picked = signup.chosen(sub)
+        return page(
+            "preferences.html",
+            email=sub.email,
+            status=sub.status.value,
+            paused=sub.paused,
+            categories=[(c, picked is None or c in picked) for c in known],
+            notice=notice,
+            unsubscribe_url=f"{base}/unsubscribe/{token}",
+        )
+
+    # --- archive ------------------------------------------------------------------------------
+
+    @app.get("/archive", response_class=HTMLResponse)
+    def archive_index(s: DB):
+        return page("archive.html", editions=archive.published(s), headers={"Cache-Control": "public, max-age=300"})
+
+    @app.get("/archive/{number}", response_class=HTMLResponse)
+    def archive_edition(number: Annotated[int, Path(ge=1, le=2**62)], s: DB):
+        edition = archive.find(s, number)
+        if edition is None:
+            raise StarletteHTTPException(404)
+        html = archive.page(s, edition, settings, renderer)
+        return HTMLResponse(html, headers={"Content-Security-Policy": ARCHIVE_CSP, "Cache-Control": "public, max-age=300"})
+
+    # --- health and static ---------------------------------------------------------------------
+
+    @app.get("/healthz")
+    def healthz():
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1 FROM subscriber LIMIT 1"))
+        except Exception as exc:  # any failure means: not ready
+            log.warning("health check: database unavailable: %s", exc)
+            return JSONResponse({"status": "database unavailable"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/static/style.css")
+    def style():
+        return Response(stylesheet, media_type="text/css", headers={"Cache-Control": "public, max-age=3600"})
+
+    @app.get("/favicon.ico")
+    def favicon():
+        return Response(status_code=204, headers={"Cache-Control": "public, max-age=86400"})
+
+    # --- errors as pages ------------------------------------------------------------------------
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return page("error.html", exc.status_code, headers=getattr(exc, "headers", None), code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        in_path = any(e.get("loc", ("",))[0] == "path" for e in exc.errors())
+        code = 404 if in_path else 400
+        return page("error.html", code, code=code)
+
+    return app
+
+
+def _with_chosen(known: list[str], sub) -> list[str]:
+    """Known categories plus any the subscriber chose that no post carries any more."""
+    picked = signup.chosen(sub) or frozenset()
+    return known + sorted(picked - set(known), key=str.casefold)
+
+
+def _stylesheet(override: FilePath | None) -> bytes:
+    for base in (override, bundled_templates_dir()):
+        if base is not None and (base / "web" / "style.css").is_file():
+            return (base / "web" / "style.css").read_bytes()
+    return b""
+
+
+def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
+    """Run the web app with uvicorn until interrupted."""
+    import uvicorn
+
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.web.host,
+        port=port or settings.web.port,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.web.forwarded_allow_ips,
+        server_header=False,
+        log_level="info",
+    )

@@ -1,0 +1,195 @@
+"""End to end in a real browser: `digest serve` runs as a subprocess, headless Chromium (Debian's
+`chromium`, driven by Playwright) subscribes, confirms from the mail the test's SMTP server
+received, then leaves through the unsubscribe link of a real digest. The database is checked at
+each step.
+
+In CI (CI=true) a missing chromium or Playwright fails the test; elsewhere it is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlmodel import select
+
+from conftest import DIGEST, free_port, run_digest, write_config
+from digest.models import Subscriber, SubscriberStatus
+from digest.store import make_engine, session
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # pragma: no cover - depends on the machine
+    if IN_CI:
+        raise
+    pytest.skip("Playwright is not installed (pip install -e '.[dev]')", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        if IN_CI:
+            pytest.fail(f"chromium not found at {CHROMIUM}: .ci/run installs Debian's chromium")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@dataclass
+class Server:
+    url: str
+    config: Path
+    proc: subprocess.Popen
+    log: Path
+
+    def status(self, email: str) -> SubscriberStatus | None:
+        """The subscriber's status as the database has it now."""
+        from digest.config import load_settings
+
+        engine = make_engine(load_settings(self.config).database_url)
+        try:
+            with session(engine) as s:
+                sub = s.exec(select(Subscriber).where(Subscriber.email == email)).first()
+                return sub.status if sub else None
+        finally:
+            engine.dispose()
+
+
+def wait_for(what: str, check, timeout: float = 20.0, proc: subprocess.Popen | None = None, log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    output = log.read_text() if log and log.exists() else ""
+    raise AssertionError(f"gave up waiting for {what}\n{output}")
+
+
+@pytest.fixture
+def server(tmp_path, smtp_server):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cfg = write_config(tmp_path, smtp_port=smtp_server.port, public_url=url)
+    run_digest(cfg, "fetch", check=True)  # the blog's topics appear on the form
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [*DIGEST, "--config", str(cfg), "serve", "--port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=env,
+        )
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for("digest serve to answer /healthz", healthy, proc=proc, log=log)
+        yield Server(url, cfg, proc, log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def html_link(message, text: str) -> str:
+    html = message.get_body(("html",)).get_content()
+    m = re.search(r'<a href="([^"]+)"[^>]*>\s*' + re.escape(text), html)
+    assert m, f"no {text!r} link in the mail"
+    return m.group(1).replace("&amp;", "&")
+
+
+def test_subscribe_confirm_and_unsubscribe_in_a_real_browser(browser, server, smtp_server):
+    reader = "reader@example.com"
+    context = browser.new_context(viewport={"width": 390, "height": 844})  # a phone
+    page = context.new_page()
+    problems: list[str] = []  # console errors include Content-Security-Policy violations
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+
+    # 1. The subscribe form.
+    page.goto(server.url + "/")
+    assert "Test Weekly" in page.title()
+    page.fill("#email", reader)
+    page.fill("#name", "Rea Der")
+    page.get_by_label("Explained").check()
+    page.get_by_label("In Focus").check()
+    page.get_by_role("button", name="Subscribe").click()
+    page.wait_for_selector("h1:has-text('Check your inbox')")
+    assert reader in page.inner_text("main")
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), "wider than a phone"
+    assert page.evaluate("getComputedStyle(document.querySelector('.card')).borderRadius") == "8px"  # stylesheet loaded
+    assert server.status(reader) == SubscriberStatus.pending
+
+    # 2. The confirmation mail, read from the SMTP server; its link opens a page that asks first.
+    mail = wait_for("the confirmation mail", lambda: smtp_server.to(reader), log=server.log)[0].message
+    assert mail["Subject"] == "Confirm your subscription to Test Weekly"
+    link = html_link(mail, "Confirm subscription")
+    assert link.startswith(server.url + "/confirm/")
+    page.goto(link)
+    page.wait_for_selector("h1:has-text('Confirm your subscription')")
+    assert server.status(reader) == SubscriberStatus.pending  # opening the link changed nothing
+    page.get_by_role("button", name="Confirm subscription").click()
+    page.wait_for_selector("h1:has-text(\"You're subscribed\")")
+    assert server.status(reader) == SubscriberStatus.active
+
+    # 3. A real digest: only the topics ticked on the form, with working personal links.
+    run_digest(server.config, "send", "--no-fetch", check=True)
+    digest = wait_for("the digest", lambda: [r for r in smtp_server.to(reader) if "new posts" in r.message["Subject"]], log=server.log)[0].message
+    text = digest.get_body(("plain",)).get_content()
+    assert re.findall(r"^== (.+) ==\r?$", text, re.M) == ["EXPLAINED", "IN FOCUS"]
+    view = html_link(digest, "View in browser")
+    assert view == server.url + "/archive/1"
+    page.goto(view)
+    assert "Model Distillation Attacks" in page.inner_text("body")
+    assert "Unsubscribe" not in page.inner_text("body")
+
+    unsubscribe = html_link(digest, "Unsubscribe")
+    assert digest["List-Unsubscribe"] == f"<{unsubscribe}>"
+    assert unsubscribe.startswith(server.url + "/unsubscribe/")
+    page.goto(unsubscribe)
+    page.wait_for_selector("h1:has-text('Unsubscribe')")
+    assert reader in page.inner_text("main")
+    assert server.status(reader) == SubscriberStatus.active  # opening the link changed nothing
+    page.get_by_role("button", name="Unsubscribe").click()
+    page.wait_for_selector("h1:has-text(\"You're unsubscribed\")")
+    assert server.status(reader) == SubscriberStatus.unsubscribed
+
+    # 4. What Gmail and Yahoo do with the List-Unsubscribe header: one POST, no cookie. Idempotent.
+    r = httpx.post(unsubscribe, data={"List-Unsubscribe": "One-Click"}, follow_redirects=False)
+    assert r.status_code == 200 and "set-cookie" not in r.headers
+    assert server.status(reader) == SubscriberStatus.unsubscribed
+
+    assert problems == []
+    context.close()
