@@ -10,8 +10,10 @@ Link formats (fixed; the web app serves them):
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from datetime import datetime
 
-from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
+from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeSerializer, URLSafeTimedSerializer
 
 from .errors import BadToken
 
@@ -23,11 +25,22 @@ def _fingerprint(email: str) -> str:
     return hashlib.sha256(email.lower().encode()).hexdigest()[:10]
 
 
+def _signer_on(clock: Callable[[], datetime]) -> type[TimestampSigner]:
+    """A TimestampSigner that reads the time from `clock` (the services' clock), not the OS."""
+
+    class ClockSigner(TimestampSigner):
+        def get_timestamp(self) -> int:
+            return int(clock().timestamp())
+
+    return ClockSigner
+
+
 class Links:
-    def __init__(self, secret_key: str, public_url: str):
+    def __init__(self, secret_key: str, public_url: str, clock: Callable[[], datetime] | None = None):
         self.public_url = public_url.rstrip("/")
         self._subscriber = URLSafeSerializer(secret_key, salt="digest.subscriber")
-        self._confirm = URLSafeTimedSerializer(secret_key, salt="digest.confirm")
+        signer = _signer_on(clock) if clock else TimestampSigner
+        self._confirm = URLSafeTimedSerializer(secret_key, salt="digest.confirm", signer=signer)
 
     # tokens ---------------------------------------------------------------
     def subscriber_token(self, subscriber_id: int, email: str) -> str:

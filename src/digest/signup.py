@@ -178,7 +178,7 @@ def send_confirmation(
 ) -> None:
     """Mail the confirmation link. On failure the send is forgotten (so the reader's next try
     sends again) and DeliveryError is raised."""
-    links = Links(settings.newsletter.secret_key, settings.newsletter.public_url)
+    links = Links(settings.newsletter.secret_key, settings.newsletter.public_url, clock)
     token = links.confirm_token(confirmation.subscriber_id, confirmation.email)
     data = confirmation_email(
         settings,

@@ -91,7 +91,7 @@ def create_app(
     engine = engine or make_engine(settings.database_url)
     create_schema(engine)
     env = environment(settings.templates_dir)
-    links = Links(settings.newsletter.secret_key, settings.newsletter.public_url)
+    links = Links(settings.newsletter.secret_key, settings.newsletter.public_url, clock)
     renderer = renderer_for(settings)
     limiter = RateLimiter(settings.web.rate_limit_per_minute, clock)
     stylesheet = _stylesheet(settings.templates_dir)
