@@ -127,6 +127,11 @@ class Cron:
         return cron
 
     @property
+    def has_seconds(self) -> bool:
+        """Whether the expression has a seconds field (six fields)."""
+        return len(MACROS.get(self.expr.lower(), self.expr).split(" ")) == 6
+
+    @property
     def tz_name(self) -> str:
         return getattr(self.tz, "key", None) or str(self.tz)
 

@@ -60,13 +60,17 @@ def _prior(session: Session, slot: datetime) -> tuple[str, int | None] | None:
     if run is not None:
         if as_utc(run.slot) == slot:
             return run.outcome, run.edition_id
-        return f"covered by the later slot {as_utc(run.slot):%Y-%m-%d %H:%M} UTC", run.edition_id
+        return f"covered by the later slot {_fmt(as_utc(run.slot))}", run.edition_id
     edition = session.exec(
         select(Edition).where(Edition.created_at >= slot).order_by(col(Edition.created_at)).limit(1)
     ).first()
     if edition is not None:
         return ALREADY_SENT, edition.id
     return None
+
+
+def _fmt(t: datetime) -> str:
+    return t.strftime("%Y-%m-%d %H:%M" + (":%S" if t.second else "")) + " UTC"
 
 
 def _describe(outcome: str, edition_id: int | None, session: Session) -> str:
@@ -84,15 +88,15 @@ def due(session: Session, cron: Cron, grace: timedelta, clock: Clock) -> Due:
     if not has_history:
         base = cron.latest(now, BASELINE_LOOKBACK) or now
         record(session, base, BEFORE_START, clock)
-        return Due(None, f"schedule starts now; the slot at {base:%Y-%m-%d %H:%M} UTC, before it, is not sent")
+        return Due(None, f"schedule starts now; the slot at {_fmt(base)}, before it, is not sent")
     slot = cron.latest(now, grace)
     if slot is None:
         return Due(None, "no send due")
     prior = _prior(session, slot)
     session.rollback()  # end the read
     if prior is not None:
-        return Due(None, f"slot {slot:%Y-%m-%d %H:%M} UTC: {_describe(*prior, session)}")
-    return Due(slot, f"slot {slot:%Y-%m-%d %H:%M} UTC is due")
+        return Due(None, f"slot {_fmt(slot)} already done: {_describe(*prior, session)}")
+    return Due(slot, f"slot {_fmt(slot)} is due")
 
 
 def record(session: Session, slot: datetime, outcome: str, clock: Clock, edition_id: int | None = None) -> bool:
@@ -123,7 +127,7 @@ def build_for_slot(
         prior = _prior(session, slot)
         if prior is not None:
             outcome, edition_id = prior
-            detail = _describe(outcome, edition_id, session)
+            detail = "done by another sender: " + _describe(outcome, edition_id, session)
             if outcome == ALREADY_SENT and session.get(ScheduleRun, slot) is None:
                 session.add(ScheduleRun(slot=slot, ran_at=now, outcome=ALREADY_SENT, edition_id=edition_id))
                 session.commit()
