@@ -73,9 +73,9 @@ class Serve:
     def wait_log(self, needle: str, count: int = 1, timeout: float = 30) -> None:
         wait_for(lambda: self.text().count(needle) >= count, timeout, lambda: f"{needle!r} x{count} in:\n{self.text()}")
 
-    def stop(self, timeout: float = 20) -> int:
+    def stop(self, timeout: float = 20, sig: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -150,11 +150,12 @@ def test_catch_up_after_downtime_only_within_the_grace_period(tmp_path, smtp_ser
     assert serve.stop() == 0
     assert len(editions(config)) == (1 if sends else 0)
     assert len(smtp_server.received) == (3 if sends else 0)
-    # Starting again does not send again.
+    # Starting again does not send again. (Stopped with Ctrl-C this time.)
     again = Serve(config, "again")
     procs.append(again)
     again.wait_log("start: ")
-    assert again.stop() == 0
+    assert again.stop(sig=signal.SIGINT) == 0
+    assert "SIGINT: stopping" in again.text()
     assert len(smtp_server.received) == (3 if sends else 0)
     if sends:
         assert "edition (edition 1)" in again.text()

@@ -104,7 +104,7 @@ class ScheduleSettings(_Section):
     cron: str = "0 9 * * mon"  # when `digest serve` sends; crontab, optionally with seconds first
     timezone: str = "UTC"  # IANA name the cron is read in, e.g. "Europe/Berlin"
     poll_minutes: int = Field(default=30, ge=0)  # feed polling (and retries) between sends; 0: off
-    misfire_grace_hours: float = Field(default=24, ge=0)  # a send missed by downtime is made this late
+    misfire_grace_hours: float = Field(default=24, ge=0)  # a send missed by downtime is made this late (at least 1 min)
 
     @field_validator("timezone")
     @classmethod

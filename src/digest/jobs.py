@@ -21,6 +21,10 @@ from .render import Renderer
 
 Clock = Callable[[], datetime]
 
+# A scheduled run starts a moment after its slot (later if another job of the process was running):
+# whatever misfire_grace_hours says, a slot is still due this long after it.
+MIN_GRACE = timedelta(minutes=1)
+
 
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
@@ -58,7 +62,7 @@ def send(
     schedule slot `slot`, if given: at most one edition per slot), deliver it."""
     result = SendResult()
     if fetch:
-        result.polled = sources.poll(session, settings, clock)
+        result.polled = sources.poll(session, settings, clock, stop=stop)
     renderer = renderer_for(settings)
     result.resumed = resume(session, settings, mailer, clock, stop=stop, renderer=renderer)
     if stop():
@@ -120,14 +124,14 @@ def scheduled(
     is due (see schedule.due), `send` for it; otherwise fetch the feeds and resume unfinished
     editions. A slot missed by downtime is caught up here, once; a failed run is retried here."""
     cron = settings.schedule.parsed()
-    grace = timedelta(hours=settings.schedule.misfire_grace_hours)
+    grace = max(timedelta(hours=settings.schedule.misfire_grace_hours), MIN_GRACE)
     due = schedule.due(session, cron, grace, clock)
     result = ScheduledResult(due)
     if due.slot is not None:
         result.send = send(session, settings, mailer, clock, fetch=fetch, stop=stop, slot=due.slot)
         return result
     if fetch:
-        result.polled = sources.poll(session, settings, clock)
+        result.polled = sources.poll(session, settings, clock, stop=stop)
     result.resumed = resume(session, settings, mailer, clock, stop=stop)
     return result
 

@@ -96,7 +96,6 @@ class Service:
                 self._run, IntervalTrigger(minutes=sched.poll_minutes, timezone=UTC), args=["poll"],
                 id="poll", name="poll", coalesce=True, max_instances=1, misfire_grace_time=None,
             )
-        self._aps.start()
         upcoming = self.cron.next_after(self.clock())
         log.info(
             "scheduler started: %r in %s, next send %s; %s; catch-up within %g h",
@@ -104,6 +103,7 @@ class Service:
             f"polling every {sched.poll_minutes} min" if sched.poll_minutes else "no polling",
             sched.misfire_grace_hours,
         )
+        self._aps.start()
 
     def shutdown(self) -> None:
         self.stop.set()

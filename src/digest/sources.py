@@ -31,9 +31,21 @@ class SourceReport:
         return self.error is None
 
 
-def poll(session: Session, settings: Settings, clock: Clock, fetch=feeds.fetch) -> list[SourceReport]:
-    """Fetch and store every configured feed. One failing source never stops the others."""
-    return [poll_one(session, location, settings, clock, fetch) for location in settings.feed_locations()]
+def poll(
+    session: Session,
+    settings: Settings,
+    clock: Clock,
+    fetch=feeds.fetch,
+    stop: Callable[[], bool] = lambda: False,
+) -> list[SourceReport]:
+    """Fetch and store every configured feed. One failing source never stops the others;
+    `stop()` (checked between sources) does."""
+    reports = []
+    for location in settings.feed_locations():
+        if stop():
+            break
+        reports.append(poll_one(session, location, settings, clock, fetch))
+    return reports
 
 
 def poll_one(session: Session, location: str, settings: Settings, clock: Clock, fetch=feeds.fetch) -> SourceReport:
