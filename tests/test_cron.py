@@ -99,3 +99,19 @@ def test_bad_cron_is_a_one_line_config_error(tmp_path, expr, message):
     with pytest.raises(CronError):
         Cron.parse(expr)
 
+
+
+def test_the_apscheduler_trigger_moves_forward_through_the_repeated_hour():
+    from digest.scheduler import CronSlots
+
+    trigger = CronSlots(Cron.parse("*/30 * * * *", "Europe/Berlin"))
+    now = utc(2026, 10, 25, 2, 45)  # as APScheduler asks after a pause: every run time up to now
+    fired = [trigger.get_next_fire_time(None, utc(2026, 10, 24, 23, 50))]
+    while len(fired) < 10:
+        nxt = trigger.get_next_fire_time(fired[-1], now)
+        assert nxt > fired[-1]
+        if nxt > now:
+            break
+        fired.append(nxt)
+    # 02:00 and 02:30 CEST, then the repeated 02:00-03:00 is not run again, then 03:00 and 03:30 CET.
+    assert fired == [utc(2026, 10, 25, 0), utc(2026, 10, 25, 0, 30), utc(2026, 10, 25, 2), utc(2026, 10, 25, 2, 30)]
