@@ -17,7 +17,8 @@ from digest import jobs, schedule, sources
 from digest import subscribers as subs
 from digest.config import load_settings
 from digest.mailer import MemoryMailer
-from digest.models import Edition, ScheduleRun
+from digest.errors import DeliveryError
+from digest.models import Delivery, DeliveryStatus, Edition, EditionStatus, ScheduleRun
 from digest.store import create_schema, make_engine, session
 
 from conftest import FixedClock, write_config
@@ -148,6 +149,51 @@ def test_zero_grace_still_sends_on_time_but_never_catches_up(tmp_path):
         assert len(env.editions()) == 1
     finally:
         env.close()
+
+
+class FlakyRelay(MemoryMailer):
+    """A relay that is down until `down` is cleared."""
+
+    down = True
+
+    def open(self) -> None:
+        if self.down:
+            raise DeliveryError("cannot connect to SMTP server 127.0.0.1:25: Connection refused")
+
+
+def test_relay_down_at_the_slot_then_a_poll_finishes_the_edition(env):
+    env.mailer = FlakyRelay()
+    env.run()
+    with pytest.raises(DeliveryError):
+        env.run(MON_9)  # the service logs it and carries on
+    [edition] = env.editions()
+    assert edition.status.value == "sending"
+    env.mailer.down = False
+    result = env.run(MON_9 + timedelta(minutes=30))  # the next poll
+    assert result.due.slot is None and [r.sent for r in result.resumed] == [3]
+    assert env.mailed() == Counter(READERS) and len(env.editions()) == 1
+
+
+def test_a_failed_slot_is_retried_by_the_next_poll_within_the_grace_period(env):
+    env.run()
+    env.run(MON_9)  # edition 1
+    write_feed(env.feed, [1, 2, 3])
+    # Edition 1 still has a delivery pending (say a deferred one), so the next run resumes it first.
+    [edition] = env.editions()
+    edition.status = EditionStatus.sending
+    delivery = env.session.exec(select(Delivery).where(Delivery.edition_id == edition.id)).first()
+    delivery.status = DeliveryStatus.pending
+    env.session.add_all([edition, delivery])
+    env.session.commit()
+    env.mailer = FlakyRelay()
+    with pytest.raises(DeliveryError):
+        env.run(MON_9 + timedelta(days=7))  # resuming fails before the new edition is built
+    assert len(env.editions()) == 1
+    env.mailer.down = False
+    result = env.run(MON_9 + timedelta(days=7, minutes=30))
+    assert result.due.slot == MON_9 + timedelta(days=7) and result.send.post_count == 1
+    assert [r.sent for r in result.send.resumed] == [1]
+    assert len(env.editions()) == 2 and env.run(MON_9 + timedelta(days=7, hours=1)).due.slot is None
 
 
 def test_stop_is_checked_between_feeds(env):
