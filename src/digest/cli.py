@@ -243,6 +243,8 @@ def serve(
     web = _web_app(cfg, host, port)
     if web is None and no_scheduler:
         raise DigestError("nothing to run: --no-scheduler, and the web app is not installed")
+    if web is None:
+        logging.getLogger("digest").info("web app not installed: running the scheduler only")
     raise typer.Exit(scheduler.serve(cfg, scheduler=not no_scheduler, web=web))
 
 
