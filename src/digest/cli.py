@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import logging
 import sys
 import webbrowser
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -15,6 +17,7 @@ from rich.table import Table
 
 from . import editions as editions_svc
 from . import jobs, sources
+from . import schedule as schedule_svc
 from . import subscribers as subs
 from .config import Settings, config_path, load_settings, render_config
 from .errors import DigestError
@@ -42,16 +45,51 @@ ConfigOpt = Annotated[
 ]
 
 
+class LogLevel(str, Enum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+LogLevelOpt = Annotated[
+    Optional[LogLevel],
+    typer.Option(
+        "--log-level",
+        help="Log level (default: info for serve, warning otherwise).",
+        show_default=False,
+        case_sensitive=False,
+    ),
+]
+
+
 class State:
     config: Path | None = None
+    log_level: LogLevel | None = None
 
 
 state = State()
 
 
 @app.callback()
-def _main(config: ConfigOpt = None) -> None:
+def _main(config: ConfigOpt = None, log_level: LogLevelOpt = None) -> None:
     state.config = config
+    state.log_level = log_level
+    setup_logging(log_level or "warning")
+
+
+def setup_logging(level: LogLevel | str) -> None:
+    """Log lines to standard error (the journal, under systemd): time, level, message."""
+    numeric = getattr(logging, LogLevel(level).value.upper())
+    logging.basicConfig(
+        level=numeric,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S%z",
+        stream=sys.stderr,
+        force=True,
+    )
+    # APScheduler reports every job start at INFO; keep its warnings (missed runs), errors and debug.
+    logging.getLogger("apscheduler").setLevel(numeric if numeric <= logging.DEBUG else max(numeric, logging.WARNING))
 
 
 def settings() -> Settings:
@@ -184,15 +222,56 @@ def _preview(s, cfg: Settings, out_dir: Path, to: list[str], open_: bool, latest
         webbrowser.open(html_path.resolve().as_uri())
 
 
+# --- serve / schedule -------------------------------------------------------------------------
+
+
 @app.command()
 def serve(
     host: Annotated[Optional[str], typer.Option(help="Address to listen on (default: web.host, 127.0.0.1).", show_default=False)] = None,
     port: Annotated[Optional[int], typer.Option(min=1, max=65535, help="Port (default: web.port, 8000).", show_default=False)] = None,
+    no_scheduler: Annotated[bool, typer.Option("--no-scheduler", help="Do not send on schedule (web app only).")] = False,
+    log_level: LogLevelOpt = None,
 ) -> None:
-    """Run the web app readers use: subscribe, confirm, unsubscribe, preferences, archive."""
-    from . import web  # the web stack loads only for this command
+    """Run the service: the web app readers use, the scheduled send and feed polling.
 
-    web.serve(settings(), host=host, port=port)
+    Stops on SIGTERM or Ctrl-C after the message in flight; the next start resumes the edition."""
+    from . import scheduler, web  # the web stack loads only for this command
+
+    cfg = settings()
+    setup_logging(log_level or state.log_level or "info")
+    raise typer.Exit(scheduler.serve(cfg, scheduler=not no_scheduler, web=lambda stop: web.serve(cfg, host=host, port=port, stop=stop)))
+
+
+@app.command("schedule")
+def schedule_cmd(
+    count: Annotated[int, typer.Option("--count", "-n", min=1, help="How many send times to show.")] = 5,
+) -> None:
+    """Show the next send times (in the configured zone and in UTC) and the last edition."""
+    from .scheduler import when
+
+    cfg = settings()
+    sched = cfg.schedule
+    cron = sched.parsed()
+    with db(cfg) as s:
+        st = schedule_svc.status(s, cron, jobs.utc_now, count)
+    out.print(f"Schedule: \"{cron.expr}\" in {cron.tz_name}"
+              f" (catch-up within {sched.misfire_grace_hours:g} h; "
+              + (f"feeds polled every {sched.poll_minutes} min)" if sched.poll_minutes else "no polling between sends)"))
+    out.print("Next sends:")
+    for t in st.upcoming:
+        clock = "%H:%M:%S" if cron.has_seconds else "%H:%M"
+        out.print(f"  {cron.local(t):%a %Y-%m-%d {clock} %Z}  =  {t:%Y-%m-%d {clock}} UTC")
+    if st.last_edition is None:
+        out.print("Last edition: none yet")
+    else:
+        e = st.last_edition
+        out.print(f"Last edition: {e.number}, built {when(cron, e.created_at)}, {e.status.value}"
+                  + (" (scheduled)" if e.slot else " (digest send)"))
+    if st.last_run is not None:
+        r = st.last_run
+        what = {"edition": f"edition {st.last_run_edition.number}" if st.last_run_edition else "edition",
+                "before start": "not sent: before the schedule first ran"}.get(r.outcome, r.outcome)
+        out.print(f"Last scheduled send: {when(cron, r.slot)}: {what}")
 
 
 # --- subscribers ------------------------------------------------------------------------------

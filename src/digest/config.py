@@ -21,6 +21,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from .cron import Cron, zone
 from .errors import ConfigError
 
 DEFAULT_CONFIG_NAME = "digest.toml"
@@ -111,6 +112,29 @@ class WebSettings(_Section):
     forwarded_allow_ips: str = "127.0.0.1"
 
 
+class ScheduleSettings(_Section):
+    cron: str = "0 9 * * mon"  # when `digest serve` sends; crontab, optionally with seconds first
+    timezone: str = "UTC"  # IANA name the cron is read in, e.g. "Europe/Berlin"
+    poll_minutes: int = Field(default=30, ge=0)  # feed polling (and retries) between sends; 0: off
+    misfire_grace_hours: float = Field(default=24, ge=0)  # a send missed by downtime is made this late (at least 1 min)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        zone(value)  # CronError (a ValueError) names the problem
+        return value
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        Cron.parse(value, "UTC")
+        return " ".join(value.split())
+
+    def parsed(self) -> Cron:
+        """The schedule: the cron read in its time zone."""
+        return Cron.parse(self.cron, self.timezone)
+
+
 class Settings(BaseSettings):
     newsletter: NewsletterSettings
     database: DatabaseSettings = DatabaseSettings()
@@ -119,6 +143,7 @@ class Settings(BaseSettings):
     digest: DigestSettings = DigestSettings()
     delivery: DeliverySettings = DeliverySettings()
     web: WebSettings = WebSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
 
     model_config = SettingsConfigDict(
         env_prefix="DIGEST_",
@@ -219,7 +244,7 @@ def _describe(exc: ValidationError, cfg: Path) -> str:
     if err["type"] == "missing":
         msg = f"missing required setting '{key}'"
     else:
-        msg = f"invalid setting '{key}': {err['msg']}"
+        msg = f"invalid setting '{key}': {err['msg'].removeprefix('Value error, ')}"
     env = "DIGEST_" + "__".join(p.upper() for p in loc)
     return f"{cfg}: {msg} (set it in the file or as {env})"
 
@@ -293,4 +318,11 @@ first_edition_days = {first_edition_days}    # on a new install, only posts this
 # confirm_resend_minutes = 10    # at most one confirmation mail per pending address this often
 # check_deliverability = false   # also check the address's domain in DNS (needs DNS from the server)
 # forwarded_allow_ips = "127.0.0.1"  # reverse proxies whose X-Forwarded-For is trusted
+
+[schedule]
+# When `digest serve` sends the digest (`digest schedule` shows the next times).
+cron = "0 9 * * mon"      # crontab: minute hour day month weekday (0/7 = Sunday; names work)
+timezone = "UTC"          # IANA name the cron is read in, e.g. "Europe/Berlin", "America/New_York"
+# poll_minutes = 30       # between sends, poll the feeds and retry deferred deliveries (0: off)
+# misfire_grace_hours = 24  # if the service was down at send time, send on start if this late at most
 """

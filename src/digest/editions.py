@@ -10,8 +10,8 @@ from sqlalchemy import func, insert, literal, select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from . import locks
 from .errors import NotFound
-
 from .models import (
     Delivery,
     DeliveryStatus,
@@ -140,8 +140,31 @@ def create(
     slot: datetime | None = None,
 ) -> Edition | None:
     """Create the next edition from every unsent post, with a pending delivery for each active
-    subscriber, in one transaction. None when there is nothing new (or another process just took
-    these posts)."""
+    subscriber, in one transaction under the edition lock (so concurrent senders take turns and the
+    second finds the posts taken). None when there is nothing new (or the slot is taken)."""
+    locks.acquire(session, locks.EDITION, now=as_utc(clock()))
+    try:
+        edition = build(
+            session, clock, subject_template=subject_template, newsletter_name=newsletter_name, slot=slot
+        )
+        session.commit()
+    except IntegrityError:
+        # Another sender built an edition from the same posts (or slot) first.
+        session.rollback()
+        return None
+    return edition
+
+
+def build(
+    session: Session,
+    clock: Clock,
+    *,
+    subject_template: str,
+    newsletter_name: str,
+    slot: datetime | None = None,
+) -> Edition | None:
+    """Add the next edition, its posts and its deliveries to the session's transaction and flush;
+    the caller holds the edition lock and commits. None (nothing added) when there is nothing new."""
     posts = unsent_posts(session)
     if not posts:
         return None
@@ -154,17 +177,11 @@ def create(
         subject=subject_for(subject_template, newsletter_name, len(posts), number, now),
         slot=as_utc(slot) if slot else None,
     )
-    try:
-        session.add(edition)
-        session.flush()
-        session.add_all(EditionPost(post_id=p.id, edition_id=edition.id) for p in posts)
-        session.flush()
-        _add_deliveries(session, edition, frozenset(p.category for p in posts))
-        session.commit()
-    except IntegrityError:
-        # Another sender built an edition from the same posts (or slot) first.
-        session.rollback()
-        return None
+    session.add(edition)
+    session.flush()
+    session.add_all(EditionPost(post_id=p.id, edition_id=edition.id) for p in posts)
+    session.flush()
+    _add_deliveries(session, edition, frozenset(p.category for p in posts))
     return edition
 
 
@@ -195,6 +212,13 @@ def _add_deliveries(session: Session, edition: Edition, categories: frozenset[st
                 Delivery.edition_id == edition.id, col(Delivery.subscriber_id).in_(skip[i : i + 500])
             )
         )
+
+
+def delivery_count(session: Session, edition: Edition) -> int:
+    """How many deliveries (recipients) `edition` has."""
+    return session.execute(
+        sa_select(func.count()).select_from(Delivery).where(Delivery.edition_id == edition.id)
+    ).scalar_one()
 
 
 def _counts(session: Session, edition_ids: list[int]) -> dict[int, dict[str, int]]:

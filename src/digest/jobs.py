@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable
 import secrets
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from sqlmodel import Session
 
-from . import editions, sources
+from . import editions, schedule, sources
 from .config import Settings
 from .delivery import DeliveryReport, build_message, deliver
 from .editions import EditionView
@@ -20,6 +20,10 @@ from .message import Message, Recipient
 from .render import Renderer
 
 Clock = Callable[[], datetime]
+
+# A scheduled run starts a moment after its slot (later if another job of the process was running):
+# whatever misfire_grace_hours says, a slot is still due this long after it.
+MIN_GRACE = timedelta(minutes=1)
 
 
 def utc_now() -> datetime:
@@ -40,6 +44,8 @@ class SendResult:
     resumed: list[DeliveryReport] = field(default_factory=list)
     edition: DeliveryReport | None = None  # the new edition, if one was built
     post_count: int = 0
+    recipients: int = 0  # deliveries the new edition was built with
+    slot: schedule.SlotResult | None = None  # with slot=: what became of it
 
 
 def send(
@@ -52,28 +58,81 @@ def send(
     stop: Callable[[], bool] = lambda: False,
     slot: datetime | None = None,
 ) -> SendResult:
+    """Fetch, finish every unfinished edition, build the next one from every unsent post (for
+    schedule slot `slot`, if given: at most one edition per slot), deliver it."""
     result = SendResult()
     if fetch:
-        result.polled = sources.poll(session, settings, clock)
+        result.polled = sources.poll(session, settings, clock, stop=stop)
     renderer = renderer_for(settings)
-    for unfinished in editions.unfinished(session):
-        if stop():
-            return result
-        result.resumed.append(deliver(session, unfinished, mailer, clock, settings, renderer=renderer, stop=stop))
+    result.resumed = resume(session, settings, mailer, clock, stop=stop, renderer=renderer)
     if stop():
         return result
-    edition = editions.create(
-        session,
-        clock,
-        subject_template=settings.newsletter.subject,
-        newsletter_name=settings.newsletter.name,
-        slot=slot,
-    )
+    nl = settings.newsletter
+    if slot is None:
+        edition = editions.create(session, clock, subject_template=nl.subject, newsletter_name=nl.name)
+    else:
+        result.slot = schedule.build_for_slot(
+            session, clock, slot, subject_template=nl.subject, newsletter_name=nl.name
+        )
+        edition = result.slot.edition
     if edition is None:
         return result
     view = editions.edition_view(session, edition, settings.digest.sections)
     result.post_count = view.post_count
+    result.recipients = editions.delivery_count(session, edition)
     result.edition = deliver(session, edition, mailer, clock, settings, renderer=renderer, stop=stop)
+    return result
+
+
+def resume(
+    session: Session,
+    settings: Settings,
+    mailer: Mailer,
+    clock: Clock = utc_now,
+    *,
+    stop: Callable[[], bool] = lambda: False,
+    renderer: Renderer | None = None,
+) -> list[DeliveryReport]:
+    """Deliver what is due of every unfinished edition (an interrupted send, deferred retries)."""
+    renderer = renderer or renderer_for(settings)
+    reports = []
+    for unfinished in editions.unfinished(session):
+        if stop():
+            break
+        reports.append(deliver(session, unfinished, mailer, clock, settings, renderer=renderer, stop=stop))
+    return reports
+
+
+@dataclass
+class ScheduledResult:
+    due: schedule.Due
+    send: SendResult | None = None  # a slot was due: the send job's result
+    polled: list[sources.SourceReport] = field(default_factory=list)  # otherwise: fetched ...
+    resumed: list[DeliveryReport] = field(default_factory=list)  # ... and resumed
+
+
+def scheduled(
+    session: Session,
+    settings: Settings,
+    mailer: Mailer,
+    clock: Clock = utc_now,
+    *,
+    stop: Callable[[], bool] = lambda: False,
+    fetch: bool = True,
+) -> ScheduledResult:
+    """What `digest serve` runs at each cron time, at start and at each poll: if a schedule slot
+    is due (see schedule.due), `send` for it; otherwise fetch the feeds and resume unfinished
+    editions. A slot missed by downtime is caught up here, once; a failed run is retried here."""
+    cron = settings.schedule.parsed()
+    grace = max(timedelta(hours=settings.schedule.misfire_grace_hours), MIN_GRACE)
+    due = schedule.due(session, cron, grace, clock)
+    result = ScheduledResult(due)
+    if due.slot is not None:
+        result.send = send(session, settings, mailer, clock, fetch=fetch, stop=stop, slot=due.slot)
+        return result
+    if fetch:
+        result.polled = sources.poll(session, settings, clock, stop=stop)
+    result.resumed = resume(session, settings, mailer, clock, stop=stop)
     return result
 
 

@@ -1,4 +1,4 @@
-"""The tables: Source, Post, Subscriber, Edition, EditionPost, Delivery.
+"""The tables: Source, Post, Subscriber, Edition, EditionPost, Delivery; ScheduleRun, Lock.
 
 Datetimes are timezone-aware UTC in Python (``as_utc()``); SQLModel stores them as UTC.
 """
@@ -121,3 +121,30 @@ class Delivery(SQLModel, table=True):
     # Claim: a sender process takes a batch by writing its id and a lease end.
     claimed_by: str | None = Field(default=None, max_length=100)
     claimed_until: datetime | None = None
+
+
+class ScheduleRun(SQLModel, table=True):
+    """What became of one schedule slot (the UTC instant the cron named): at most one row each.
+
+    outcome: "edition" (edition_id was built for it), "nothing new", "already sent" (an edition was
+    built at or after the slot by another sender, e.g. `digest send`), or "before start" (the
+    latest slot before the schedule first ran on this database: never sent, only a baseline).
+    """
+
+    __tablename__ = "schedule_run"
+
+    slot: datetime = Field(primary_key=True)
+    ran_at: datetime
+    outcome: str = Field(max_length=20)
+    edition_id: int | None = Field(default=None, foreign_key="edition.id")
+
+
+class Lock(SQLModel, table=True):
+    """A named lock: a process holds it from the UPDATE of its row to the end of that transaction
+    (see digest.locks). On SQLite that is the database write lock; on PostgreSQL a row lock."""
+
+    __tablename__ = "app_lock"
+
+    name: str = Field(primary_key=True, max_length=50)
+    holder: str | None = Field(default=None, max_length=100)
+    acquired_at: datetime | None = None

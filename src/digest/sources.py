@@ -6,9 +6,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from . import feeds
+from . import feeds, locks
 from .config import Settings
 from .errors import FeedError
 from .models import EditionPost, Post, Source, as_utc
@@ -30,9 +31,21 @@ class SourceReport:
         return self.error is None
 
 
-def poll(session: Session, settings: Settings, clock: Clock, fetch=feeds.fetch) -> list[SourceReport]:
-    """Fetch and store every configured feed. One failing source never stops the others."""
-    return [poll_one(session, location, settings, clock, fetch) for location in settings.feed_locations()]
+def poll(
+    session: Session,
+    settings: Settings,
+    clock: Clock,
+    fetch=feeds.fetch,
+    stop: Callable[[], bool] = lambda: False,
+) -> list[SourceReport]:
+    """Fetch and store every configured feed. One failing source never stops the others;
+    `stop()` (checked between sources) does."""
+    reports = []
+    for location in settings.feed_locations():
+        if stop():
+            break
+        reports.append(poll_one(session, location, settings, clock, fetch))
+    return reports
 
 
 def poll_one(session: Session, location: str, settings: Settings, clock: Clock, fetch=feeds.fetch) -> SourceReport:
@@ -41,9 +54,7 @@ def poll_one(session: Session, location: str, settings: Settings, clock: Clock, 
     source = session.exec(select(Source).where(Source.url == location)).first()
     first_fetch = source is None or source.last_fetched_at is None
     if source is None:
-        source = Source(url=location, created_at=now)
-        session.add(source)
-        session.commit()
+        source = _add_source(session, location, now)
     try:
         result = fetch(
             location,
@@ -75,6 +86,9 @@ def poll_one(session: Session, location: str, settings: Settings, clock: Clock, 
         days = settings.digest.first_edition_days
         if first_fetch and days > 0:
             cutoff = now - timedelta(days=days)
+        # Another process may be polling the same feed right now: take turns, so the second
+        # sees the first one's posts as existing instead of inserting them again.
+        locks.acquire(session, locks.POSTS, now=now)
         _store_posts(session, source, parsed.posts, now, cutoff, report)
         source.title = parsed.title or source.title
         source.etag, source.last_modified = result.etag, result.last_modified
@@ -83,6 +97,17 @@ def poll_one(session: Session, location: str, settings: Settings, clock: Clock, 
     session.add(source)
     session.commit()
     return report
+
+
+def _add_source(session: Session, location: str, now) -> Source:
+    source = Source(url=location, created_at=now)
+    session.add(source)
+    try:
+        session.commit()
+    except IntegrityError:  # another process added it first
+        session.rollback()
+        source = session.exec(select(Source).where(Source.url == location)).one()
+    return source
 
 
 def _store_posts(session, source, posts, now, cutoff, report) -> None:

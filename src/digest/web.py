@@ -6,6 +6,7 @@ subscriber is authorised by the signed token in its URL.
 """
 
 import logging
+import threading
 from contextlib import asynccontextmanager
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -337,16 +338,26 @@ def _stylesheet(override: FilePath | None) -> bytes:
     return b""
 
 
-def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
-    """Run the web app with uvicorn until interrupted."""
+def serve(settings: Settings, host: str | None = None, port: int | None = None, stop: threading.Event | None = None) -> None:
+    """Run the web app with uvicorn until interrupted (SIGTERM/SIGINT) or until `stop` is set."""
     import uvicorn
 
-    uvicorn.run(
-        create_app(settings),
-        host=host or settings.web.host,
-        port=port or settings.web.port,
-        proxy_headers=True,
-        forwarded_allow_ips=settings.web.forwarded_allow_ips,
-        server_header=False,
-        log_level="info",
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings),
+            host=host or settings.web.host,
+            port=port or settings.web.port,
+            proxy_headers=True,
+            forwarded_allow_ips=settings.web.forwarded_allow_ips,
+            server_header=False,
+            log_level="info",
+        )
     )
+    if stop is not None:
+
+        def watch() -> None:
+            stop.wait()
+            server.should_exit = True
+
+        threading.Thread(target=watch, name="web-stop", daemon=True).start()
+    server.run()

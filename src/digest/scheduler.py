@@ -1,0 +1,240 @@
+"""`digest serve`'s scheduler: the scheduled send and feed polling, on APScheduler in this process.
+
+APScheduler only wakes the process: once at start, at each cron time and every poll_minutes. What
+to do then is decided from the database by `jobs.scheduled` (the same send code as `digest send`),
+so a restarted process catches up on a missed slot and several processes send once.
+
+Thin on purpose: wiring, signals and log lines; no scheduling decisions here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from . import jobs
+from .config import Settings
+from .cron import Cron
+from .errors import DigestError
+from .mailer import Mailer, SMTPMailer
+from .store import create_schema, make_engine, session
+
+log = logging.getLogger("digest")
+
+UTC = timezone.utc
+
+
+class CronSlots(BaseTrigger):
+    """An APScheduler trigger firing at a `digest.cron.Cron`'s instants (aware UTC datetimes,
+    strictly increasing, so APScheduler's comparisons never meet an ambiguous local time)."""
+
+    def __init__(self, cron: Cron):
+        self.cron = cron
+
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
+        if previous_fire_time is not None:
+            return self.cron.next_after(previous_fire_time)
+        return self.cron.next_after(now - timedelta(microseconds=1))
+
+    def __str__(self) -> str:
+        return f"cron[{self.cron.expr} {self.cron.tz_name}]"
+
+
+def when(cron: Cron, instant: datetime) -> str:
+    """An instant for people: in the schedule's zone, and in UTC unless that is the zone."""
+    local = cron.local(instant)
+    clock = "%H:%M:%S" if cron.has_seconds else "%H:%M"
+    text = f"{local:%a %Y-%m-%d {clock} %Z}"
+    if local.utcoffset() != timedelta(0) or cron.tz_name != "UTC":
+        text += f" ({instant.astimezone(UTC):{clock}} UTC)"
+    return text
+
+
+class Service:
+    """The scheduler of one `digest serve` process. `stop` (an Event) asks running jobs to stop
+    between messages; `shutdown()` sets it and waits for them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        stop: threading.Event | None = None,
+        clock: jobs.Clock = jobs.utc_now,
+        mailer_factory: Callable[[], Mailer] | None = None,
+    ):
+        self.settings = settings
+        self.cron = settings.schedule.parsed()
+        self.stop = stop or threading.Event()
+        self.clock = clock
+        self.mailer_factory = mailer_factory or (lambda: SMTPMailer(settings.smtp))
+        self._busy = threading.Lock()  # one job at a time in this process
+        self._aps = BackgroundScheduler(timezone=UTC, executors={"default": ThreadPoolExecutor(2)})
+        self.engine = None
+
+    def start(self) -> None:
+        self.engine = make_engine(self.settings.database_url)
+        create_schema(self.engine)
+        sched = self.settings.schedule
+        grace = max(1, int(sched.misfire_grace_hours * 3600))
+        # At start: catch up on a missed slot (decided from the database), or poll and resume.
+        self._aps.add_job(self._run, args=["start"], id="start", name="start", misfire_grace_time=None)
+        self._aps.add_job(
+            self._run, CronSlots(self.cron), args=["send"], id="send", name="send",
+            coalesce=True, max_instances=1, misfire_grace_time=grace,
+        )
+        if sched.poll_minutes:
+            self._aps.add_job(
+                self._run, IntervalTrigger(minutes=sched.poll_minutes, timezone=UTC), args=["poll"],
+                id="poll", name="poll", coalesce=True, max_instances=1, misfire_grace_time=None,
+            )
+        upcoming = self.cron.next_after(self.clock())
+        log.info(
+            "scheduler started: %r in %s, next send %s; %s; catch-up within %g h",
+            self.cron.expr, self.cron.tz_name, when(self.cron, upcoming) if upcoming else "never",
+            f"polling every {sched.poll_minutes} min" if sched.poll_minutes else "no polling",
+            sched.misfire_grace_hours,
+        )
+        self._aps.start()
+
+    def shutdown(self) -> None:
+        self.stop.set()
+        if self._aps.running:
+            self._aps.shutdown(wait=True)  # a running job stops after the message in flight
+        if self.engine is not None:
+            self.engine.dispose()
+
+    def _run(self, kind: str) -> None:
+        if self.stop.is_set():
+            return
+        if kind == "poll":
+            if not self._busy.acquire(blocking=False):
+                log.debug("poll skipped: another job is running")
+                return
+        else:
+            while not self._busy.acquire(timeout=0.5):
+                if self.stop.is_set():
+                    return
+        try:
+            mailer = self.mailer_factory()
+            try:
+                with session(self.engine) as s:
+                    result = jobs.scheduled(s, self.settings, mailer, self.clock, stop=self.stop.is_set)
+            finally:
+                mailer.close()
+            log_scheduled(kind, result, self.cron)
+        except DigestError as exc:
+            log.error("%s failed: %s", kind, exc)
+        except Exception as exc:  # noqa: BLE001 - the service keeps running; the next run retries
+            log.error("%s failed: %s: %s", kind, type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        finally:
+            self._busy.release()
+
+
+# --- log lines: one per poll, per edition, per failure ------------------------------------------
+
+
+def log_scheduled(kind: str, result: jobs.ScheduledResult, cron: Cron) -> None:
+    if result.send is None:
+        (log.info if kind != "poll" else log.debug)("%s: %s", kind, result.due.reason)
+        log_poll(result.polled)
+        log_deliveries(result.resumed, resumed=True)
+        return
+    send = result.send
+    log_poll(send.polled)
+    log_deliveries(send.resumed, resumed=True)
+    slot = send.slot
+    if slot is None:  # stopped before the edition was built; the slot stays open
+        log.info("slot %s: not built (stopping); the next start catches up", when(cron, result.due.slot))
+        return
+    label = f"slot {when(cron, slot.slot)}"
+    if send.edition is None:
+        log.info("%s: %s", label, slot.detail or f"{slot.outcome}, no edition")
+        return
+    r = send.edition
+    log.info(
+        "edition %d for %s: %d post(s), %d recipient(s); %d delivered, %d failed, %d pending%s",
+        r.edition_number, label, send.post_count, send.recipients, r.sent, r.failed, r.deferred,
+        " (stopped; the rest is sent on the next start)" if r.stopped else "",
+    )
+    log_deliveries([r], resumed=False)
+
+
+def log_poll(reports) -> None:
+    if not reports:
+        return
+    new = sum(r.new for r in reports)
+    updated = sum(r.updated for r in reports)
+    failed = [r for r in reports if not r.ok]
+    log.info(
+        "poll: %d feed%s, %d new post%s, %d updated, %d failed",
+        len(reports), "" if len(reports) == 1 else "s", new, "" if new == 1 else "s", updated, len(failed),
+    )
+    for r in failed:
+        log.warning("feed failed: %s", r.error)
+
+
+def log_deliveries(reports, *, resumed: bool) -> None:
+    for r in reports:
+        if resumed and (r.sent or r.failed or r.stopped):
+            log.info("edition %d resumed: %d delivered, %d failed, %d pending", r.edition_number, r.sent, r.failed, r.deferred)
+        for address, reply in r.failures:
+            log.warning("delivery failed: edition %d to %s: %s", r.edition_number, address, reply)
+
+
+# --- the process ------------------------------------------------------------------------------
+
+
+def serve(
+    settings: Settings,
+    *,
+    scheduler: bool = True,
+    web: Callable[[threading.Event], None] | None = None,
+    service: Service | None = None,
+) -> int:
+    """Run until SIGTERM or SIGINT: the scheduler (unless `scheduler` is False) and then
+    `web(stop)` (the web server, which blocks until it gets a signal or `stop` is set), or just wait. Returns the exit status, 0 after a signal.
+
+    The first signal sets the stop flag: the job in progress finishes the message in flight and
+    leaves the rest pending for the next start. A second one exits at once. While `web()` runs,
+    the web server's own handlers (uvicorn's) take the signals; when it returns we stop too.
+    """
+    stop = service.stop if service else threading.Event()
+    service = service or (Service(settings, stop=stop) if scheduler else None)
+
+    def on_signal(signum, _frame) -> None:
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            log.warning("%s again: exiting now; deliveries in flight may be sent again on the next start", name)
+            os._exit(1)
+        log.info("%s: stopping after the message in flight; the rest stays pending", name)
+        stop.set()
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, on_signal)
+    try:
+        if service is not None:
+            service.start()
+        if web is not None:
+            web(stop)
+        else:
+            while not stop.wait(1.0):
+                pass
+    finally:
+        stop.set()
+        if service is not None:
+            service.shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    log.info("stopped")
+    return 0

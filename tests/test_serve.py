@@ -1,0 +1,258 @@
+"""`digest serve` for real: subprocesses, the test's SMTP server (aiosmtpd), one SQLite file.
+
+Schedules use the six-field cron (seconds first) so slots come a few seconds ahead; waits poll the
+log or the SMTP server with generous timeouts, never asserting how fast anything was.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from digest import jobs
+from digest import subscribers as subs
+from digest.config import load_settings
+from digest.mailer import MemoryMailer
+from digest.models import Delivery, DeliveryStatus, Edition
+from digest.store import create_schema, make_engine, session
+
+from conftest import DIGEST, FixedClock, free_port, run_digest, write_config
+from feedgen import write_feed
+
+UTC = timezone.utc
+
+
+def make_config(tmp_path: Path, smtp_server, *, cron: str, tz: str = "UTC", grace: float = 24, readers: int = 3) -> Path:
+    feed = write_feed(tmp_path / "blog.atom", [1, 2])
+    path = write_config(tmp_path, feeds=[str(feed)], smtp_port=smtp_server.port)
+    text = path.read_text().replace('cron = "0 9 * * mon"', f'cron = "{cron}"').replace('timezone = "UTC"', f'timezone = "{tz}"')
+    path.write_text(text + f"misfire_grace_hours = {grace}\n")
+    with database(path) as s:
+        for i in range(readers):
+            subs.add(s, f"reader{i}@example.com", jobs.utc_now)
+    return path
+
+
+class database:
+    def __init__(self, path: Path):
+        self.settings = load_settings(path)
+
+    def __enter__(self):
+        self.engine = make_engine(self.settings.database_url)
+        create_schema(self.engine)
+        self.session = session(self.engine)
+        return self.session
+
+    def __exit__(self, *exc):
+        self.session.close()
+        self.engine.dispose()
+
+
+class Serve:
+    """A `digest serve` subprocess logging to a file."""
+
+    def __init__(self, config: Path, name: str = "serve", *args: str):
+        self.log = config.parent / f"{name}.log"
+        self.port = free_port()  # the web app listens too; each process on its own port
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
+        self.proc = subprocess.Popen(
+            [*DIGEST, "--config", str(config), "serve", "--port", str(self.port), *args],
+            stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=config.parent,
+        )
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def wait_log(self, needle: str, count: int = 1, timeout: float = 30) -> None:
+        wait_for(lambda: self.text().count(needle) >= count, timeout, lambda: f"{needle!r} x{count} in:\n{self.text()}")
+
+    def stop(self, timeout: float = 20, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError(f"digest serve did not exit after SIGTERM:\n{self.text()}")
+
+
+def wait_for(predicate, timeout: float, describe=lambda: "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {describe()}")
+        time.sleep(0.05)
+
+
+def recipients(smtp_server) -> Counter:
+    return Counter(r for got in smtp_server.received for r in got.recipients)
+
+
+def editions(config: Path) -> list[Edition]:
+    with database(config) as s:
+        return list(s.exec(select(Edition).order_by(Edition.number)).all())
+
+
+@pytest.fixture
+def procs():
+    started: list[Serve] = []
+    yield started
+    for p in started:
+        if p.proc.poll() is None:
+            p.proc.kill()
+            p.proc.wait()
+
+
+def test_serve_sends_one_edition_on_schedule_then_nothing_more(tmp_path, smtp_server, procs):
+    config = make_config(tmp_path, smtp_server, cron="*/2 * * * * *", tz="Europe/Berlin")
+    serve = Serve(config)
+    procs.append(serve)
+    serve.wait_log("schedule starts now")  # first start: only a baseline, nothing sent
+    serve.wait_log("edition 1 for slot")
+    wait_for(lambda: len(smtp_server.received) >= 3, 30)
+    serve.wait_log("nothing new, no edition", count=2)  # two more slots came and went
+    assert serve.stop() == 0
+    assert recipients(smtp_server) == Counter({f"reader{i}@example.com": 1 for i in range(3)})
+    [edition] = editions(config)
+    assert edition.slot is not None and edition.slot.second % 2 == 0
+    log = serve.text()
+    assert "2 post(s), 3 recipient(s); 3 delivered, 0 failed, 0 pending" in log
+    assert "SIGTERM: stopping" in log and log.rstrip().endswith("stopped")
+    assert "Traceback" not in log
+
+
+def _ran_yesterday(config: Path) -> None:
+    """The service's first start, a day ago: what a real earlier run would have recorded."""
+    with database(config) as s:
+        settings = load_settings(config)
+        jobs.scheduled(s, settings, MemoryMailer(), FixedClock(datetime.now(UTC) - timedelta(days=1)), fetch=False)
+
+
+@pytest.mark.parametrize("grace, sends", [(1, True), (0.01, False)])  # one hour / 36 seconds
+def test_catch_up_after_downtime_only_within_the_grace_period(tmp_path, smtp_server, procs, grace, sends):
+    missed = datetime.now(UTC) - timedelta(minutes=2)  # a daily slot two minutes ago, while it was down
+    config = make_config(tmp_path, smtp_server, cron=f"{missed.minute} {missed.hour} * * *", grace=grace)
+    _ran_yesterday(config)
+    serve = Serve(config)
+    procs.append(serve)
+    if sends:
+        serve.wait_log("edition 1 for slot")
+        wait_for(lambda: len(smtp_server.received) >= 3, 30)
+    else:
+        serve.wait_log("start: no send due")
+    assert serve.stop() == 0
+    assert len(editions(config)) == (1 if sends else 0)
+    assert len(smtp_server.received) == (3 if sends else 0)
+    # Starting again does not send again. (Stopped with Ctrl-C this time.)
+    again = Serve(config, "again")
+    procs.append(again)
+    again.wait_log("start: ")
+    assert again.stop(sig=signal.SIGINT) == 0
+    assert "SIGINT: stopping" in again.text()
+    assert len(smtp_server.received) == (3 if sends else 0)
+    if sends:
+        assert "edition (edition 1)" in again.text()
+
+
+def test_two_serve_processes_on_one_database_send_each_slot_once(tmp_path, smtp_server, procs):
+    config = make_config(tmp_path, smtp_server, cron="*/2 * * * * *", readers=10)
+    a, b = Serve(config, "a"), Serve(config, "b")
+    procs.extend([a, b])
+    wait_for(lambda: len(editions(config)) >= 1 and len(smtp_server.received) >= 10, 30)
+    a.wait_log("nothing new")
+    b.wait_log("nothing new")
+    # A new post: the next slot sends it, once.
+    write_feed(tmp_path / "blog.atom", [1, 2, 3])
+    wait_for(lambda: len(editions(config)) >= 2 and len(smtp_server.received) >= 20, 30)
+    seen = a.text().count("nothing new")
+    a.wait_log("nothing new", count=seen + 1)  # and one more slot goes by
+    assert a.stop() == 0 and b.stop() == 0
+    assert [e.number for e in editions(config)] == [1, 2]
+    assert recipients(smtp_server) == Counter({f"reader{i}@example.com": 2 for i in range(10)})
+    assert "Traceback" not in a.text() + b.text()
+
+
+def test_two_concurrent_digest_send_processes_build_one_edition(tmp_path, smtp_server):
+    config = make_config(tmp_path, smtp_server, cron="0 9 * * mon", readers=10)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
+    senders = [
+        subprocess.Popen([*DIGEST, "--config", str(config), "send"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=env, cwd=tmp_path)
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=60) for p in senders]
+    assert [p.returncode for p in senders] == [0, 0], outs
+    stdout = "".join(o for o, _ in outs)
+    assert stdout.count("Edition 1: 2 posts") == 1
+    assert len(editions(config)) == 1
+    assert recipients(smtp_server) == Counter({f"reader{i}@example.com": 1 for i in range(10)})
+
+
+def test_sigterm_finishes_the_message_in_flight_and_the_next_start_resumes(tmp_path, smtp_server, procs):
+    config = make_config(tmp_path, smtp_server, cron="*/2 * * * * *", readers=30)
+    smtp_server.on_message = lambda _got: time.sleep(0.2)  # a slow relay
+    serve = Serve(config)
+    procs.append(serve)
+    wait_for(lambda: len(smtp_server.received) >= 2, 30)
+    assert serve.stop() == 0
+    sent_before = len(smtp_server.received)
+    assert 2 <= sent_before < 30
+    with database(config) as s:
+        statuses = Counter(d.status for d in s.exec(select(Delivery)).all())
+    assert statuses[DeliveryStatus.sent] == sent_before
+    assert statuses[DeliveryStatus.pending] == 30 - sent_before  # left pending, none lost
+    assert "stopped; the rest is sent on the next start" in serve.text()
+
+    smtp_server.on_message = None
+    again = Serve(config, "again")
+    procs.append(again)
+    again.wait_log("edition 1 resumed")
+    wait_for(lambda: len(smtp_server.received) >= 30, 30)
+    assert again.stop() == 0
+    assert recipients(smtp_server) == Counter({f"reader{i}@example.com": 1 for i in range(30)})
+    [edition] = editions(config)
+    assert edition.status.value == "sent"
+
+
+def test_schedule_command_shows_next_sends_in_zone_and_utc(tmp_path, smtp_server):
+    config = make_config(tmp_path, smtp_server, cron="0 9 * * mon", tz="Europe/Berlin")
+    out = run_digest(config, "schedule", check=True).stdout
+    assert 'Schedule: "0 9 * * mon" in Europe/Berlin' in out
+    lines = [line for line in out.splitlines() if line.startswith("  Mon ")]
+    assert len(lines) == 5
+    for line in lines:  # 09:00 local is 08:00 UTC in winter (CET), 07:00 in summer (CEST)
+        assert ("09:00 CET" in line and "08:00 UTC" in line) or ("09:00 CEST" in line and "07:00 UTC" in line)
+    assert "Last edition: none yet" in out
+    run_digest(config, "send", check=True)
+    out = run_digest(config, "schedule", check=True).stdout
+    assert "Last edition: 1, built " in out and "(digest send)" in out
+
+
+def test_unknown_time_zone_is_a_one_line_error(tmp_path, smtp_server):
+    config = make_config(tmp_path, smtp_server, cron="0 9 * * mon")
+    proc = run_digest(config, "schedule", env={"DIGEST_SCHEDULE__TIMEZONE": "Europe/Atlantis"})
+    assert proc.returncode == 2
+    assert "schedule.timezone" in proc.stderr and "Europe/Atlantis" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_no_scheduler_serves_the_web_app_and_never_sends(tmp_path, smtp_server, procs):
+    import urllib.request
+
+    config = make_config(tmp_path, smtp_server, cron="* * * * * *")  # a slot every second
+    serve = Serve(config, "web-only", "--no-scheduler")
+    procs.append(serve)
+    serve.wait_log("Uvicorn running")
+    with urllib.request.urlopen(f"http://127.0.0.1:{serve.port}/healthz", timeout=10) as r:
+        assert r.status == 200
+    time.sleep(3)  # three slots pass
+    assert serve.stop() == 0
+    assert "scheduler started" not in serve.text() and smtp_server.received == []
