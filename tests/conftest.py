@@ -87,8 +87,10 @@ def smtp_server():
         controller.stop()
 
 
-def write_config(tmp_path: Path, *, feeds: list[str] | None = None, smtp_port: int = 25, extra: str = "", **kw) -> Path:
-    """A digest.toml in tmp_path with its own SQLite file."""
+def write_config(tmp_path: Path, *, feeds: list[str] | None = None, smtp_port: int = 25, extra: str = "",
+                 connections: int = 1, dkim: dict | None = None, **kw) -> Path:
+    """A digest.toml in tmp_path with its own SQLite file. `connections` (smtp.connections) is 1
+    unless a test asks for sender processes; `dkim` sets the [dkim] keys."""
     text = render_config(
         name=kw.pop("name", "Test Weekly"),
         from_=kw.pop("from_", "Test Weekly <news@digest.test>"),
@@ -98,6 +100,9 @@ def write_config(tmp_path: Path, *, feeds: list[str] | None = None, smtp_port: i
         first_edition_days=kw.pop("first_edition_days", 0),
         **kw,
     )
+    text = text.replace("# connections = 4 ", f"connections = {connections} ", 1)
+    for key, value in (dkim or {}).items():
+        text = text.replace(f"[dkim]\n", f"[dkim]\n{key} = \"{value}\"\n", 1)
     path = tmp_path / "digest.toml"
     path.write_text(text + extra, encoding="utf-8")
     return path

@@ -9,6 +9,7 @@ token can never be split or re-encoded by the quoted-printable line breaks.
 from __future__ import annotations
 
 import binascii
+import hashlib
 import html
 import re
 import secrets
@@ -17,6 +18,7 @@ from datetime import datetime
 from email.header import Header
 from email.utils import format_datetime, formataddr, parseaddr
 
+from .dkim_signer import DKIMSigner, canon_lines
 from .render import PLACEHOLDERS, Rendered
 
 _CTRL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
@@ -33,7 +35,7 @@ def encode_header_value(value: str) -> str:
     value = one_line(value)
     if value.isascii():
         return value
-    return Header(value, "utf-8", maxlinelen=76).encode()
+    return Header(value, "utf-8", maxlinelen=76).encode(linesep="\r\n")
 
 
 def format_address(name: str | None, email: str) -> str:
@@ -73,14 +75,6 @@ class _Part:
         pieces.append(_encode_static(tail))
         self.pieces = pieces
 
-    def fill(self, values: dict[str, str], out: list[bytes]) -> None:
-        for piece in self.pieces:
-            if isinstance(piece, bytes):
-                out.append(piece)
-            else:
-                field, escape = piece
-                out.append(_encode_slot(escape(values[field])))
-
 
 def _qp(data: str) -> bytes:
     return binascii.b2a_qp(data.encode("utf-8"), quotetabs=False, istext=True).replace(b"\n", b"\r\n")
@@ -114,7 +108,12 @@ def _html_escape(value: str) -> str:
 
 
 class Message:
-    """A rendered edition variant, ready to send to any number of recipients."""
+    """A rendered edition variant, ready to send to any number of recipients.
+
+    The body is kept as one ``bytes`` format string (static runs, ``%%`` escaped, with a ``%b``
+    per personal slot), so a recipient's copy is one C-level ``bytes % tuple``. With a DKIM
+    ``signer`` every copy is signed; the canonical body and static headers are prepared once.
+    """
 
     def __init__(
         self,
@@ -124,7 +123,9 @@ class Message:
         list_id: str,
         date: datetime,
         reply_to: str | None = None,
+        feedback_id: str | None = None,
         extra_headers: dict[str, str] | None = None,
+        signer: DKIMSigner | None = None,
     ) -> None:
         self.subject = one_line(rendered.subject)
         self.rendered = rendered
@@ -140,38 +141,74 @@ class Message:
         ]
         if reply_to:
             common.append(("Reply-To", one_line(reply_to)))
+        if feedback_id:
+            common.append(("Feedback-ID", one_line(feedback_id)))
         for key, value in (extra_headers or {}).items():
             common.append((one_line(key), encode_header_value(value)))
         common += [
             ("MIME-Version", "1.0"),
-            ("Content-Type", f'multipart/alternative; boundary="{boundary}"'),
+            ("Content-Type", f'multipart/alternative;\r\n boundary="{boundary}"'),
         ]
         self._common = "".join(f"{k}: {v}\r\n" for k, v in common).encode("ascii")
         part_head = (
             "--{b}\r\nContent-Type: text/{sub}; charset=\"utf-8\"\r\n"
             "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
         )
-        self._text_head = ("\r\n" + part_head.format(b=boundary, sub="plain")).encode()
-        # Each part ends with its own line break; the CRLF before a delimiter belongs to it.
-        self._html_head = ("\r\n" + part_head.format(b=boundary, sub="html")).encode()
-        self._end = f"\r\n--{boundary}--\r\n".encode()
-        self._text = _Part(rendered.text, _identity)
-        self._html = _Part(rendered.html, _html_escape)
+        # The body: text part, then HTML part. Each part ends with its own line break; the CRLF
+        # before a delimiter belongs to the delimiter. Every run is made of whole lines.
+        pieces: list = [part_head.format(b=boundary, sub="plain").encode()]
+        pieces += _Part(rendered.text, _identity).pieces
+        pieces.append(("\r\n" + part_head.format(b=boundary, sub="html")).encode())
+        pieces += _Part(rendered.html, _html_escape).pieces
+        pieces.append(f"\r\n--{boundary}--\r\n".encode())
+        self._slots: list[tuple[str, object]] = []  # distinct (field, escape) pairs
+        order: list[int] = []
+        fmt: list[bytes] = []
+        canon: list[bytes] = []
+        for piece in pieces:
+            if isinstance(piece, bytes):
+                fmt.append(piece.replace(b"%", b"%%"))
+                canon.append(canon_lines(piece).replace(b"%", b"%%"))
+            else:
+                if piece not in self._slots:
+                    self._slots.append(piece)
+                order.append(self._slots.index(piece))
+                fmt.append(b"%b")
+                canon.append(b"%b")
+        self._order = tuple(order)
+        self._body = b"".join(fmt)
+        self._canon_body = b"".join(canon)
+        self._canon_same = self._canon_body == self._body  # nothing for relaxed canonicalization to change
+        self._signature = None
+        if signer is not None:
+            static = [(k, v.encode("ascii")) for k, v in common]
+            personal = ("To", "Message-ID", "List-Unsubscribe")
+            oversign = ("From", "To", "Subject", "Date", "Message-ID", "Reply-To",
+                        "List-Unsubscribe", "List-Unsubscribe-Post")
+            self._signature = signer.prepare(static, personal, oversign, int(date.timestamp()))
+
+    @property
+    def signed(self) -> bool:
+        return self._signature is not None
 
     def for_recipient(self, r: Recipient) -> bytes:
         """The full message for one recipient: CRLF line endings, not dot-stuffed."""
         values = _values(r)
-        head = (
-            f"To: {format_address(r.name, r.email)}\r\n"
-            f"Message-ID: {one_line(r.message_id)}\r\n"
-            f"List-Unsubscribe: <{one_line(r.unsubscribe_url)}>\r\n"
-        )
-        out = [head.encode("utf-8"), self._common, self._text_head]
-        self._text.fill(values, out)
-        out.append(self._html_head)
-        self._html.fill(values, out)
-        out.append(self._end)
-        return b"".join(out)
+        encoded = [_encode_slot(escape(values[field])) for field, escape in self._slots]
+        slots = tuple([encoded[i] for i in self._order])
+        body = self._body % slots
+        to = format_address(r.name, r.email).encode("utf-8")
+        mid = one_line(r.message_id).encode("ascii", "replace")
+        unsub = b"<" + one_line(r.unsubscribe_url).encode("utf-8") + b">"
+        head = b"To: " + to + b"\r\nMessage-ID: " + mid + b"\r\nList-Unsubscribe: " + unsub + b"\r\n"
+        if self._signature is None:
+            return b"".join((head, self._common, b"\r\n", body))
+        if self._canon_same and all(canon_lines(e) is e for e in encoded):
+            canonical = body
+        else:
+            canonical = self._canon_body % tuple([canon_lines(e) for e in slots])
+        dkim = self._signature.sign((to, mid, unsub), hashlib.sha256(canonical).digest())
+        return b"".join((dkim, head, self._common, b"\r\n", body))
 
     def parts_for(self, r: Recipient) -> tuple[str, str]:
         """(html, text) as the recipient sees them (for previews)."""
