@@ -7,7 +7,11 @@ import email.policy
 import re
 from pathlib import Path
 
+from sqlmodel import select
+
 from digest import jobs, subscribers
+from digest.models import Delivery
+from digest.verp import VERP
 from digest.links import Links
 from digest.mailer import SMTPMailer
 from digest.message import Message, Recipient
@@ -30,7 +34,10 @@ def test_each_message_is_multipart_alternative_with_list_headers(db, settings, c
     ids = set()
     for addr, received in got.items():
         msg = received.message
-        assert received.sender == "news@digest.test"
+        # VERP: the envelope sender names this delivery, so a bounce can be traced back to it
+        delivery = db.exec(select(Delivery).where(Delivery.message_id == msg["Message-ID"])).one()
+        assert received.sender == VERP(settings.newsletter.secret_key, "digest.test").sender(delivery.id)
+        assert VERP(settings.newsletter.secret_key, "digest.test").read(received.sender) == delivery.id
         assert msg.get_content_type() == "multipart/alternative"
         text, html = msg.get_payload()
         assert (text.get_content_type(), html.get_content_type()) == ("text/plain", "text/html")

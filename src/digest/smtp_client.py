@@ -33,7 +33,7 @@ import socket
 import ssl
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = [
     "Reply",
@@ -97,11 +97,13 @@ class Envelope:
     ``data`` is the full RFC 5322 message (headers + body), lines ending CRLF, *not* dot-stuffed,
     without the final ``.\\r\\n``.  Bare LF / bare CR line endings are tolerated and normalised to CRLF.
     Addresses containing CR, LF, other control characters, ``<`` or ``>`` raise ``ValueError``.
+    ``tag`` is the caller's: carried along untouched (not compared), to pair results with work items.
     """
 
     sender: str
     recipient: str
     data: bytes
+    tag: object = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         _check_address("sender", self.sender)

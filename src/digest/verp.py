@@ -1,0 +1,54 @@
+"""VERP envelope senders: ``bounce+{token}@{bounce_domain}``, where the token names one delivery.
+
+A bounce is sent to the envelope sender, so the address it arrives at tells which delivery (and
+so which subscriber and edition) bounced, whatever the bounce's body says. The token is the
+delivery id in base 36 and a 48-bit HMAC of it, lower case only (some systems fold the case of
+local parts): ``bounce+2n9c-k3v7a1q0xe@news.example.com``. Forged or altered tokens are refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+
+PREFIX = "bounce+"
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+_TOKEN = re.compile(r"bounce\+([0-9a-z]{1,13})-([a-z2-7]{10})@", re.IGNORECASE)
+
+
+def _base36(n: int) -> str:
+    if n == 0:
+        return "0"
+    out = []
+    while n:
+        n, r = divmod(n, 36)
+        out.append(_DIGITS[r])
+    return "".join(reversed(out))
+
+
+class VERP:
+    def __init__(self, secret_key: str, domain: str):
+        self.domain = domain.lower()
+        self._key = hashlib.sha256(b"digest.verp\0" + secret_key.encode("utf-8")).digest()
+
+    def _mac(self, ident: str) -> str:
+        digest = hmac.digest(self._key, ident.encode("ascii"), "sha256")
+        return base64.b32encode(digest[:6]).decode("ascii").lower().rstrip("=")  # 6 bytes -> 10 chars
+
+    def token(self, delivery_id: int) -> str:
+        ident = _base36(delivery_id)
+        return f"{ident}-{self._mac(ident)}"
+
+    def sender(self, delivery_id: int) -> str:
+        return f"{PREFIX}{self.token(delivery_id)}@{self.domain}"
+
+    def read(self, address: str) -> int | None:
+        """The delivery id named by a VERP address (or any text containing one), None if there is
+        none or its signature does not match."""
+        for m in _TOKEN.finditer(address or ""):
+            ident, mac = m.group(1).lower(), m.group(2).lower()
+            if hmac.compare_digest(mac, self._mac(ident)):
+                return int(ident, 36)
+        return None
