@@ -114,3 +114,25 @@ def test_text_part_matches_the_golden_file(db, settings, clock):
     if not golden.exists():  # first run writes it; review it and commit it
         golden.write_text(text, encoding="utf-8")
     assert text == golden.read_text(encoding="utf-8")
+
+
+def test_wire_bytes_are_exactly_the_dot_stuffed_message_and_tokens_match_itsdangerous():
+    from datetime import datetime, timezone
+
+    from itsdangerous import URLSafeSerializer
+
+    from digest.links import _fingerprint
+    from digest.smtp_client import dot_stuff
+
+    html = "<style>\n.post a { color: red }\n</style>\n<p>100% sure</p>\n.\n..dots\n<a href=\"XDIGESTUNSUBSCRIBEURLX\">u</a>\n"
+    rendered = Rendered("S", html, ".leading dot\nXDIGESTNAMEX\n%s %b %%\n")
+    message = Message(rendered, from_="N <n@x.test>", list_id="<l.x.test>", date=datetime(2026, 11, 26, tzinfo=timezone.utc))
+    for name in (".dotty", "Ann", None, "x" * 200):
+        r = Recipient("a@x.test", name, "https://u.test/unsubscribe/tok", "https://p", "<1@x.test>")
+        assert message.wire_for(r) == dot_stuff(message.for_recipient(r))
+    links = Links("s3cret-s3cret-s3cret", "https://news.example")
+    reference = URLSafeSerializer("s3cret-s3cret-s3cret", salt="digest.subscriber")
+    for sid, addr in [(1, "a@b.test"), (123456789, "Ann.Lee@Example.com"), (42, "ü@example.com")]:
+        token = links.subscriber_token(sid, addr)
+        assert token == reference.dumps([sid, _fingerprint(addr)])
+        assert links.read_subscriber_token(token) == (sid, _fingerprint(addr))

@@ -483,10 +483,10 @@ def run_sender(
                         return
                     token = links.subscriber_token(c.subscriber_id, c.email)
                     mid = f"<{edition.number}.{c.delivery_id}.{secrets.token_hex(4)}@{domain}>"
-                    data = message.for_recipient(
+                    data = message.wire_for(
                         Recipient(c.email, c.name, links.unsubscribe_url(token), links.preferences_url(token), mid)
                     )
-                    yield Envelope(verp.sender(c.delivery_id), c.email, data, tag=(c, mid))
+                    yield Envelope(verp.sender(c.delivery_id), c.email, data, tag=(c, mid), ready=True)
 
             done = 0
             for env, reply in mailer.send(envelopes()):

@@ -28,6 +28,8 @@ _QP_MAX = 76
 
 def one_line(value: str) -> str:
     """Collapse CR, LF and other control characters: nothing can start a new header."""
+    if value.isprintable() and "  " not in value and value[:1] != " " and value[-1:] != " ":
+        return value  # the common case, without a regex (isprintable() is False for all of _CTRL)
     return " ".join(_CTRL.sub(" ", value).split())
 
 
@@ -96,7 +98,15 @@ def _encode_static(text: str) -> bytes:
 
 def _encode_slot(value: str) -> bytes:
     # A slot always starts a line and ends with a soft break; b2a_qp keeps lines <= 76.
-    return _qp(one_line(value)) + b"=\r\n"
+    # `value` is one line already (see _values).
+    return _qp(value) + b"=\r\n"
+
+
+def _stuff(run: bytes) -> bytes:
+    """Dot-stuff whole lines (RFC 5321 4.5.2): a line that starts with '.' gets another."""
+    if run[:1] == b".":
+        run = b"." + run
+    return run.replace(b"\r\n.", b"\r\n..") if b"\r\n." in run else run
 
 
 def _identity(value: str) -> str:
@@ -164,19 +174,23 @@ class Message:
         self._slots: list[tuple[str, object]] = []  # distinct (field, escape) pairs
         order: list[int] = []
         fmt: list[bytes] = []
+        wire: list[bytes] = []
         canon: list[bytes] = []
         for piece in pieces:
             if isinstance(piece, bytes):
                 fmt.append(piece.replace(b"%", b"%%"))
+                wire.append(_stuff(piece).replace(b"%", b"%%"))
                 canon.append(canon_lines(piece).replace(b"%", b"%%"))
             else:
                 if piece not in self._slots:
                     self._slots.append(piece)
                 order.append(self._slots.index(piece))
                 fmt.append(b"%b")
+                wire.append(b"%b")
                 canon.append(b"%b")
         self._order = tuple(order)
         self._body = b"".join(fmt)
+        self._wire_body = b"".join(wire) + b".\r\n"  # dot-stuffed, with the end-of-data line
         self._canon_body = b"".join(canon)
         self._canon_same = self._canon_body == self._body  # nothing for relaxed canonicalization to change
         self._signature = None
@@ -193,18 +207,30 @@ class Message:
 
     def for_recipient(self, r: Recipient) -> bytes:
         """The full message for one recipient: CRLF line endings, not dot-stuffed."""
+        return self._build(r, False)
+
+    def wire_for(self, r: Recipient) -> bytes:
+        """The message as it follows SMTP DATA: CRLF line endings, dot-stuffed, ending with the
+        ``.\\r\\n`` line (for ``Envelope(..., ready=True)``). Every run is stuffed once per variant,
+        so a copy costs no scan of the whole message."""
+        return self._build(r, True)
+
+    def _build(self, r: Recipient, wire: bool) -> bytes:
         values = _values(r)
         encoded = [_encode_slot(escape(values[field])) for field, escape in self._slots]
         slots = tuple([encoded[i] for i in self._order])
-        body = self._body % slots
+        if wire:
+            body = self._wire_body % tuple([_stuff(e) for e in slots])
+        else:
+            body = self._body % slots
         to = format_address(r.name, r.email).encode("utf-8")
         mid = one_line(r.message_id).encode("ascii", "replace")
-        unsub = b"<" + one_line(r.unsubscribe_url).encode("utf-8") + b">"
+        unsub = b"<" + values["unsubscribe_url"].encode("utf-8") + b">"
         head = b"To: " + to + b"\r\nMessage-ID: " + mid + b"\r\nList-Unsubscribe: " + unsub + b"\r\n"
         if self._signature is None:
             return b"".join((head, self._common, b"\r\n", body))
         if self._canon_same and all(canon_lines(e) is e for e in encoded):
-            canonical = body
+            canonical = body if not wire else self._body % slots
         else:
             canonical = self._canon_body % tuple([canon_lines(e) for e in slots])
         dkim = self._signature.sign((to, mid, unsub), hashlib.sha256(canonical).digest())
@@ -222,7 +248,7 @@ class Message:
 
 def _values(r: Recipient) -> dict[str, str]:
     return {
-        "unsubscribe_url": r.unsubscribe_url,
-        "preferences_url": r.preferences_url,
+        "unsubscribe_url": one_line(r.unsubscribe_url),
+        "preferences_url": one_line(r.preferences_url),
         "name": one_line(r.name or "") or "there",
     }

@@ -98,12 +98,17 @@ class Envelope:
     without the final ``.\\r\\n``.  Bare LF / bare CR line endings are tolerated and normalised to CRLF.
     Addresses containing CR, LF, other control characters, ``<`` or ``>`` raise ``ValueError``.
     ``tag`` is the caller's: carried along untouched (not compared), to pair results with work items.
+
+    ``ready=True`` says ``data`` is already exactly what follows DATA: CRLF line endings only,
+    dot-stuffed, and ending with the ``.\\r\\n`` line. It is sent as it is, saving two scans of
+    the message; only for bytes built that way (``Message.wire_for``), never for outside input.
     """
 
     sender: str
     recipient: str
     data: bytes
     tag: object = field(default=None, compare=False, repr=False)
+    ready: bool = field(default=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         _check_address("sender", self.sender)
@@ -483,7 +488,7 @@ class SMTPConnection:
         rcpt = _encode_address(env.recipient, utf8)
         if sender is None or rcpt is None:
             return Reply(553, "5.6.7 non-ASCII address and the server does not offer SMTPUTF8 (not sent)")
-        payload = dot_stuff(env.data)
+        payload = env.data if env.ready else dot_stuff(env.data)
         params = b""
         if self.esmtp:
             if "SIZE" in self.extensions:
