@@ -264,7 +264,19 @@ def _is_dead_local(owner: str) -> bool:
         return True
     except PermissionError:
         return False
-    return False
+    return _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """A process that exited but was not reaped yet (Linux): dead for our purposes. Sender
+    processes whose parent was killed too wait as zombies until init reaps them, and a container's
+    PID 1 may never do it."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in (b"Z", b"X")
 
 
 def claim(session: Session, edition_id: int, worker: str, now: datetime, lease: timedelta, limit: int) -> list[_Claimed]:
@@ -615,6 +627,27 @@ def _count_due(session: Session, edition_id: int, now: datetime) -> int:
         ), "now"),
         {"e": edition_id, "now": now},
     ).scalar_one()
+
+
+def reset_for_retry(session: Session, edition: Edition) -> int:
+    """Make an edition's failed deliveries, and its pending ones waiting for their next attempt,
+    due again now with a fresh attempt count — only for subscribers who are still active
+    (hard-bounced, suspended or unsubscribed addresses stay as they are). Returns how many."""
+    n = session.execute(
+        text(
+            "UPDATE delivery SET status = 'pending', attempts = 0, next_attempt_at = NULL,"
+            " claimed_by = NULL, claimed_until = NULL"
+            " WHERE edition_id = :e AND status IN ('failed', 'pending')"
+            " AND subscriber_id IN (SELECT id FROM subscriber WHERE status = 'active' AND NOT paused)"
+        ),
+        {"e": edition.id},
+    ).rowcount
+    if n and edition.status != EditionStatus.sending:
+        edition.status = EditionStatus.sending
+        edition.finished_at = None
+        session.add(edition)
+    session.commit()
+    return n
 
 
 def _count_pending(session: Session, edition_id: int) -> int:

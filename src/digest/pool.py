@@ -20,6 +20,7 @@ import gc
 import multiprocessing as mp
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -135,6 +136,19 @@ def _died(p) -> Outcome:
     return Outcome(False, error=f"sender process {p.pid} died ({how}); its unfinished work stays pending")
 
 
+def _signal_when_parent_dies(signum: int) -> None:
+    """Linux: have the kernel send `signum` to this process when its parent exits, however it
+    exits (prctl PR_SET_PDEATHSIG). Elsewhere the polling in stop() does it, a little later."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signum, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _child(target: Callable, job, conn) -> None:
     state = {"stop": False, "checked": time.monotonic()}
 
@@ -144,6 +158,10 @@ def _child(target: Callable, job, conn) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     parent = mp.parent_process()
+    ppid = os.getppid()
+    _signal_when_parent_dies(signal.SIGTERM)
+    if os.getppid() != ppid:  # it died before the line above
+        state["stop"] = True
 
     def stop() -> bool:
         if state["stop"]:
@@ -151,7 +169,8 @@ def _child(target: Callable, job, conn) -> None:
         now = time.monotonic()
         if now - state["checked"] >= PARENT_CHECK:
             state["checked"] = now
-            if parent is not None and not parent.is_alive():
+            # Reparented (the parent, or the fork server, is gone) or the parent's pipe closed.
+            if os.getppid() != ppid or (parent is not None and not parent.is_alive()):
                 state["stop"] = True
         return state["stop"]
 
