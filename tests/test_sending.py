@@ -257,3 +257,15 @@ def test_sigkill_of_every_sender_process_resends_at_most_one_message_per_connect
     duplicates = sum(c - 1 for c in counts.values())
     assert duplicates <= connections, f"{duplicates} duplicates"
     assert not any((tmp_path / ".digest-journal").glob("*.log"))
+
+
+def test_a_clock_that_cannot_go_to_another_process_falls_back_to_one_connection(tmp_path, smtp_server, clock, caplog):
+    # the test process has threads (the SMTP server), so sender processes would start by forkserver,
+    # which pickles the job; a lambda clock cannot be pickled
+    config = write_config(tmp_path, smtp_port=smtp_server.port, connections=4)
+    settings, db = open_db(config)
+    with db:
+        addrs = add(db, clock, 5)
+        r = jobs.send(db, settings, SMTPMailer(settings.smtp), lambda: clock.now).edition
+    assert r.sent == 5 and per_address(smtp_server) == Counter({a: 1 for a in addrs})
+    assert "sending from this process over one connection" in caplog.text

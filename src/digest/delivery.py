@@ -20,6 +20,7 @@ can be traced back (`bounces.py`); with `[dkim]` configured every message is DKI
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
@@ -45,6 +46,7 @@ from .render import Rendered, Renderer
 from .verp import VERP
 
 Clock = Callable[[], datetime]
+log = logging.getLogger(__name__)
 
 # Wait before retrying a temporary failure (4xx, dropped connection), by attempts so far.
 BACKOFF = [timedelta(minutes=5), timedelta(minutes=30), timedelta(hours=2), timedelta(hours=6)]
@@ -554,7 +556,15 @@ def _deliver_in_pool(session: Session, edition: Edition, variants: Variants, fac
     session.commit()  # hold no transaction while the senders write
     job = _SenderJob(settings, edition.id, edition.subject, variants.date, variants.rendered, factory, clock,
                      settings.smtp.rate_limit / n)
-    outcomes = pool.run(_pool_sender, [job] * n, stop)
+    try:
+        outcomes = pool.run(_pool_sender, [job] * n, stop)
+    except pool.CannotStart as exc:
+        log.warning("sending from this process over one connection: %s", exc)
+        mailer = factory()
+        try:
+            return run_sender(session, edition, variants, mailer, clock, settings, stop=stop, rate=settings.smtp.rate_limit)
+        finally:
+            mailer.close()
     report = DeliveryReport(edition.number)
     errors: list[str] = []
     for outcome in outcomes:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import gc
 import multiprocessing as mp
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -55,8 +56,19 @@ def start_method() -> str:
     return "forkserver" if "forkserver" in methods else "spawn"
 
 
+class CannotStart(Exception):
+    """The jobs cannot be handed to processes started this way (not picklable)."""
+
+
 def run(target: Callable, jobs: Sequence, stop: Callable[[], bool], *, method: str | None = None) -> list[Outcome]:
+    """Run ``target(job, stop)`` for each job in its own process; the outcomes, in order.
+    CannotStart (before any process starts) when the jobs would have to be pickled and cannot."""
     method = method or start_method()
+    if method != "fork":
+        try:
+            pickle.dumps((target, list(jobs)))
+        except Exception as exc:  # PicklingError, TypeError, AttributeError: a lambda, a socket...
+            raise CannotStart(f"cannot hand the job to a {method} process: {exc}") from None
     ctx = mp.get_context(method)
     if method == "forkserver":
         ctx.set_forkserver_preload(["digest.delivery"])
