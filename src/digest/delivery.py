@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import secrets
 import socket
 import time
@@ -57,6 +58,15 @@ COMMIT_EVERY = 50  # results per commit
 COMMIT_SECONDS = 0.5  # ... or at least this often
 
 _HOST = socket.gethostname()
+
+
+_random = random.Random(secrets.randbits(64))
+os.register_at_fork(after_in_child=lambda: _random.seed(secrets.randbits(64)))  # sender processes differ
+
+
+def _unique() -> int:
+    """32 random bits for a Message-ID (unique, not secret: no system call per message)."""
+    return _random.getrandbits(32)
 
 
 def new_worker_id() -> str:
@@ -347,6 +357,35 @@ _RECORD = (
 )
 
 
+# The common case, an acceptance: three values a row, executed by the driver directly (through
+# SQLAlchemy's per-row parameter processing it cost ~9 µs more per message).
+_RECORD_SENT = text(
+    "UPDATE delivery SET status = 'sent', attempts = attempts + 1, last_error = NULL,"
+    " message_id = :m, sent_at = :s, next_attempt_at = NULL, claimed_by = NULL, claimed_until = NULL"
+    " WHERE id = :i"
+)
+
+
+class _SentWriter:
+    """_RECORD_SENT compiled once for the session's dialect, with the datetime column's own bind
+    processor, so rows go straight to the driver's executemany."""
+
+    def __init__(self, session: Session):
+        dialect = session.get_bind().dialect
+        compiled = _RECORD_SENT.compile(dialect=dialect)
+        self.sql = compiled.string
+        self.order = compiled.positiontup  # None for named paramstyles
+        self.to_db = _t.c.sent_at.type.dialect_impl(dialect).bind_processor(dialect) or (lambda v: v)
+
+    def params(self, rows: list[tuple[int, str, datetime]]) -> list:
+        to_db = self.to_db
+        if self.order is None:
+            return [{"i": i, "m": m, "s": to_db(at)} for i, m, at in rows]
+        pick = {"i": 0, "m": 1, "s": 2}
+        idx = [pick[name] for name in self.order]
+        return [tuple((i, m, to_db(at))[k] for k in idx) for i, m, at in rows]
+
+
 _REPLAY = (
     update(_t)
     .where(_t.c.id == bindparam("b_id"), _t.c.status == DeliveryStatus.pending.name)
@@ -368,30 +407,37 @@ class _Ledger:
     def __init__(self, session: Session, journal: Journal):
         self.session = session
         self.journal = journal
-        self.rows: list[dict] = []
+        self.rows: list[dict] = []  # outcomes other than an acceptance
+        self.sent: list[tuple] = []  # acceptances: (delivery id, Message-ID, time)
+        self._writer = _SentWriter(session)
         self.bounced: list[int] = []  # subscribers whose address the server says does not exist
         self.last = time.monotonic()
 
     def add(self, delivery_id: int, status: DeliveryStatus, attempts: int, *, error=None, message_id=None, sent_at=None, next_at=None) -> None:
-        self.rows.append(
-            {
-                "b_id": delivery_id,
-                "b_status": status.name,
-                "b_attempts": attempts,
-                "b_error": error,
-                "b_message_id": message_id,
-                "b_sent_at": sent_at,
-                "b_next": next_at,
-            }
-        )
         if status == DeliveryStatus.sent:
             self.journal.record(delivery_id, message_id, sent_at)
-        if len(self.rows) >= COMMIT_EVERY or time.monotonic() - self.last >= COMMIT_SECONDS:
+            self.sent.append((delivery_id, message_id, sent_at))
+        else:
+            self.rows.append(
+                {
+                    "b_id": delivery_id,
+                    "b_status": status.name,
+                    "b_attempts": attempts,
+                    "b_error": error,
+                    "b_message_id": message_id,
+                    "b_sent_at": sent_at,
+                    "b_next": next_at,
+                }
+            )
+        if len(self.sent) + len(self.rows) >= COMMIT_EVERY or time.monotonic() - self.last >= COMMIT_SECONDS:
             self.flush()
 
     def flush(self) -> None:
-        if self.rows:
-            self.session.execute(_RECORD, self.rows)
+        if self.rows or self.sent:
+            if self.sent:
+                self.session.connection().exec_driver_sql(self._writer.sql, self._writer.params(self.sent))
+            if self.rows:
+                self.session.execute(_RECORD, self.rows)
             if self.bounced:
                 self.session.execute(
                     update(Subscriber)
@@ -401,7 +447,7 @@ class _Ledger:
                 self.bounced = []
             self.session.commit()
             self.journal.clear()
-            self.rows = []
+            self.rows, self.sent = [], []
         self.last = time.monotonic()
 
 
@@ -501,7 +547,7 @@ def run_sender(
                     if stop() or not pacer.wait(stop):
                         return
                     token = links.subscriber_token(c.subscriber_id, c.email)
-                    mid = f"<{edition.number}.{c.delivery_id}.{secrets.token_hex(4)}@{domain}>"
+                    mid = f"<{edition.number}.{c.delivery_id}.{_unique():08x}@{domain}>"
                     data = message.wire_for(
                         Recipient(c.email, c.name, links.unsubscribe_url(token), links.preferences_url(token), mid)
                     )

@@ -218,9 +218,11 @@ class Message:
     def _build(self, r: Recipient, wire: bool) -> bytes:
         values = _values(r)
         encoded = [_encode_slot(escape(values[field])) for field, escape in self._slots]
-        slots = tuple([encoded[i] for i in self._order])
+        order = self._order
+        slots = tuple([encoded[i] for i in order])
         if wire:
-            body = self._wire_body % tuple([_stuff(e) for e in slots])
+            stuffed = [_stuff(e) for e in encoded]
+            body = self._wire_body % tuple([stuffed[i] for i in order])
         else:
             body = self._body % slots
         to = format_address(r.name, r.email).encode("utf-8")
