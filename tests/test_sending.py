@@ -38,6 +38,16 @@ def per_address(server) -> Counter:
     return Counter(r.recipients[0] for r in server.received)
 
 
+def test_a_small_edition_starts_no_sender_processes(tmp_path, smtp_server, clock, monkeypatch):
+    from digest import pool
+    monkeypatch.setattr(pool, "run", lambda *a, **k: pytest.fail("no sender process needed"))
+    config = write_config(tmp_path, smtp_port=smtp_server.port, connections=4)  # batch_size 200
+    settings, db = open_db(config)
+    with db:
+        add(db, clock, 150)
+        assert jobs.send(db, settings, SMTPMailer(settings.smtp), clock).edition.sent == 150
+
+
 def test_four_sender_processes_mail_everyone_once_and_render_once(tmp_path, smtp_server, clock, monkeypatch):
     calls = []
     real = render.compile_mjml
@@ -64,7 +74,7 @@ def test_four_sender_processes_mail_everyone_once_and_render_once(tmp_path, smtp
 def test_cli_send_with_sender_processes_and_an_unreachable_server(tmp_path, smtp_server):
     from conftest import free_port
     port = free_port()
-    config = write_config(tmp_path, smtp_port=port, connections=3)
+    config = write_config(tmp_path, smtp_port=port, connections=3, extra="batch_size = 30\n")
     (tmp_path / "list.csv").write_text("email\n" + "\n".join(f"r{i}@example.com" for i in range(90)) + "\n")
     run_digest(config, "subscribers", "import", str(tmp_path / "list.csv"), check=True)
     proc = run_digest(config, "send")
@@ -155,7 +165,7 @@ def test_editions_show_lists_failures_and_deferred_deliveries_with_replies(tmp_p
 
 
 def test_rate_limit_spaces_messages_over_all_connections(tmp_path, smtp_server, clock):
-    config = write_config(tmp_path, smtp_port=smtp_server.port, connections=2)
+    config = write_config(tmp_path, smtp_port=smtp_server.port, connections=2, extra="batch_size = 10\n")
     config.write_text(config.read_text().replace("# rate_limit = 0 ", "rate_limit = 40 "))
     settings, db = open_db(config)
     stamps = []
@@ -262,7 +272,7 @@ def test_sigkill_of_every_sender_process_resends_at_most_one_message_per_connect
 def test_a_clock_that_cannot_go_to_another_process_falls_back_to_one_connection(tmp_path, smtp_server, clock, caplog):
     # the test process has threads (the SMTP server), so sender processes would start by forkserver,
     # which pickles the job; a lambda clock cannot be pickled
-    config = write_config(tmp_path, smtp_port=smtp_server.port, connections=4)
+    config = write_config(tmp_path, smtp_port=smtp_server.port, connections=4, extra="batch_size = 2\n")
     settings, db = open_db(config)
     with db:
         addrs = add(db, clock, 5)

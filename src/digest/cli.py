@@ -327,8 +327,9 @@ def retry(number: int) -> None:
     cfg = settings()
     with db(cfg) as s:
         mailer = SMTPMailer(cfg.smtp)
+        stop = _stop_on_sigterm()
         try:
-            result = jobs.retry(s, cfg, mailer, number)
+            result = jobs.retry(s, cfg, mailer, number, stop=stop)
         finally:
             mailer.close()
     r = result.report

@@ -488,6 +488,11 @@ def deliver(
     )
     n = settings.smtp.connections if connections is None else connections
     factory = getattr(mailer, "factory", None)
+    if n > 1 and factory is not None:
+        # No more sender processes than there are batches to claim (a small edition goes out
+        # from this process, without starting any).
+        due = _count_due(session, edition.id, as_utc(clock()))
+        n = min(n, -(-due // settings.delivery.batch_size))
     try:
         if n > 1 and factory is not None and pool.can_share(settings.database_url):
             report = _deliver_in_pool(session, edition, variants, factory, clock, settings, stop, n)
