@@ -42,7 +42,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "src"))
 
-from smtp_ceiling import HOST, free_port, start_sink, stop_sink  # noqa: E402
+from smtp_ceiling import HOST, free_port, process_cpu, start_sink, stop_sink  # noqa: E402
 
 from digest.config import load_settings, render_config  # noqa: E402
 
@@ -136,7 +136,11 @@ def prepare(tmp: Path, port: int, n: int, connections: int, dkim: str) -> Path:
     return config
 
 
-def run_digest_send(config: Path, n: int) -> dict:
+def run_digest_send(config: Path, n: int, sink_pid: int) -> dict:
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    sink0 = process_cpu(sink_pid)
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "digest", "--config", str(config), "send"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -144,8 +148,11 @@ def run_digest_send(config: Path, n: int) -> dict:
     mem.start()
     out, err = proc.communicate()
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # digest send and its sender processes
+    sink1 = process_cpu(sink_pid)
     mem.done.set()
     mem.join()
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise SystemExit(f"digest send failed ({proc.returncode}):\n{out}\n{err}")
     with sqlite3.connect(config.parent / "bench.db") as con:
@@ -156,6 +163,7 @@ def run_digest_send(config: Path, n: int) -> dict:
         raise SystemExit(f"only {sent} of {n} delivered:\n{out}\n{err}")
     return {"wall": wall, "e2e": n / wall, "delivery": sent / span if span > 0 else float("nan"),
             "rss_mb": mem.peak_rss / 1024, "pss_mb": mem.peak_pss / 1024, "procs": mem.max_procs,
+            "cpu_us": cpu / n * 1e6, "sink_us": (sink1 - sink0) / n * 1e6 if sink0 is not None and sink1 is not None else float("nan"),
             "summary": out.strip().splitlines()[-1]}
 
 
@@ -235,11 +243,12 @@ def main() -> None:
             for variant in variants:
                 with tempfile.TemporaryDirectory() as tmp:
                     config = prepare(Path(tmp), port, args.subscribers, args.connections, variant)
-                    r = run_digest_send(config, args.subscribers)
+                    r = run_digest_send(config, args.subscribers, sink.pid)
                     results[variant].append(r)
                     print(f"run {run} digest send (dkim {variant}): {r['e2e']:7.0f} msg/s end to end "
                           f"({r['wall']:.2f} s), {r['delivery']:7.0f} msg/s delivery, peak RSS {r['rss_mb']:.0f} MB"
-                          f" / PSS {r['pss_mb']:.0f} MB over {r['procs']} processes  [{r['summary']}]", flush=True)
+                          f" / PSS {r['pss_mb']:.0f} MB over {r['procs']} processes; CPU {r['cpu_us']:.0f} µs/msg"
+                          f" (all digest processes, start-up included), sink {r['sink_us']:.0f} µs/msg  [{r['summary']}]", flush=True)
                     if not args.no_smtplib and variant == variants[0]:
                         sender, data = sample_message(config)
                         size = len(data)
@@ -256,7 +265,8 @@ def main() -> None:
         rows = results[variant]
         print(f"  digest send, dkim {variant:7s}: {med(rows, 'e2e'):7.0f} msg/s end to end, {med(rows, 'delivery'):7.0f} msg/s "
               f"delivery, {args.subscribers / med(rows, 'e2e'):.1f} s for {args.subscribers}, "
-              f"peak RSS {med(rows, 'rss_mb'):.0f} MB, PSS {med(rows, 'pss_mb'):.0f} MB (all processes)")
+              f"peak RSS {med(rows, 'rss_mb'):.0f} MB, PSS {med(rows, 'pss_mb'):.0f} MB (all processes), "
+              f"CPU {med(rows, 'cpu_us'):.0f} µs/msg, sink {med(rows, 'sink_us'):.0f} µs/msg")
     if blasts:
         rate = statistics.median(b["rate"] for b in blasts)
         print(f"  smtplib, {args.connections} threads:     {rate:7.0f} msg/s")
