@@ -13,7 +13,7 @@ import hashlib
 import html
 import re
 import secrets
-from dataclasses import dataclass
+from typing import NamedTuple
 from datetime import datetime
 from email.header import Header
 from email.utils import format_datetime, formataddr, parseaddr
@@ -40,16 +40,20 @@ def encode_header_value(value: str) -> str:
     return Header(value, "utf-8", maxlinelen=76).encode(linesep="\r\n")
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9 !#$%&'*+/=?^_`{|}~-]+")  # an atom phrase: no quoting needed
+
+
 def format_address(name: str | None, email: str) -> str:
     name = one_line(name or "")
     email = one_line(email)
     if not name:
         return email
+    if _PLAIN_NAME.fullmatch(name):
+        return f"{name} <{email}>"  # what formataddr gives for such a name, without its work
     return formataddr((name, email), charset="utf-8")
 
 
-@dataclass(frozen=True)
-class Recipient:
+class Recipient(NamedTuple):
     email: str
     name: str | None
     unsubscribe_url: str
@@ -114,7 +118,9 @@ def _identity(value: str) -> str:
 
 
 def _html_escape(value: str) -> str:
-    return html.escape(value, quote=True)
+    if "&" in value or "<" in value or ">" in value or '"' in value or "'" in value:
+        return html.escape(value, quote=True)
+    return value
 
 
 class Message:
@@ -217,7 +223,14 @@ class Message:
 
     def _build(self, r: Recipient, wire: bool) -> bytes:
         values = _values(r)
-        encoded = [_encode_slot(escape(values[field])) for field, escape in self._slots]
+        seen: dict[str, bytes] = {}  # the same text in both parts is encoded once
+        encoded = []
+        for field, escape in self._slots:
+            text = escape(values[field])
+            enc = seen.get(text)
+            if enc is None:
+                enc = seen[text] = _encode_slot(text)
+            encoded.append(enc)
         order = self._order
         slots = tuple([encoded[i] for i in order])
         if wire:

@@ -34,6 +34,7 @@ import ssl
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 __all__ = [
     "Reply",
@@ -57,9 +58,9 @@ _EOL = re.compile(rb"\r\n|\r|\n")
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Reply:
-    """One SMTP reply.  ``code`` 0 means no reply: the connection was lost or never used."""
+class Reply(NamedTuple):
+    """One SMTP reply.  ``code`` 0 means no reply: the connection was lost or never used.
+    (A named tuple: immutable, and four are made per message, so cheap to make.)"""
 
     code: int
     text: str
@@ -307,9 +308,13 @@ class SMTPConnection:
             code_b = line[:3]
             if len(line) < 3 or not code_b.isdigit():
                 raise _ConnectionLost(f"protocol error: malformed reply {line[:80]!r}")
-            lines.append(line[4:].rstrip(b"\r\n").decode("utf-8", "replace"))
+            text = line[4:].rstrip(b"\r\n").decode("utf-8", "replace")
             if line[3:4] != b"-":
+                if not lines:  # the common case: a one-line reply
+                    return Reply(int(code_b), text)
+                lines.append(text)
                 return Reply(int(code_b), "\n".join(lines))
+            lines.append(text)
 
     def _command(self, line: bytes) -> Reply:
         self._sendall(line + CRLF)

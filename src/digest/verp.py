@@ -2,8 +2,8 @@
 
 A bounce is sent to the envelope sender, so the address it arrives at tells which delivery (and
 so which subscriber and edition) bounced, whatever the bounce's body says. The token is the
-delivery id in base 36 and a 48-bit HMAC of it in hex, lower case only (some systems fold the
-case of local parts): ``bounce+2n9c-5d1e0c7a9f3b@news.example.com``. Forged or altered tokens are refused.
+delivery id and a 48-bit HMAC of it, both in lower-case hex (some systems fold the case of
+local parts): ``bounce+1f2a9-5d1e0c7a9f3b@news.example.com``. Forged or altered tokens are refused.
 """
 
 from __future__ import annotations
@@ -13,18 +13,7 @@ import hmac
 import re
 
 PREFIX = "bounce+"
-_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
-_TOKEN = re.compile(r"bounce\+([0-9a-z]{1,13})-([0-9a-f]{12})@", re.IGNORECASE)
-
-
-def _base36(n: int) -> str:
-    if n == 0:
-        return "0"
-    out = []
-    while n:
-        n, r = divmod(n, 36)
-        out.append(_DIGITS[r])
-    return "".join(reversed(out))
+_TOKEN = re.compile(r"bounce\+([0-9a-f]{1,16})-([0-9a-f]{12})@", re.IGNORECASE)
 
 
 class VERP:
@@ -36,7 +25,7 @@ class VERP:
         return hmac.digest(self._key, ident.encode("ascii"), "sha256")[:6].hex()
 
     def token(self, delivery_id: int) -> str:
-        ident = _base36(delivery_id)
+        ident = f"{delivery_id:x}"
         return f"{ident}-{self._mac(ident)}"
 
     def sender(self, delivery_id: int) -> str:
@@ -48,5 +37,5 @@ class VERP:
         for m in _TOKEN.finditer(address or ""):
             ident, mac = m.group(1).lower(), m.group(2).lower()
             if hmac.compare_digest(mac, self._mac(ident)):
-                return int(ident, 36)
+                return int(ident, 16)
         return None
