@@ -334,7 +334,7 @@ security = "none"     # none | starttls | tls
 # connections = 4     # parallel SMTP connections (one sender process each); 1 = no extra processes
 # rate_limit = 0      # messages per second over all connections, for relays with quotas; 0 = unlimited
 # max_attempts = 8    # a 4xx or dropped connection is retried (5 min, 30 min, 2 h, 6 h, then every 12 h) this often
-# bounce_domain = ""  # envelope sender is bounce+<token>@<this>; default: the From domain
+# bounce_domain = "bounces.example.com"  # envelope sender: bounce+<token>@<this>; default: the From domain
 
 # DKIM signing (rsa-sha256, or ed25519-sha256 with an Ed25519 key). Leave unset to not sign.
 # Generate a key:  openssl genrsa -out dkim.pem 2048
