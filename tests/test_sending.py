@@ -278,3 +278,20 @@ def test_a_clock_that_cannot_go_to_another_process_falls_back_to_one_connection(
         r = jobs.send(db, settings, SMTPMailer(settings.smtp), lambda: clock.now).edition
     assert r.sent == 5 and per_address(smtp_server) == Counter({a: 1 for a in addrs})
     assert "sending from this process over one connection" in caplog.text
+
+
+def test_delivery_settings_defaults_and_environment(tmp_path, monkeypatch):
+    from digest.config import render_config
+    path = tmp_path / "digest.toml"
+    path.write_text(render_config(feeds=["feed.xml"]))
+    s = load_settings(path)
+    assert (s.smtp.connections, s.smtp.rate_limit, s.smtp.max_attempts, s.smtp.bounce_domain) == (4, 0, 8, None)
+    assert s.bounce_domain == "example.com" and s.newsletter.feedback_id is None and not s.dkim.enabled
+    monkeypatch.setenv("DIGEST_SMTP__BOUNCE_DOMAIN", "Bounces.Example.com")
+    monkeypatch.setenv("DIGEST_SMTP__CONNECTIONS", "8")
+    s = load_settings(path)
+    assert s.bounce_domain == "bounces.example.com" and s.smtp.connections == 8
+    monkeypatch.setenv("DIGEST_SMTP__BOUNCE_DOMAIN", "not a domain")
+    from digest.errors import ConfigError
+    with pytest.raises(ConfigError, match="invalid setting 'smtp.bounce_domain'"):
+        load_settings(path)
