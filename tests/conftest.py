@@ -51,6 +51,11 @@ class SMTPServer:
     refuse: dict[str, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     on_message: object = None  # optional callable(Received), called after each message
+    # optional callable(n) -> None | "drop" | "550 ..." | "451 ...", n = 1, 2, ... for each DATA
+    # received: None accepts, "drop" closes the connection without a reply, else that reply.
+    data_hook: object = None
+    datas: int = 0
+    connections: int = 0  # sessions opened so far
 
     def to(self, address: str) -> list[Received]:
         return [r for r in self.received if address in r.recipients]
@@ -67,7 +72,22 @@ class _Handler:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
+    async def handle_EHLO(self, smtp, session_, envelope, hostname, responses):
+        with self.server.lock:
+            self.server.connections += 1
+        session_.host_name = hostname
+        return responses
+
     async def handle_DATA(self, smtp, session_, envelope):
+        with self.server.lock:
+            self.server.datas += 1
+            n = self.server.datas
+        verdict = self.server.data_hook(n) if self.server.data_hook else None
+        if verdict == "drop":
+            smtp.transport.close()
+            return "421 4.3.0 dropped"
+        if verdict:
+            return verdict
         got = Received(envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.original_content or envelope.content))
         with self.server.lock:
             self.server.received.append(got)
@@ -87,8 +107,11 @@ def smtp_server():
         controller.stop()
 
 
-def write_config(tmp_path: Path, *, feeds: list[str] | None = None, smtp_port: int = 25, extra: str = "", **kw) -> Path:
-    """A digest.toml in tmp_path with its own SQLite file."""
+def write_config(tmp_path: Path, *, feeds: list[str] | None = None, smtp_port: int = 25, extra: str = "",
+                 connections: int = 1, dkim: dict | None = None, **kw) -> Path:
+    """A digest.toml in tmp_path with its own SQLite file. `connections` (smtp.connections) is 1
+    unless a test asks for sender processes; `dkim` sets the [dkim] keys; `extra` lines go into
+    the [delivery] section."""
     text = render_config(
         name=kw.pop("name", "Test Weekly"),
         from_=kw.pop("from_", "Test Weekly <news@digest.test>"),
@@ -98,8 +121,13 @@ def write_config(tmp_path: Path, *, feeds: list[str] | None = None, smtp_port: i
         first_edition_days=kw.pop("first_edition_days", 0),
         **kw,
     )
+    text = text.replace("# connections = 4 ", f"connections = {connections} ", 1)
+    for key, value in (dkim or {}).items():
+        text = text.replace(f"[dkim]\n", f"[dkim]\n{key} = \"{value}\"\n", 1)
     path = tmp_path / "digest.toml"
-    path.write_text(text + extra, encoding="utf-8")
+    if extra.strip():
+        text = text.replace("[delivery]\n", "[delivery]\n" + extra.rstrip("\n") + "\n", 1)
+    path.write_text(text, encoding="utf-8")
     return path
 
 

@@ -7,7 +7,11 @@ import email.policy
 import re
 from pathlib import Path
 
+from sqlmodel import select
+
 from digest import jobs, subscribers
+from digest.models import Delivery
+from digest.verp import VERP
 from digest.links import Links
 from digest.mailer import SMTPMailer
 from digest.message import Message, Recipient
@@ -30,7 +34,10 @@ def test_each_message_is_multipart_alternative_with_list_headers(db, settings, c
     ids = set()
     for addr, received in got.items():
         msg = received.message
-        assert received.sender == "news@digest.test"
+        # VERP: the envelope sender names this delivery, so a bounce can be traced back to it
+        delivery = db.exec(select(Delivery).where(Delivery.message_id == msg["Message-ID"])).one()
+        assert received.sender == VERP(settings.newsletter.secret_key, "digest.test").sender(delivery.id)
+        assert VERP(settings.newsletter.secret_key, "digest.test").read(received.sender) == delivery.id
         assert msg.get_content_type() == "multipart/alternative"
         text, html = msg.get_payload()
         assert (text.get_content_type(), html.get_content_type()) == ("text/plain", "text/html")
@@ -107,3 +114,25 @@ def test_text_part_matches_the_golden_file(db, settings, clock):
     if not golden.exists():  # first run writes it; review it and commit it
         golden.write_text(text, encoding="utf-8")
     assert text == golden.read_text(encoding="utf-8")
+
+
+def test_wire_bytes_are_exactly_the_dot_stuffed_message_and_tokens_match_itsdangerous():
+    from datetime import datetime, timezone
+
+    from itsdangerous import URLSafeSerializer
+
+    from digest.links import _fingerprint
+    from digest.smtp_client import dot_stuff
+
+    html = "<style>\n.post a { color: red }\n</style>\n<p>100% sure</p>\n.\n..dots\n<a href=\"XDIGESTUNSUBSCRIBEURLX\">u</a>\n"
+    rendered = Rendered("S", html, ".leading dot\nXDIGESTNAMEX\n%s %b %%\n")
+    message = Message(rendered, from_="N <n@x.test>", list_id="<l.x.test>", date=datetime(2026, 11, 26, tzinfo=timezone.utc))
+    for name in (".dotty", "Ann", None, "x" * 200):
+        r = Recipient("a@x.test", name, "https://u.test/unsubscribe/tok", "https://p", "<1@x.test>")
+        assert message.wire_for(r) == dot_stuff(message.for_recipient(r))
+    links = Links("s3cret-s3cret-s3cret", "https://news.example")
+    reference = URLSafeSerializer("s3cret-s3cret-s3cret", salt="digest.subscriber")
+    for sid, addr in [(1, "a@b.test"), (123456789, "Ann.Lee@Example.com"), (42, "ü@example.com")]:
+        token = links.subscriber_token(sid, addr)
+        assert token == reference.dumps([sid, _fingerprint(addr)])
+        assert links.read_subscriber_token(token) == (sid, _fingerprint(addr))

@@ -33,8 +33,10 @@ app = typer.Typer(
 )
 subscribers_app = typer.Typer(help="Manage the subscriber list.", no_args_is_help=True)
 editions_app = typer.Typer(help="List editions, or show one with `digest editions show N`.", invoke_without_command=True)
+bounces_app = typer.Typer(help="Process bounce messages (DSNs).", no_args_is_help=True)
 app.add_typer(subscribers_app, name="subscribers")
 app.add_typer(editions_app, name="editions")
+app.add_typer(bounces_app, name="bounces")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -169,30 +171,49 @@ def send(
             _preview(s, cfg, out_dir, to or [], open_, latest, not no_fetch)
             return
         mailer = SMTPMailer(cfg.smtp)
+        stop = _stop_on_sigterm()
         try:
-            result = jobs.send(s, cfg, mailer, fetch=not no_fetch)
+            result = jobs.send(s, cfg, mailer, fetch=not no_fetch, stop=stop)
         finally:
             mailer.close()
     _print_poll(result.polled)
     for r in result.resumed:
         out.print(f"Resumed edition {r.edition_number}: {r.sent} delivered, {r.failed} failed, {r.deferred} pending")
         _print_failures(r)
+    if result.edition is not None:
+        r = result.edition
+        out.print(
+            f"Edition {r.edition_number}: {result.post_count} posts, {r.sent} delivered, {r.failed} failed"
+            + (f", {r.deferred} pending (will retry)" if r.deferred else "")
+        )
+        _print_failures(r)
+    if stop():
+        err.print("Stopped by SIGTERM between messages; the rest stays pending for the next run.")
+        raise typer.Exit(143)
     if result.edition is None:
         out.print("Nothing new to send.")
-        return
-    r = result.edition
-    out.print(
-        f"Edition {r.edition_number}: {result.post_count} posts, {r.sent} delivered, {r.failed} failed"
-        + (f", {r.deferred} pending (will retry)" if r.deferred else "")
-    )
-    _print_failures(r)
+
+
+def _stop_on_sigterm():
+    """A stop() for the services: true once SIGTERM arrived (messages in flight still finish)."""
+    import signal
+
+    flag = {"stop": False}
+
+    def on_term(_signum, _frame) -> None:
+        flag["stop"] = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    return lambda: flag["stop"]
 
 
 def _print_failures(r) -> None:
     for address, reply in r.failures[:20]:
         err.print(f"  failed {address}: {reply}")
-    if len(r.failures) > 20:
-        err.print(f"  ... and {len(r.failures) - 20} more (digest editions show {r.edition_number})")
+    if r.failed > 20:
+        err.print(f"  ... and {r.failed - 20} more (digest editions show {r.edition_number})")
+    if getattr(r, "bounced", 0):
+        err.print(f"  {r.bounced} address{'es' if r.bounced != 1 else ''} do not exist (5.1.x): marked bounced")
 
 
 def _preview(s, cfg: Settings, out_dir: Path, to: list[str], open_: bool, latest: int | None, fetch: bool) -> None:
@@ -381,6 +402,48 @@ def editions_show(number: int) -> None:
         out.print("Failures:")
         for address, attempts, error in failures:
             out.print(f"  {address or '(erased)'}: {error} (attempts: {attempts})")
+    with db(cfg) as s:
+        waiting = editions_svc.deferred(s, e)
+    if waiting:
+        out.print("Deferred (retried automatically, or now with `digest retry N`):")
+        for address, attempts, error, next_at in waiting:
+            when = f"next attempt {next_at:%Y-%m-%d %H:%M} UTC" if next_at else "due now"
+            out.print(f"  {address or '(erased)'}: {error} (attempts: {attempts}, {when})")
+
+
+@app.command()
+def retry(number: int) -> None:
+    """Retry edition N's failed and deferred deliveries now (not those of bounced, suspended or unsubscribed addresses)."""
+    cfg = settings()
+    with db(cfg) as s:
+        mailer = SMTPMailer(cfg.smtp)
+        stop = _stop_on_sigterm()
+        try:
+            result = jobs.retry(s, cfg, mailer, number, stop=stop)
+        finally:
+            mailer.close()
+    r = result.report
+    out.print(f"Edition {r.edition_number}: retried {result.retried}: {r.sent} delivered, {r.failed} failed"
+              + (f", {r.deferred} pending (will retry)" if r.deferred else ""))
+    _print_failures(r)
+
+
+@bounces_app.command("process")
+def bounces_process(path: Annotated[Path, typer.Argument(help="A Maildir, an mbox file, a message file (.eml) or a directory of them.")]) -> None:
+    """Read bounce messages (RFC 3464 DSNs): hard bounces mark the subscriber bounced, three soft bounces in a row suspended."""
+    from . import bounces as bounces_svc
+
+    cfg = settings()
+    with db(cfg) as s:
+        report = bounces_svc.process(s, cfg, path, jobs.utc_now)
+    for label, reason in report.unreadable:
+        err.print(f"{label}: not processed: {reason}", markup=False)
+    out.print(f"Read {report.read} messages: {report.hard} hard bounces, {report.soft} soft bounces, "
+              f"{len(report.ignored)} without effect, {len(report.unreadable)} not understood")
+    for address in report.bounced:
+        out.print(f"  bounced: {address}")
+    for address in report.suspended:
+        out.print(f"  suspended (3 soft bounces in a row): {address}")
 
 
 def main() -> None:

@@ -39,6 +39,8 @@ class NewsletterSettings(_Section):
     subject: str = "{name}: {n} new posts"
     reply_to: str | None = None
     list_id: str | None = None  # defaults to "<slug>.<from domain>"
+    # Feedback-ID header (Gmail feedback loop), e.g. "weekly:codelooru"; unset = no header.
+    feedback_id: str | None = None
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -85,6 +87,36 @@ class SMTPSettings(_Section):
     password: str | None = None
     timeout: float = 20.0
     local_hostname: str = "localhost"
+    # Parallel SMTP connections, one sender process each (1 = send from the calling process).
+    connections: int = Field(default=4, ge=1, le=64)
+    # Messages per second over all connections; 0 = unlimited (for relays with quotas).
+    rate_limit: float = Field(default=0, ge=0)
+    # Temporary failures (4xx, dropped connections) are retried with backoff up to this many attempts.
+    max_attempts: int = Field(default=8, ge=1, le=100)
+    # Envelope sender domain: bounces go to bounce+<token>@<bounce_domain>. Unset = the From domain.
+    bounce_domain: str | None = None
+
+    @field_validator("bounce_domain")
+    @classmethod
+    def _domain(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().lower()
+        if not value or not all(c.isalnum() or c in "-." for c in value) or "." not in value.strip("."):
+            raise ValueError("must be a domain name such as 'bounces.example.com'")
+        return value
+
+
+class DKIMSettings(_Section):
+    """DKIM signing; unset (no domain) = messages are not signed."""
+
+    domain: str | None = None
+    selector: str | None = None
+    private_key_file: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.domain is not None
 
 
 class DigestSettings(_Section):
@@ -144,6 +176,7 @@ class Settings(BaseSettings):
     delivery: DeliverySettings = DeliverySettings()
     web: WebSettings = WebSettings()
     schedule: ScheduleSettings = ScheduleSettings()
+    dkim: DKIMSettings = DKIMSettings()
 
     model_config = SettingsConfigDict(
         env_prefix="DIGEST_",
@@ -193,6 +226,18 @@ class Settings(BaseSettings):
         return d if d.is_absolute() else self.config_dir / d
 
     @property
+    def dkim_key_path(self) -> Path | None:
+        p = self.dkim.private_key_file
+        if p is None:
+            return None
+        return p if p.is_absolute() else self.config_dir / p
+
+    @property
+    def bounce_domain(self) -> str:
+        """Domain of the envelope sender (VERP): smtp.bounce_domain, else the From domain."""
+        return self.smtp.bounce_domain or self.newsletter.domain
+
+    @property
     def database_url(self) -> str:
         """The database URL, a relative SQLite path resolved against the config file."""
         url = self.database.url
@@ -234,7 +279,30 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
     except ValidationError as exc:
         raise ConfigError(_describe(exc, cfg)) from None
     settings._config_path = cfg.resolve()
+    _check_dkim(settings, cfg)
     return settings
+
+
+def _check_dkim(settings: Settings, cfg: Path) -> None:
+    """DKIM is all or nothing, and the key must be readable: a one-line error naming the key."""
+    d = settings.dkim
+    given = {"domain": d.domain, "selector": d.selector, "private_key_file": d.private_key_file}
+    if not any(v is not None for v in given.values()):
+        return
+    for key, value in given.items():
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise ConfigError(
+                f"{cfg}: missing required setting 'dkim.{key}' (DKIM needs domain, selector and"
+                f" private_key_file; set it in the file or as DIGEST_DKIM__{key.upper()})"
+            )
+    from .dkim_signer import load_private_key  # here: only configs that sign pay for the import
+
+    path = settings.dkim_key_path
+    try:
+        load_private_key(path)
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"{cfg}: invalid setting 'dkim.private_key_file': cannot use {path}: {reason}") from None
 
 
 def _describe(exc: ValidationError, cfg: Path) -> str:
@@ -282,6 +350,7 @@ public_url = {q(public_url)}     # base URL of `digest serve`; used in every lin
 secret_key = {q(secret_key or new_secret_key())}  # signs links; keep it secret
 # subject = "{{name}}: {{n}} new posts"  # {{name}}, {{n}} (posts), {{number}} (edition), {{date}}
 # reply_to = "editor@example.com"
+# feedback_id = "weekly:newsletter"   # Feedback-ID header for Gmail's feedback loop
 
 [database]
 url = {q(database_url)}   # any SQLAlchemy URL; relative SQLite paths are relative to this file
@@ -298,6 +367,18 @@ security = "none"     # none | starttls | tls
 # username = ""
 # password = ""       # better: DIGEST_SMTP__PASSWORD in the environment
 # timeout = 20
+# connections = 4     # parallel SMTP connections (one sender process each); 1 = no extra processes
+# rate_limit = 0      # messages per second over all connections, for relays with quotas; 0 = unlimited
+# max_attempts = 8    # a 4xx or dropped connection is retried (5 min, 30 min, 2 h, 6 h, then every 12 h) this often
+# bounce_domain = "bounces.example.com"  # envelope sender: bounce+<token>@<this>; default: the From domain
+
+# DKIM signing (rsa-sha256, or ed25519-sha256 with an Ed25519 key). Leave unset to not sign.
+# Generate a key:  openssl genrsa -out dkim.pem 2048
+# and publish the TXT record that docs/delivery.md shows at <selector>._domainkey.<domain>.
+[dkim]
+# domain = "example.com"
+# selector = "digest"
+# private_key_file = "dkim.pem"   # relative to this file
 
 [digest]
 category_from = "title"   # "title": the prefix before ": "; "feed": the post's first feed category

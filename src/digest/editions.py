@@ -269,3 +269,14 @@ def details(session: Session, number: int):
         .order_by(Delivery.id)
     ).all()
     return edition, counts, [p for s in posts for p in s.posts], failures
+
+
+def deferred(session: Session, edition: Edition):
+    """Pending deliveries that failed temporarily: [(address, attempts, error, next attempt)]."""
+    return session.execute(
+        sa_select(Subscriber.email, Delivery.attempts, Delivery.last_error, Delivery.next_attempt_at)
+        .select_from(Delivery)
+        .outerjoin(Subscriber, Subscriber.id == Delivery.subscriber_id)
+        .where(Delivery.edition_id == edition.id, Delivery.status == DeliveryStatus.pending, Delivery.attempts > 0)
+        .order_by(Delivery.id)
+    ).all()

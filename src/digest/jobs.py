@@ -193,3 +193,27 @@ def preview_recipient(settings: Settings) -> Recipient:
     """The sample reader a preview file is rendered for."""
     base = settings.newsletter.public_url
     return Recipient("reader@example.com", "Reader", f"{base}/unsubscribe/preview", f"{base}/preferences/preview", "<preview@example.com>")
+
+
+@dataclass
+class RetryResult:
+    retried: int  # deliveries made due again
+    report: DeliveryReport
+
+
+def retry(
+    session: Session,
+    settings: Settings,
+    mailer: Mailer,
+    number: int,
+    clock: Clock = utc_now,
+    *,
+    stop: Callable[[], bool] = lambda: False,
+) -> RetryResult:
+    """`digest retry N`: try edition N's failed and deferred deliveries again, now."""
+    from .delivery import reset_for_retry
+
+    edition = editions.get(session, number)
+    retried = reset_for_retry(session, edition)
+    report = deliver(session, edition, mailer, clock, settings, renderer=renderer_for(settings), stop=stop)
+    return RetryResult(retried, report)

@@ -9,7 +9,9 @@ Link formats (fixed; the web app serves them):
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 from collections.abc import Callable
 from datetime import datetime
 
@@ -41,10 +43,16 @@ class Links:
         self._subscriber = URLSafeSerializer(secret_key, salt="digest.subscriber")
         signer = _signer_on(clock) if clock else TimestampSigner
         self._confirm = URLSafeTimedSerializer(secret_key, salt="digest.confirm", signer=signer)
+        self._subscriber_key = self._subscriber.make_signer().derive_key()
 
     # tokens ---------------------------------------------------------------
     def subscriber_token(self, subscriber_id: int, email: str) -> str:
-        return self._subscriber.dumps([subscriber_id, _fingerprint(email)])
+        """Same token as ``URLSafeSerializer.dumps([id, fingerprint])``, without its per-call
+        overhead (JSON, a zlib attempt, key derivation): one HMAC-SHA1 in C. It is read back by
+        `read_subscriber_token` (itsdangerous) like any other."""
+        payload = base64.urlsafe_b64encode(f'[{int(subscriber_id)},"{_fingerprint(email)}"]'.encode()).rstrip(b"=")
+        sig = base64.urlsafe_b64encode(hmac.digest(self._subscriber_key, payload, "sha1")).rstrip(b"=")
+        return (payload + b"." + sig).decode("ascii")
 
     def confirm_token(self, subscriber_id: int, email: str) -> str:
         return self._confirm.dumps([subscriber_id, _fingerprint(email)])

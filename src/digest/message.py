@@ -9,14 +9,16 @@ token can never be split or re-encoded by the quoted-printable line breaks.
 from __future__ import annotations
 
 import binascii
+import hashlib
 import html
 import re
 import secrets
-from dataclasses import dataclass
+from typing import NamedTuple
 from datetime import datetime
 from email.header import Header
 from email.utils import format_datetime, formataddr, parseaddr
 
+from .dkim_signer import DKIMSigner, canon_lines
 from .render import PLACEHOLDERS, Rendered
 
 _CTRL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
@@ -26,6 +28,8 @@ _QP_MAX = 76
 
 def one_line(value: str) -> str:
     """Collapse CR, LF and other control characters: nothing can start a new header."""
+    if value.isprintable() and "  " not in value and value[:1] != " " and value[-1:] != " ":
+        return value  # the common case, without a regex (isprintable() is False for all of _CTRL)
     return " ".join(_CTRL.sub(" ", value).split())
 
 
@@ -33,7 +37,10 @@ def encode_header_value(value: str) -> str:
     value = one_line(value)
     if value.isascii():
         return value
-    return Header(value, "utf-8", maxlinelen=76).encode()
+    return Header(value, "utf-8", maxlinelen=76).encode(linesep="\r\n")
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9 !#$%&'*+/=?^_`{|}~-]+")  # an atom phrase: no quoting needed
 
 
 def format_address(name: str | None, email: str) -> str:
@@ -41,11 +48,12 @@ def format_address(name: str | None, email: str) -> str:
     email = one_line(email)
     if not name:
         return email
+    if _PLAIN_NAME.fullmatch(name):
+        return f"{name} <{email}>"  # what formataddr gives for such a name, without its work
     return formataddr((name, email), charset="utf-8")
 
 
-@dataclass(frozen=True)
-class Recipient:
+class Recipient(NamedTuple):
     email: str
     name: str | None
     unsubscribe_url: str
@@ -73,14 +81,6 @@ class _Part:
         pieces.append(_encode_static(tail))
         self.pieces = pieces
 
-    def fill(self, values: dict[str, str], out: list[bytes]) -> None:
-        for piece in self.pieces:
-            if isinstance(piece, bytes):
-                out.append(piece)
-            else:
-                field, escape = piece
-                out.append(_encode_slot(escape(values[field])))
-
 
 def _qp(data: str) -> bytes:
     return binascii.b2a_qp(data.encode("utf-8"), quotetabs=False, istext=True).replace(b"\n", b"\r\n")
@@ -102,7 +102,15 @@ def _encode_static(text: str) -> bytes:
 
 def _encode_slot(value: str) -> bytes:
     # A slot always starts a line and ends with a soft break; b2a_qp keeps lines <= 76.
-    return _qp(one_line(value)) + b"=\r\n"
+    # `value` is one line already (see _values).
+    return _qp(value) + b"=\r\n"
+
+
+def _stuff(run: bytes) -> bytes:
+    """Dot-stuff whole lines (RFC 5321 4.5.2): a line that starts with '.' gets another."""
+    if run[:1] == b".":
+        run = b"." + run
+    return run.replace(b"\r\n.", b"\r\n..") if b"\r\n." in run else run
 
 
 def _identity(value: str) -> str:
@@ -110,11 +118,18 @@ def _identity(value: str) -> str:
 
 
 def _html_escape(value: str) -> str:
-    return html.escape(value, quote=True)
+    if "&" in value or "<" in value or ">" in value or '"' in value or "'" in value:
+        return html.escape(value, quote=True)
+    return value
 
 
 class Message:
-    """A rendered edition variant, ready to send to any number of recipients."""
+    """A rendered edition variant, ready to send to any number of recipients.
+
+    The body is kept as one ``bytes`` format string (static runs, ``%%`` escaped, with a ``%b``
+    per personal slot), so a recipient's copy is one C-level ``bytes % tuple``. With a DKIM
+    ``signer`` every copy is signed; the canonical body and static headers are prepared once.
+    """
 
     def __init__(
         self,
@@ -124,7 +139,9 @@ class Message:
         list_id: str,
         date: datetime,
         reply_to: str | None = None,
+        feedback_id: str | None = None,
         extra_headers: dict[str, str] | None = None,
+        signer: DKIMSigner | None = None,
     ) -> None:
         self.subject = one_line(rendered.subject)
         self.rendered = rendered
@@ -140,38 +157,99 @@ class Message:
         ]
         if reply_to:
             common.append(("Reply-To", one_line(reply_to)))
+        if feedback_id:
+            common.append(("Feedback-ID", one_line(feedback_id)))
         for key, value in (extra_headers or {}).items():
             common.append((one_line(key), encode_header_value(value)))
         common += [
             ("MIME-Version", "1.0"),
-            ("Content-Type", f'multipart/alternative; boundary="{boundary}"'),
+            ("Content-Type", f'multipart/alternative;\r\n boundary="{boundary}"'),
         ]
         self._common = "".join(f"{k}: {v}\r\n" for k, v in common).encode("ascii")
         part_head = (
             "--{b}\r\nContent-Type: text/{sub}; charset=\"utf-8\"\r\n"
             "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
         )
-        self._text_head = ("\r\n" + part_head.format(b=boundary, sub="plain")).encode()
-        # Each part ends with its own line break; the CRLF before a delimiter belongs to it.
-        self._html_head = ("\r\n" + part_head.format(b=boundary, sub="html")).encode()
-        self._end = f"\r\n--{boundary}--\r\n".encode()
-        self._text = _Part(rendered.text, _identity)
-        self._html = _Part(rendered.html, _html_escape)
+        # The body: text part, then HTML part. Each part ends with its own line break; the CRLF
+        # before a delimiter belongs to the delimiter. Every run is made of whole lines.
+        pieces: list = [part_head.format(b=boundary, sub="plain").encode()]
+        pieces += _Part(rendered.text, _identity).pieces
+        pieces.append(("\r\n" + part_head.format(b=boundary, sub="html")).encode())
+        pieces += _Part(rendered.html, _html_escape).pieces
+        pieces.append(f"\r\n--{boundary}--\r\n".encode())
+        self._slots: list[tuple[str, object]] = []  # distinct (field, escape) pairs
+        order: list[int] = []
+        fmt: list[bytes] = []
+        wire: list[bytes] = []
+        canon: list[bytes] = []
+        for piece in pieces:
+            if isinstance(piece, bytes):
+                fmt.append(piece.replace(b"%", b"%%"))
+                wire.append(_stuff(piece).replace(b"%", b"%%"))
+                canon.append(canon_lines(piece).replace(b"%", b"%%"))
+            else:
+                if piece not in self._slots:
+                    self._slots.append(piece)
+                order.append(self._slots.index(piece))
+                fmt.append(b"%b")
+                wire.append(b"%b")
+                canon.append(b"%b")
+        self._order = tuple(order)
+        self._body = b"".join(fmt)
+        self._wire_body = b"".join(wire) + b".\r\n"  # dot-stuffed, with the end-of-data line
+        self._canon_body = b"".join(canon)
+        self._canon_same = self._canon_body == self._body  # nothing for relaxed canonicalization to change
+        self._signature = None
+        if signer is not None:
+            static = [(k, v.encode("ascii")) for k, v in common]
+            personal = ("To", "Message-ID", "List-Unsubscribe")
+            oversign = ("From", "To", "Subject", "Date", "Message-ID", "Reply-To",
+                        "List-Unsubscribe", "List-Unsubscribe-Post")
+            self._signature = signer.prepare(static, personal, oversign, int(date.timestamp()))
+
+    @property
+    def signed(self) -> bool:
+        return self._signature is not None
 
     def for_recipient(self, r: Recipient) -> bytes:
         """The full message for one recipient: CRLF line endings, not dot-stuffed."""
+        return self._build(r, False)
+
+    def wire_for(self, r: Recipient) -> bytes:
+        """The message as it follows SMTP DATA: CRLF line endings, dot-stuffed, ending with the
+        ``.\\r\\n`` line (for ``Envelope(..., ready=True)``). Every run is stuffed once per variant,
+        so a copy costs no scan of the whole message."""
+        return self._build(r, True)
+
+    def _build(self, r: Recipient, wire: bool) -> bytes:
         values = _values(r)
-        head = (
-            f"To: {format_address(r.name, r.email)}\r\n"
-            f"Message-ID: {one_line(r.message_id)}\r\n"
-            f"List-Unsubscribe: <{one_line(r.unsubscribe_url)}>\r\n"
-        )
-        out = [head.encode("utf-8"), self._common, self._text_head]
-        self._text.fill(values, out)
-        out.append(self._html_head)
-        self._html.fill(values, out)
-        out.append(self._end)
-        return b"".join(out)
+        seen: dict[str, bytes] = {}  # the same text in both parts is encoded once
+        encoded = []
+        for field, escape in self._slots:
+            text = escape(values[field])
+            enc = seen.get(text)
+            if enc is None:
+                enc = seen[text] = _encode_slot(text)
+            encoded.append(enc)
+        order = self._order
+        slots = tuple([encoded[i] for i in order])
+        if wire:
+            stuffed = [_stuff(e) for e in encoded]
+            body = self._wire_body % tuple([stuffed[i] for i in order])
+        else:
+            body = self._body % slots
+        to = format_address(r.name, r.email).encode("utf-8")
+        mid = one_line(r.message_id).encode("ascii", "replace")
+        unsub = b"<" + values["unsubscribe_url"].encode("utf-8") + b">"
+        head = b"To: " + to + b"\r\nMessage-ID: " + mid + b"\r\nList-Unsubscribe: " + unsub + b"\r\n"
+        if self._signature is None:
+            return b"".join((head, self._common, b"\r\n", body))
+        if self._canon_same and all(canon_lines(e) is e for e in encoded):
+            canonical = body if not wire else self._body % slots
+        else:
+            canonical = self._canon_body % tuple([canon_lines(e) for e in slots])
+        dkim = self._signature.sign((to, mid, unsub), hashlib.sha256(canonical).digest())
+        return b"".join((dkim, head, self._common, b"\r\n", body))
 
     def parts_for(self, r: Recipient) -> tuple[str, str]:
         """(html, text) as the recipient sees them (for previews)."""
@@ -185,7 +263,7 @@ class Message:
 
 def _values(r: Recipient) -> dict[str, str]:
     return {
-        "unsubscribe_url": r.unsubscribe_url,
-        "preferences_url": r.preferences_url,
+        "unsubscribe_url": one_line(r.unsubscribe_url),
+        "preferences_url": one_line(r.preferences_url),
         "name": one_line(r.name or "") or "there",
     }

@@ -33,7 +33,8 @@ import socket
 import ssl
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 __all__ = [
     "Reply",
@@ -57,9 +58,9 @@ _EOL = re.compile(rb"\r\n|\r|\n")
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Reply:
-    """One SMTP reply.  ``code`` 0 means no reply: the connection was lost or never used."""
+class Reply(NamedTuple):
+    """One SMTP reply.  ``code`` 0 means no reply: the connection was lost or never used.
+    (A named tuple: immutable, and four are made per message, so cheap to make.)"""
 
     code: int
     text: str
@@ -97,11 +98,18 @@ class Envelope:
     ``data`` is the full RFC 5322 message (headers + body), lines ending CRLF, *not* dot-stuffed,
     without the final ``.\\r\\n``.  Bare LF / bare CR line endings are tolerated and normalised to CRLF.
     Addresses containing CR, LF, other control characters, ``<`` or ``>`` raise ``ValueError``.
+    ``tag`` is the caller's: carried along untouched (not compared), to pair results with work items.
+
+    ``ready=True`` says ``data`` is already exactly what follows DATA: CRLF line endings only,
+    dot-stuffed, and ending with the ``.\\r\\n`` line. It is sent as it is, saving two scans of
+    the message; only for bytes built that way (``Message.wire_for``), never for outside input.
     """
 
     sender: str
     recipient: str
     data: bytes
+    tag: object = field(default=None, compare=False, repr=False)
+    ready: bool = field(default=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         _check_address("sender", self.sender)
@@ -300,9 +308,13 @@ class SMTPConnection:
             code_b = line[:3]
             if len(line) < 3 or not code_b.isdigit():
                 raise _ConnectionLost(f"protocol error: malformed reply {line[:80]!r}")
-            lines.append(line[4:].rstrip(b"\r\n").decode("utf-8", "replace"))
+            text = line[4:].rstrip(b"\r\n").decode("utf-8", "replace")
             if line[3:4] != b"-":
+                if not lines:  # the common case: a one-line reply
+                    return Reply(int(code_b), text)
+                lines.append(text)
                 return Reply(int(code_b), "\n".join(lines))
+            lines.append(text)
 
     def _command(self, line: bytes) -> Reply:
         self._sendall(line + CRLF)
@@ -481,7 +493,7 @@ class SMTPConnection:
         rcpt = _encode_address(env.recipient, utf8)
         if sender is None or rcpt is None:
             return Reply(553, "5.6.7 non-ASCII address and the server does not offer SMTPUTF8 (not sent)")
-        payload = dot_stuff(env.data)
+        payload = env.data if env.ready else dot_stuff(env.data)
         params = b""
         if self.esmtp:
             if "SIZE" in self.extensions:

@@ -1,0 +1,206 @@
+"""Worker processes for one job, with a stop that reaches all of them.
+
+`run(target, jobs, stop)` starts one process per job, each calling ``target(job, stop)``, and
+returns their outcomes in order. The workers' own ``stop()`` turns true when:
+
+- the caller's ``stop()`` turns true (the parent polls it and sends each worker SIGTERM);
+- a worker receives SIGTERM or SIGINT itself (a service manager signalling the whole process
+  group, or Ctrl-C in a terminal): it finishes the message in flight and returns;
+- the parent process disappears (killed, even with SIGKILL): the workers notice within
+  ``PARENT_CHECK`` seconds and stop the same way, so no orphan keeps mailing.
+
+Start method: ``fork`` when the calling process has a single thread (the CLI: cheapest, nothing
+is pickled or imported again), else ``forkserver`` (forking a multi-threaded process can
+deadlock the child on a lock another thread held), which needs the jobs to be picklable.
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing as mp
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+
+PARENT_CHECK = 0.25  # seconds between checks that the parent is still there
+POLL = 0.1  # seconds between the parent's polls of stop()
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    value: object = None  # target's return value when ok
+    error: str = ""  # one line when not ok
+    exitcode: int | None = None
+
+
+def can_share(database_url: str) -> bool:
+    """Whether other processes can open this database (not an in-memory SQLite)."""
+    if database_url.startswith("sqlite"):
+        rest = database_url.split("://", 1)[-1]
+        return rest not in ("", "/") and ":memory:" not in rest and "mode=memory" not in rest
+    return True
+
+
+def start_method() -> str:
+    methods = mp.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+class CannotStart(Exception):
+    """The jobs cannot be handed to processes started this way (not picklable)."""
+
+
+def run(target: Callable, jobs: Sequence, stop: Callable[[], bool], *, method: str | None = None) -> list[Outcome]:
+    """Run ``target(job, stop)`` for each job in its own process; the outcomes, in order.
+    CannotStart (before any process starts) when the jobs would have to be pickled and cannot."""
+    method = method or start_method()
+    if method != "fork":
+        try:
+            pickle.dumps((target, list(jobs)))
+        except Exception as exc:  # PicklingError, TypeError, AttributeError: a lambda, a socket...
+            raise CannotStart(f"cannot hand the job to a {method} process: {exc}") from None
+    ctx = mp.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload(["digest.delivery"])
+    procs: list[tuple[mp.Process, object]] = []
+    frozen = method == "fork"
+    if frozen:
+        gc.freeze()  # keep the collector from touching (and so copying) the parent's objects
+    try:
+        for job in jobs:
+            reader, writer = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=_child, args=(target, job, writer), daemon=True, name="digest-sender")
+            p.start()
+            writer.close()
+            procs.append((p, reader))
+    except BaseException:
+        _signal_all([p for p, _ in procs])
+        for p, _ in procs:
+            p.join()
+        raise
+    finally:
+        if frozen:
+            gc.unfreeze()
+
+    outcomes: list[Outcome | None] = [None] * len(procs)
+    signalled = False
+    interrupted: BaseException | None = None
+    while any(o is None for o in outcomes):
+        try:
+            if not signalled and stop():
+                _signal_all([p for p, _ in procs])
+                signalled = True
+            waiting = [i for i, o in enumerate(outcomes) if o is None]
+            wait([procs[i][1] for i in waiting] + [procs[i][0].sentinel for i in waiting], timeout=POLL)
+            for i in waiting:
+                p, reader = procs[i]
+                if reader.poll():
+                    try:
+                        outcomes[i] = _outcome(reader.recv())
+                    except (EOFError, OSError):
+                        p.join()
+                        outcomes[i] = _died(p)
+                elif not p.is_alive():
+                    outcomes[i] = _died(p)
+        except KeyboardInterrupt as exc:  # Ctrl-C: the workers got SIGINT too; make sure, then wait
+            interrupted = exc
+            if not signalled:
+                _signal_all([p for p, _ in procs])
+                signalled = True
+    for (p, reader), outcome in zip(procs, outcomes):
+        p.join()
+        reader.close()
+        outcome.exitcode = p.exitcode
+    if interrupted is not None:
+        raise interrupted
+    return outcomes  # type: ignore[return-value]
+
+
+def _signal_all(procs) -> None:
+    for p in procs:
+        if p.is_alive() and p.pid:
+            try:
+                os.kill(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
+def _outcome(message) -> Outcome:
+    kind, payload = message
+    if kind == "ok":
+        return Outcome(True, payload)
+    return Outcome(False, error=payload)
+
+
+def _died(p) -> Outcome:
+    code = p.exitcode
+    how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+    return Outcome(False, error=f"sender process {p.pid} died ({how}); its unfinished work stays pending")
+
+
+def _signal_when_parent_dies(signum: int) -> None:
+    """Linux: have the kernel send `signum` to this process when its parent exits, however it
+    exits (prctl PR_SET_PDEATHSIG). Elsewhere the polling in stop() does it, a little later."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signum, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _child(target: Callable, job, conn) -> None:
+    state = {"stop": False, "checked": time.monotonic()}
+
+    def on_signal(_signum, _frame) -> None:
+        state["stop"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    parent = mp.parent_process()
+    ppid = os.getppid()
+    _signal_when_parent_dies(signal.SIGTERM)
+    if os.getppid() != ppid:  # it died before the line above
+        state["stop"] = True
+
+    def stop() -> bool:
+        if state["stop"]:
+            return True
+        now = time.monotonic()
+        if now - state["checked"] >= PARENT_CHECK:
+            state["checked"] = now
+            # Reparented (the parent, or the fork server, is gone) or the parent's pipe closed.
+            if os.getppid() != ppid or (parent is not None and not parent.is_alive()):
+                state["stop"] = True
+        return state["stop"]
+
+    try:
+        result = target(job, stop)
+    except BaseException as exc:  # reported to the parent, which decides
+        from .errors import DigestError
+
+        if isinstance(exc, DigestError):
+            message = ("error", str(exc))
+        else:
+            message = ("error", f"sender process {os.getpid()} failed: {exc!r}\n{traceback.format_exc()}")
+        try:
+            conn.send(message)
+        except OSError:
+            pass
+        return
+    try:
+        conn.send(("ok", result))
+    except OSError:
+        pass

@@ -1,0 +1,110 @@
+"""DKIM: every message signed, verified by dkimpy (the reference implementation) against the
+public key, with the headers the issue names in h=; broken keys are one-line config errors."""
+
+from __future__ import annotations
+
+import base64
+import email
+import email.policy
+from datetime import datetime, timezone
+
+import dkim
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+from conftest import run_digest, write_config
+from digest import jobs, subscribers
+from digest.config import load_settings
+from digest.dkim_signer import DKIMSigner, canon_body, canon_lines, dns_record
+from digest.errors import ConfigError
+from digest.mailer import SMTPMailer
+from digest.message import Message, Recipient
+from digest.render import Rendered
+
+REQUIRED_IN_H = {"from", "to", "subject", "date", "message-id", "list-id", "list-unsubscribe", "list-unsubscribe-post"}
+
+
+def write_key(path, kind="rsa"):
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048) if kind == "rsa" else ed25519.Ed25519PrivateKey.generate()
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return key
+
+
+def dns_for(key, name=b"digest._domainkey.digest.test."):
+    record = dns_record(key).encode()
+
+    def lookup(qname, timeout=5):
+        return record if qname == name else None
+
+    return lookup
+
+
+def tags(raw: bytes) -> dict[str, str]:
+    msg = email.message_from_bytes(raw)
+    value = "".join(msg["DKIM-Signature"].split())
+    return dict(part.split("=", 1) for part in value.strip(";").split(";"))
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ed25519"])
+def test_sent_messages_carry_a_signature_dkimpy_verifies(tmp_path, smtp_server, clock, kind):
+    key = write_key(tmp_path / "dkim.pem", kind)
+    config = write_config(tmp_path, smtp_port=smtp_server.port,
+                          dkim={"domain": "digest.test", "selector": "digest", "private_key_file": "dkim.pem"})
+    settings = load_settings(config)
+    from digest.store import create_schema, make_engine, session
+    engine = make_engine(settings.database_url)
+    create_schema(engine)
+    with session(engine) as db:
+        subscribers.add(db, "ann@example.com", clock, name="Zoë  Müller-Lüdenscheidt, PhD")
+        subscribers.add(db, "bob@example.com", clock)
+        jobs.send(db, settings, SMTPMailer(settings.smtp), clock)
+    assert len(smtp_server.received) == 2
+    for got in smtp_server.received:
+        assert got.data.startswith(b"DKIM-Signature: ")
+        assert dkim.verify(got.data, dnsfunc=dns_for(key)), got.data[:600]
+        t = tags(got.data)
+        assert t["a"] == ("rsa-sha256" if kind == "rsa" else "ed25519-sha256")
+        assert t["c"] == "relaxed/relaxed" and t["d"] == "digest.test" and t["s"] == "digest" and "l" not in t
+        assert REQUIRED_IN_H <= {h.lower() for h in t["h"].split(":")}
+        assert max(len(line) for line in got.data.split(b"\r\n\r\n")[0].split(b"\r\n") if not line.startswith(b"List-Unsubscribe:")) <= 78, got.data[:1500]
+        # tampering with a signed header or the body breaks it
+        assert not dkim.verify(got.data.replace(b"Subject: Test", b"Subject: Tost"), dnsfunc=dns_for(key))
+        assert not dkim.verify(got.data.replace(b"unsubscribe/", b"unsubscribX/", 1).replace(b"Unsubscribe", b"Unsubscribx"),
+                               dnsfunc=dns_for(key))
+    # a second From header cannot be added without breaking it (From is oversigned)
+    raw = smtp_server.received[0].data
+    forged = raw.replace(b"\r\nFrom: ", b"\r\nFrom: Evil <evil@attacker.test>\r\nFrom: ", 1)
+    assert not dkim.verify(forged, dnsfunc=dns_for(key))
+
+
+def test_signature_survives_whitespace_and_the_canonical_body_matches_the_reference(tmp_path):
+    key = write_key(tmp_path / "k.pem")
+    rendered = Rendered("Tabs\tand  spaces", "<p>  two  spaces\tand tab  </p>\n<a href=\"XDIGESTUNSUBSCRIBEURLX\">XDIGESTNAMEX</a>\n\n\n",
+                        "Hi XDIGESTNAMEX,\n  indented   text \t\nXDIGESTPREFERENCESURLX\n")
+    signer = DKIMSigner("digest.test", "digest", key)
+    message = Message(rendered, from_="Ann Ö <n@digest.test>", list_id="<l.digest.test>", reply_to="r@digest.test",
+                      feedback_id="weekly:digest", date=datetime(2026, 11, 26, tzinfo=timezone.utc), signer=signer)
+    raw = message.for_recipient(Recipient("a@x.test", "Zoë   Q", "https://u.test/unsubscribe/" + "t" * 120, "https://p", "<1@digest.test>"))
+    assert dkim.verify(raw, dnsfunc=dns_for(key))
+    body = raw.split(b"\r\n\r\n", 1)[1]
+    bh = tags(raw)["bh"]
+    import hashlib
+    assert base64.b64encode(hashlib.sha256(canon_body(body)).digest()).decode() == bh
+    assert canon_lines(b"a  b\t c \r\n") == b"a b c\r\n"
+    assert "Feedback-ID: weekly:digest" in raw.decode()
+
+
+def test_dkim_config_errors_are_one_line_naming_the_key(tmp_path):
+    base = write_config(tmp_path, dkim={"domain": "digest.test", "selector": "digest", "private_key_file": "missing.pem"})
+    text = base.read_text().replace('private_key_file = "missing.pem"\n', "", 1)
+    with pytest.raises(ConfigError, match=r"invalid setting 'dkim.private_key_file': cannot use .*missing.pem"):
+        load_settings(base)
+    proc = run_digest(base, "editions")
+    assert proc.returncode == 2 and "dkim.private_key_file" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    (tmp_path / "missing.pem").write_text("not a key")
+    with pytest.raises(ConfigError, match="not an unencrypted PEM private key"):
+        load_settings(base)
+    base.write_text(text)  # domain and selector, no key file
+    with pytest.raises(ConfigError, match="missing required setting 'dkim.private_key_file'"):
+        load_settings(base)
