@@ -14,13 +14,13 @@ from rich.console import Console
 from rich.table import Table
 
 from . import editions as editions_svc
-from . import jobs, sources
+from . import jobs, schema, sources
 from . import subscribers as subs
 from .config import Settings, config_path, load_settings, render_config
 from .errors import DigestError
 from .mailer import SMTPMailer
 from .models import SubscriberStatus
-from .store import create_schema, make_engine, session
+from .store import make_engine, ready, session
 
 app = typer.Typer(
     help="digest: turn a blog's feeds into an email newsletter.",
@@ -30,8 +30,10 @@ app = typer.Typer(
 )
 subscribers_app = typer.Typer(help="Manage the subscriber list.", no_args_is_help=True)
 editions_app = typer.Typer(help="List editions, or show one with `digest editions show N`.", invoke_without_command=True)
+db_app = typer.Typer(help="The database schema: `digest db upgrade` after installing a new version.", no_args_is_help=True)
 app.add_typer(subscribers_app, name="subscribers")
 app.add_typer(editions_app, name="editions")
+app.add_typer(db_app, name="db")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -60,11 +62,15 @@ def settings() -> Settings:
 
 @contextmanager
 def db(cfg: Settings):
+    """A session on a database at the current schema: an empty database is created; one that
+    needs `digest db upgrade` is refused (exit 2)."""
     engine = make_engine(cfg.database_url)
-    create_schema(engine)
-    with session(engine) as s:
-        yield s
-    engine.dispose()
+    try:
+        ready(engine)
+        with session(engine) as s:
+            yield s
+    finally:
+        engine.dispose()
 
 
 # --- init / fetch / send --------------------------------------------------------------------
@@ -182,6 +188,47 @@ def _preview(s, cfg: Settings, out_dir: Path, to: list[str], open_: bool, latest
                 err.print(f"[red]Preview to {address} refused:[/] {reply.code} {reply.text}")
     if open_:
         webbrowser.open(html_path.resolve().as_uri())
+
+
+# --- db ---------------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Bring the database schema up to this version of digest (back it up first)."""
+    cfg = settings()
+    engine = make_engine(cfg.database_url)
+    try:
+        before, after = schema.upgrade(engine)
+    finally:
+        engine.dispose()
+    if before == after:
+        out.print(f"Database schema is up to date (revision {after}).")
+    else:
+        out.print(f"Database schema upgraded from {before or 'nothing'} to revision {after}.")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Show the database's schema revision and this version's newest one."""
+    cfg = settings()
+    engine = make_engine(cfg.database_url)
+    try:
+        st = schema.state(engine)
+    finally:
+        engine.dispose()
+    out.print(f"database: {st.current or ('empty' if st.empty else 'no revision (made before migrations)')}")
+    out.print(f"newest:   {st.head}")
+    if not st.up_to_date:
+        out.print(schema.describe(st) if not st.empty else "run `digest init` or `digest db upgrade` to create it")
+        raise typer.Exit(2 if not st.empty else 0)
+
+
+@db_app.command("revision", hidden=True)
+def db_revision(message: Annotated[str, typer.Option("-m", "--message", help="What the migration does.")]) -> None:
+    """(Developers) Write a migration for the difference between the models and the newest revision."""
+    path = schema.revision(message)
+    out.print(f"Wrote {path}: review it, then run the test suite on SQLite and PostgreSQL")
 
 
 # --- subscribers ------------------------------------------------------------------------------

@@ -1,4 +1,7 @@
-"""The database: engine, schema creation, sessions."""
+"""The database: engine, schema, sessions.
+
+The schema is made and changed by the migrations (digest.schema); `create_schema` runs them to
+the newest revision, `ready` is the cheap check every command makes first."""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ from pathlib import Path
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, create_engine
 
 from . import models  # noqa: F401  (registers the tables)
 from .errors import ConfigError
@@ -34,7 +37,17 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
 
 
 def create_schema(engine: Engine) -> None:
-    SQLModel.metadata.create_all(engine)
+    """Bring the database to the newest schema revision (creating it when empty)."""
+    from . import schema
+
+    schema.upgrade(engine)
+
+
+def ready(engine: Engine) -> None:
+    """Create an empty database; refuse (SchemaOutOfDate, exit 2) one that needs `digest db upgrade`."""
+    from . import schema
+
+    schema.ready(engine)
 
 
 def session(engine: Engine) -> Session:
