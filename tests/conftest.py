@@ -87,6 +87,7 @@ class Received:
     sender: str
     recipients: list[str]
     data: bytes
+    helo: str | None = None  # the name the client gave in EHLO/HELO (smtp.local_hostname)
 
     @property
     def message(self) -> email.message.EmailMessage:
@@ -120,7 +121,8 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, smtp, session_, envelope):
-        got = Received(envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.original_content or envelope.content))
+        got = Received(envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.original_content or envelope.content),
+                       session_.host_name)
         with self.server.lock:
             self.server.received.append(got)
         if self.server.on_message:

@@ -48,7 +48,7 @@ def test_out_of_date_schema_is_refused_until_db_upgrade(config_path, smtp_server
     run_digest(config_path, "subscribers", "add", "ann@example.com", check=True)  # a new database: made at head
     engine = make_engine(run_settings_url(config_path))
     schema.downgrade(engine, schema.BASELINE)
-    for args in (("send",), ("init",), ("editions",)):
+    for args in (("send",), ("init",), ("editions",), ("worker", "--once")):
         proc = run_digest(config_path, *args)
         assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
         assert proc.stderr.strip() == f"error: {OUT_OF_DATE}"

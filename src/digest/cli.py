@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import editions as editions_svc
-from . import jobs, schema, sources
+from . import jobs, schema, sources, workers
 from . import subscribers as subs
 from .config import Settings, config_path, load_settings, render_config
 from .errors import DigestError
@@ -142,6 +142,15 @@ def send(
         finally:
             mailer.close()
     _print_poll(result.polled)
+    for q in result.queued:
+        out.print(f"Edition {q.edition_number} is still being sent by the workers: {q.pending} pending")
+    if result.new_queued is not None:
+        q = result.new_queued
+        out.print(f"Edition {q.edition_number}: {result.post_count} posts, {q.pending} deliveries queued for `digest worker`")
+        return
+    if cfg.delivery.mode == "workers":
+        out.print("Nothing new to send.")
+        return
     for r in result.resumed:
         out.print(f"Resumed edition {r.edition_number}: {r.sent} delivered, {r.failed} failed, {r.deferred} pending")
         _print_failures(r)
@@ -188,6 +197,55 @@ def _preview(s, cfg: Settings, out_dir: Path, to: list[str], open_: bool, latest
                 err.print(f"[red]Preview to {address} refused:[/] {reply.code} {reply.text}")
     if open_:
         webbrowser.open(html_path.resolve().as_uri())
+
+
+# --- workers ----------------------------------------------------------------------------------
+
+
+@app.command()
+def worker(
+    once: Annotated[bool, typer.Option("--once", help="Exit when nothing is left to claim, instead of polling.")] = False,
+    batch: Annotated[Optional[int], typer.Option("--batch", min=1, help="Deliveries claimed at a time (default: delivery.batch_size).")] = None,
+) -> None:
+    """Send the pending deliveries of every edition, alongside any number of other workers.
+
+    Polls every delivery.poll_seconds until SIGTERM or Ctrl-C (finishing the message in flight and
+    handing back its claims); with --once, exits when nothing is left that it can claim."""
+    import signal
+    import threading
+
+    cfg = settings()
+    if batch is not None:
+        cfg.delivery.batch_size = batch
+    stopping = threading.Event()
+
+    def _stop(signum, _frame):
+        stopping.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop)
+    with db(cfg) as s:
+        mailer = SMTPMailer(cfg.smtp)
+        if not once:
+            out.print(f"Worker started; polling every {cfg.delivery.poll_seconds:g} s (stop with SIGTERM)")
+        report = workers.run(
+            s, cfg, mailer, jobs.utc_now,
+            once=once,
+            stop=stopping.is_set,
+            wait=stopping.wait,
+            progress=(lambda r: None) if once else _print_progress,
+            on_error=lambda message: err.print(f"error: {message} (retrying in {cfg.delivery.poll_seconds:g} s)", markup=False),
+        )
+    if not report.editions:
+        out.print("Nothing to send.")
+    for r in report.editions.values():
+        out.print(f"Edition {r.edition_number}: {r.sent} delivered, {r.failed} failed"
+                  + (f", {r.skipped} skipped" if r.skipped else "") + f", {r.deferred} pending")
+        _print_failures(r)
+
+
+def _print_progress(r) -> None:
+    out.print(f"Edition {r.edition_number}: {r.sent} delivered, {r.failed} failed, {r.deferred} pending")
 
 
 # --- db ---------------------------------------------------------------------------------------

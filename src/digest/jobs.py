@@ -34,12 +34,23 @@ def renderer_for(settings: Settings) -> Renderer:
     )
 
 
+@dataclass(frozen=True)
+class Queued:
+    """An edition left to `digest worker` (delivery.mode = "workers")."""
+
+    edition_number: int
+    pending: int  # deliveries not yet sent
+
+
 @dataclass
 class SendResult:
     polled: list[sources.SourceReport] = field(default_factory=list)
     resumed: list[DeliveryReport] = field(default_factory=list)
-    edition: DeliveryReport | None = None  # the new edition, if one was built
+    edition: DeliveryReport | None = None  # the new edition, if one was built and delivered here
     post_count: int = 0
+    # delivery.mode = "workers": editions left to the workers (unfinished ones, then the new one)
+    queued: list[Queued] = field(default_factory=list)
+    new_queued: Queued | None = None  # the new edition, if one was built for the workers
 
 
 def send(
@@ -55,6 +66,8 @@ def send(
     result = SendResult()
     if fetch:
         result.polled = sources.poll(session, settings, clock)
+    if settings.delivery.mode == "workers":
+        return _queue_for_workers(session, settings, clock, result, slot)
     renderer = renderer_for(settings)
     for unfinished in editions.unfinished(session):
         if stop():
@@ -74,6 +87,24 @@ def send(
     view = editions.edition_view(session, edition, settings.digest.sections)
     result.post_count = view.post_count
     result.edition = deliver(session, edition, mailer, clock, settings, renderer=renderer, stop=stop)
+    return result
+
+
+def _queue_for_workers(session: Session, settings: Settings, clock: Clock, result: SendResult, slot: datetime | None) -> SendResult:
+    """Build the next edition with its pending deliveries and leave the sending to `digest worker`."""
+    for unfinished in editions.unfinished(session):
+        result.queued.append(Queued(unfinished.number, editions.pending_count(session, unfinished)))
+    edition = editions.create(
+        session,
+        clock,
+        subject_template=settings.newsletter.subject,
+        newsletter_name=settings.newsletter.name,
+        slot=slot,
+    )
+    if edition is not None:
+        result.post_count = editions.edition_view(session, edition).post_count
+        result.new_queued = Queued(edition.number, editions.pending_count(session, edition))
+    session.rollback()  # end the read transaction
     return result
 
 
