@@ -77,12 +77,18 @@ def poll_one(session: Session, location: str, settings: Settings, clock: Clock, 
             cutoff = now - timedelta(days=days)
         _store_posts(session, source, parsed.posts, now, cutoff, report)
         source.title = parsed.title or source.title
-        source.etag, source.last_modified = result.etag, result.last_modified
+        # A validator too long for its column is dropped, not cut (a cut one would never match).
+        source.etag = _fits(result.etag, 500)
+        source.last_modified = _fits(result.last_modified, 100)
     source.last_fetched_at = now
     source.last_error = None
     session.add(source)
     session.commit()
     return report
+
+
+def _fits(value: str | None, length: int) -> str | None:
+    return value if value is not None and len(value) <= length else None
 
 
 def _store_posts(session, source, posts, now, cutoff, report) -> None:
