@@ -81,8 +81,10 @@ def test_a_schema_newer_than_this_digest_is_refused(config_path):
     engine = make_engine(run_settings_url(config_path))
     with engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = 'f00dfeed0042'"))
-    proc = run_digest(config_path, "editions")
-    assert proc.returncode == 2 and "schema is newer than this digest (revision f00dfeed0042" in proc.stderr
+    for args in (("editions",), ("db", "upgrade")):
+        proc = run_digest(config_path, *args)
+        assert proc.returncode == 2 and "schema is newer than this digest (revision f00dfeed0042" in proc.stderr
+        assert "Traceback" not in proc.stderr
     engine.dispose()
 
 
@@ -104,3 +106,15 @@ def run_settings_url(config_path) -> str:
     from digest.config import load_settings
 
     return load_settings(config_path).database_url
+
+
+def test_create_schema_works_on_an_in_memory_sqlite_database():
+    from sqlalchemy.pool import StaticPool
+    from sqlmodel import create_engine
+
+    from digest.store import create_schema
+
+    engine = create_engine("sqlite://", poolclass=StaticPool)
+    create_schema(engine)
+    assert {"subscriber", "delivery", "edition"} <= set(inspect(engine).get_table_names())
+    assert schema.state(engine).up_to_date

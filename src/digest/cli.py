@@ -20,7 +20,7 @@ from .config import Settings, config_path, load_settings, render_config
 from .errors import DigestError
 from .mailer import SMTPMailer
 from .models import SubscriberStatus
-from .store import make_engine, ready, session
+from .store import display_url, make_engine, ready, session
 
 app = typer.Typer(
     help="digest: turn a blog's feeds into an email newsletter.",
@@ -95,7 +95,7 @@ def init(
     cfg = load_settings(path)
     with db(cfg):
         pass
-    out.print(f"Database ready: {cfg.database_url}")
+    out.print(f"Database ready: {display_url(cfg.database_url)}")
 
 
 @app.command()

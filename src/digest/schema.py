@@ -124,6 +124,8 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
             cfg = _config()
             cfg.attributes["connection"] = conn
             current = _current(conn)
+            if current is not None and not _known(current):
+                raise SchemaOutOfDate(describe(State(current, head(), False)))
             if current is None and _has_tables(conn):
                 command.stamp(cfg, BASELINE)
             command.upgrade(cfg, revision)
@@ -155,8 +157,8 @@ def _migration_engine(engine: Engine) -> Engine:
     """The engine migrations run on. SQLite gets its own: foreign keys off (batch migrations copy
     and drop tables) and one real transaction taken with BEGIN IMMEDIATE, so DDL rolls back on
     failure and a second upgrader waits instead of colliding."""
-    if engine.dialect.name != "sqlite":
-        return engine
+    if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
+        return engine  # (an in-memory database exists only in the engine's own connection)
     from sqlalchemy import create_engine
 
     mig = create_engine(engine.url, connect_args={"timeout": 60}, poolclass=NullPool)
