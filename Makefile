@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 DEMO    = demo
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-pg bench clean
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -31,6 +31,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest
+
+# The same suite on PostgreSQL: a throw-away server (needs Debian's postgresql package).
+test-pg: $(VENV)/.dev-installed
+	.ci/with-postgres $(BIN)/python -m pytest
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/send.py

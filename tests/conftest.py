@@ -1,10 +1,17 @@
-"""Shared fixtures: a real SMTP server (aiosmtpd on 127.0.0.1), real SQLite files, config files."""
+"""Shared fixtures: a real SMTP server (aiosmtpd on 127.0.0.1), real databases, config files.
+
+Databases: each test gets its own SQLite file, or, when DIGEST_TEST_DATABASE_URL names a
+PostgreSQL server (``postgresql+psycopg://user@127.0.0.1:5432/postgres``; its database is only
+used to create and drop others), its own new PostgreSQL database, dropped after the test.
+`.ci/with-postgres` starts a throw-away server and sets the variable (`make test-pg`).
+"""
 
 from __future__ import annotations
 
 import email
 import email.policy
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -16,12 +23,57 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 
+from sqlalchemy import create_engine, make_url, text
+from sqlalchemy.pool import NullPool
+
 from digest.config import load_settings, render_config
 from digest.store import create_schema, make_engine, session
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).parent.parent
 DIGEST = [sys.executable, "-m", "digest"]
+
+
+TEST_DATABASE_URL = os.environ.get("DIGEST_TEST_DATABASE_URL", "")
+ON_POSTGRES = TEST_DATABASE_URL.startswith("postgresql")
+if TEST_DATABASE_URL and not ON_POSTGRES:
+    raise RuntimeError("DIGEST_TEST_DATABASE_URL must be a postgresql+psycopg:// URL")
+sqlite_only = pytest.mark.skipif(ON_POSTGRES, reason="SQLite-specific")
+
+_databases: dict[Path, str] = {}  # tmp_path -> the test's database URL
+_admin = None
+
+
+def _admin_engine():
+    global _admin
+    if _admin is None:
+        _admin = create_engine(TEST_DATABASE_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    return _admin
+
+
+def database_url(tmp_path: Path) -> str:
+    """The test's database: a SQLite file in tmp_path, or a new PostgreSQL database (one per test,
+    made on first use)."""
+    if not ON_POSTGRES:
+        return f"sqlite:///{tmp_path / 'digest.db'}"
+    url = _databases.get(tmp_path)
+    if url is None:
+        name = f"digest_test_{secrets.token_hex(6)}"
+        with _admin_engine().connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        url = make_url(TEST_DATABASE_URL).set(database=name).render_as_string(hide_password=False)
+        _databases[tmp_path] = url
+    return url
+
+
+@pytest.fixture(autouse=True)
+def _drop_test_databases():
+    yield
+    if ON_POSTGRES:
+        with _admin_engine().connect() as conn:
+            for url in _databases.values():
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
+        _databases.clear()
 
 
 def free_port() -> int:
@@ -35,6 +87,7 @@ class Received:
     sender: str
     recipients: list[str]
     data: bytes
+    helo: str | None = None  # the name the client gave in EHLO/HELO (smtp.local_hostname)
 
     @property
     def message(self) -> email.message.EmailMessage:
@@ -88,7 +141,8 @@ class _Handler:
             return "421 4.3.0 dropped"
         if verdict:
             return verdict
-        got = Received(envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.original_content or envelope.content))
+        got = Received(envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.original_content or envelope.content),
+                       session_.host_name)
         with self.server.lock:
             self.server.received.append(got)
         if self.server.on_message:
@@ -109,14 +163,14 @@ def smtp_server():
 
 def write_config(tmp_path: Path, *, feeds: list[str] | None = None, smtp_port: int = 25, extra: str = "",
                  connections: int = 1, dkim: dict | None = None, **kw) -> Path:
-    """A digest.toml in tmp_path with its own SQLite file. `connections` (smtp.connections) is 1
+    """A digest.toml in tmp_path with the test's database (see database_url). `connections` (smtp.connections) is 1
     unless a test asks for sender processes; `dkim` sets the [dkim] keys; `extra` lines go into
     the [delivery] section."""
     text = render_config(
         name=kw.pop("name", "Test Weekly"),
         from_=kw.pop("from_", "Test Weekly <news@digest.test>"),
         feeds=feeds or [str(FIXTURES / "blogger.atom")],
-        database_url=f"sqlite:///{tmp_path / 'digest.db'}",
+        database_url=database_url(tmp_path),
         smtp_port=smtp_port,
         first_edition_days=kw.pop("first_edition_days", 0),
         **kw,

@@ -87,3 +87,35 @@ def test_guid_falls_back_to_link_then_hash():
 def test_split_category_ignores_long_prefixes():
     assert feeds.split_category("Why this matters to every team today: a note", [], "title")[0] == "More"
     assert feeds.split_category("In Focus: The Lean AI Firm", [], "title") == ("In Focus", "The Lean AI Firm")
+
+
+def test_values_longer_than_their_columns_are_stored_on_every_database(tmp_path, db, clock):
+    """SQLite ignores VARCHAR lengths and PostgreSQL enforces them: feeds must fit either way."""
+    from conftest import write_config
+    from digest import sources
+    from digest.config import load_settings
+    from digest.models import Post, Source
+    from sqlmodel import select
+
+    long_link = "https://blog.test/" + "a" * 2100
+    atom = (
+        "<?xml version='1.0' encoding='UTF-8'?><feed xmlns='http://www.w3.org/2005/Atom'><id>tag:t</id>"
+        f"<title>{'T' * 700}</title><updated>2026-11-26T00:00:00Z</updated>"
+        "<entry><id>tag:t,1</id><updated>2026-11-25T00:00:00Z</updated><title>Plain title</title>"
+        f"<category term='{'c' * 300}'/><link rel='alternate' href='{long_link}'/><content>Body</content></entry>"
+        "</feed>"
+    )
+    path = tmp_path / "long.atom"
+    path.write_text(atom)
+    cfg = load_settings(write_config(tmp_path, feeds=[str(path)]))
+    cfg.digest.category_from = "feed"
+
+    def fetch(location, **_kw):
+        return feeds.FetchResult(path.read_bytes(), '"' + "e" * 600 + '"', "x" * 200)
+
+    report = sources.poll(db, cfg, clock, fetch=fetch)[0]
+    assert report.ok and report.new == 1
+    post = db.exec(select(Post)).one()
+    assert post.url == "" and post.category == "c" * 200
+    source = db.exec(select(Source)).one()
+    assert len(source.title) == 500 and source.etag is None and source.last_modified is None

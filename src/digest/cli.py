@@ -16,14 +16,14 @@ from rich.console import Console
 from rich.table import Table
 
 from . import editions as editions_svc
-from . import jobs, sources
+from . import jobs, schema, sources, workers
 from . import schedule as schedule_svc
 from . import subscribers as subs
 from .config import Settings, config_path, load_settings, render_config
 from .errors import DigestError
 from .mailer import SMTPMailer
 from .models import SubscriberStatus
-from .store import create_schema, make_engine, session
+from .store import display_url, make_engine, ready, session
 
 app = typer.Typer(
     help="digest: turn a blog's feeds into an email newsletter.",
@@ -34,9 +34,11 @@ app = typer.Typer(
 subscribers_app = typer.Typer(help="Manage the subscriber list.", no_args_is_help=True)
 editions_app = typer.Typer(help="List editions, or show one with `digest editions show N`.", invoke_without_command=True)
 bounces_app = typer.Typer(help="Process bounce messages (DSNs).", no_args_is_help=True)
+db_app = typer.Typer(help="The database schema: `digest db upgrade` after installing a new version.", no_args_is_help=True)
 app.add_typer(subscribers_app, name="subscribers")
 app.add_typer(editions_app, name="editions")
 app.add_typer(bounces_app, name="bounces")
+app.add_typer(db_app, name="db")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -100,11 +102,15 @@ def settings() -> Settings:
 
 @contextmanager
 def db(cfg: Settings):
+    """A session on a database at the current schema: an empty database is created; one that
+    needs `digest db upgrade` is refused (exit 2)."""
     engine = make_engine(cfg.database_url)
-    create_schema(engine)
-    with session(engine) as s:
-        yield s
-    engine.dispose()
+    try:
+        ready(engine)
+        with session(engine) as s:
+            yield s
+    finally:
+        engine.dispose()
 
 
 # --- init / fetch / send --------------------------------------------------------------------
@@ -129,7 +135,7 @@ def init(
     cfg = load_settings(path)
     with db(cfg):
         pass
-    out.print(f"Database ready: {cfg.database_url}")
+    out.print(f"Database ready: {display_url(cfg.database_url)}")
 
 
 @app.command()
@@ -177,6 +183,15 @@ def send(
         finally:
             mailer.close()
     _print_poll(result.polled)
+    for q in result.queued:
+        out.print(f"Edition {q.edition_number} is still being sent by the workers: {q.pending} pending")
+    if result.new_queued is not None:
+        q = result.new_queued
+        out.print(f"Edition {q.edition_number}: {result.post_count} posts, {q.pending} deliveries queued for `digest worker`")
+        return
+    if cfg.delivery.mode == "workers":
+        out.print("Nothing new to send.")
+        return
     for r in result.resumed:
         out.print(f"Resumed edition {r.edition_number}: {r.sent} delivered, {r.failed} failed, {r.deferred} pending")
         _print_failures(r)
@@ -293,6 +308,96 @@ def schedule_cmd(
         what = {"edition": f"edition {st.last_run_edition.number}" if st.last_run_edition else "edition",
                 "before start": "not sent: before the schedule first ran"}.get(r.outcome, r.outcome)
         out.print(f"Last scheduled send: {when(cron, r.slot)}: {what}")
+
+
+# --- workers ----------------------------------------------------------------------------------
+
+
+@app.command()
+def worker(
+    once: Annotated[bool, typer.Option("--once", help="Exit when nothing is left to claim, instead of polling.")] = False,
+    batch: Annotated[Optional[int], typer.Option("--batch", min=1, help="Deliveries claimed at a time (default: delivery.batch_size).")] = None,
+) -> None:
+    """Send the pending deliveries of every edition, alongside any number of other workers.
+
+    Polls every delivery.poll_seconds until SIGTERM or Ctrl-C (finishing the message in flight and
+    handing back its claims); with --once, exits when nothing is left that it can claim."""
+    import signal
+    import threading
+
+    cfg = settings()
+    if batch is not None:
+        cfg.delivery.batch_size = batch
+    stopping = threading.Event()
+
+    def _stop(signum, _frame):
+        stopping.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop)
+    with db(cfg) as s:
+        mailer = SMTPMailer(cfg.smtp)
+        if not once:
+            out.print(f"Worker started; polling every {cfg.delivery.poll_seconds:g} s (stop with SIGTERM)")
+        report = workers.run(
+            s, cfg, mailer, jobs.utc_now,
+            once=once,
+            stop=stopping.is_set,
+            wait=stopping.wait,
+            progress=(lambda r: None) if once else _print_progress,
+            on_error=lambda message: err.print(f"error: {message} (retrying in {cfg.delivery.poll_seconds:g} s)", markup=False),
+        )
+    if not report.editions:
+        out.print("Nothing to send.")
+    for r in report.editions.values():
+        out.print(f"Edition {r.edition_number}: {r.sent} delivered, {r.failed} failed"
+                  + (f", {r.skipped} skipped" if r.skipped else "") + f", {r.deferred} pending")
+        _print_failures(r)
+
+
+def _print_progress(r) -> None:
+    out.print(f"Edition {r.edition_number}: {r.sent} delivered, {r.failed} failed, {r.deferred} pending")
+
+
+# --- db ---------------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Bring the database schema up to this version of digest (back it up first)."""
+    cfg = settings()
+    engine = make_engine(cfg.database_url)
+    try:
+        before, after = schema.upgrade(engine)
+    finally:
+        engine.dispose()
+    if before == after:
+        out.print(f"Database schema is up to date (revision {after}).")
+    else:
+        out.print(f"Database schema upgraded from {before or 'nothing'} to revision {after}.")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Show the database's schema revision and this version's newest one."""
+    cfg = settings()
+    engine = make_engine(cfg.database_url)
+    try:
+        st = schema.state(engine)
+    finally:
+        engine.dispose()
+    out.print(f"database: {st.current or ('empty' if st.empty else 'no revision (made before migrations)')}")
+    out.print(f"newest:   {st.head}")
+    if not st.up_to_date:
+        out.print(schema.describe(st) if not st.empty else "run `digest init` or `digest db upgrade` to create it")
+        raise typer.Exit(2 if not st.empty else 0)
+
+
+@db_app.command("revision", hidden=True)
+def db_revision(message: Annotated[str, typer.Option("-m", "--message", help="What the migration does.")]) -> None:
+    """(Developers) Write a migration for the difference between the models and the newest revision."""
+    path = schema.revision(message)
+    out.print(f"Wrote {path}: review it, then run the test suite on SQLite and PostgreSQL")
 
 
 # --- subscribers ------------------------------------------------------------------------------

@@ -132,6 +132,10 @@ class DeliverySettings(_Section):
     lease_seconds: int = Field(default=600, ge=10)  # a claim older than this is abandoned
     # Where each sender journals acceptances between ledger commits (local disk).
     journal_dir: Path = Path(".digest-journal")
+    # "inline": `digest send` (and the schedule) delivers the edition itself. "workers": it only
+    # creates the edition and its deliveries; `digest worker` processes send them.
+    mode: Literal["inline", "workers"] = "inline"
+    poll_seconds: float = Field(default=5.0, gt=0)  # how often an idle `digest worker` looks for work
 
 
 class WebSettings(_Section):
@@ -391,6 +395,8 @@ first_edition_days = {first_edition_days}    # on a new install, only posts this
 # batch_size = 200      # deliveries claimed and committed per batch
 # lease_seconds = 600   # a sender that stops answering loses its claim after this
 # journal_dir = ".digest-journal"  # acceptances not yet in the database; survives a crash
+# mode = "inline"       # "workers": `digest send` only queues the edition; `digest worker` sends it
+# poll_seconds = 5      # how often an idle `digest worker` looks for pending deliveries
 
 [web]                   # `digest serve`: subscribe, confirm, unsubscribe, preferences, archive
 # host = "127.0.0.1"

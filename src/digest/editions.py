@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, insert, literal, select as sa_select
+from sqlalchemy import func, insert, literal, select as sa_select, text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -240,6 +240,14 @@ def _counts(session: Session, edition_ids: list[int]) -> dict[int, dict[str, int
     ).all():
         counts[eid]["posts"] = n
     return counts
+
+
+def pending_count(session: Session, edition: Edition) -> int:
+    """Deliveries of `edition` not yet sent (due now or waiting for a retry). The literal 'pending'
+    lets both databases answer from the partial index ix_delivery_pending."""
+    return session.execute(
+        text("SELECT COUNT(*) FROM delivery WHERE edition_id = :e AND status = 'pending'"), {"e": edition.id}
+    ).scalar_one()
 
 
 def summaries(session: Session) -> list[tuple[Edition, dict[str, int]]]:

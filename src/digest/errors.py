@@ -31,3 +31,9 @@ class InvalidAddress(DigestError):
 
 class BadToken(DigestError):
     """A signed link that was forged, altered or has expired."""
+
+
+class SchemaOutOfDate(DigestError):
+    """The database's schema is not the one this version of digest expects."""
+
+    exit_code = 2

@@ -124,7 +124,7 @@ def parse(
             raise FeedError(f"{location}: not a valid feed ({_one_line(str(reason)) or 'parse error'})")
         if not d.get("version"):
             raise FeedError(f"{location}: not an RSS or Atom feed")
-    title = _one_line(html_to_text(d.feed.get("title", ""))) or None
+    title = _one_line(html_to_text(d.feed.get("title", "")))[:500] or None
     posts = [_post(e, category_from, excerpt_words) for e in d.entries]
     return ParsedFeed(title=title, posts=posts)
 
@@ -141,7 +141,7 @@ def _post(entry, category_from: str, excerpt_words: int) -> FeedPost:
 
     category, display = split_category(title, tags, category_from)
     link = entry.get("link", "") or ""
-    url = link if _is_web_link(link) else ""
+    url = link if _is_web_link(link) and len(link) <= 2000 else ""  # longer than the column: no link
     guid = entry.get("id") or link or ""
     digest_src = (title + "\x00" + body_html).encode("utf-8", "replace")
     content_hash = hashlib.sha256(digest_src).hexdigest()
@@ -160,7 +160,7 @@ def _post(entry, category_from: str, excerpt_words: int) -> FeedPost:
         guid=guid[:2000],
         url=url,
         title=title,
-        category=category,
+        category=category[:200],
         display_title=display,
         author=author[:500] if author else None,
         published_at=published_at,

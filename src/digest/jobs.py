@@ -38,14 +38,25 @@ def renderer_for(settings: Settings) -> Renderer:
     )
 
 
+@dataclass(frozen=True)
+class Queued:
+    """An edition left to `digest worker` (delivery.mode = "workers")."""
+
+    edition_number: int
+    pending: int  # deliveries not yet sent
+
+
 @dataclass
 class SendResult:
     polled: list[sources.SourceReport] = field(default_factory=list)
     resumed: list[DeliveryReport] = field(default_factory=list)
-    edition: DeliveryReport | None = None  # the new edition, if one was built
+    edition: DeliveryReport | None = None  # the new edition, if one was built and delivered here
     post_count: int = 0
     recipients: int = 0  # deliveries the new edition was built with
     slot: schedule.SlotResult | None = None  # with slot=: what became of it
+    # delivery.mode = "workers": editions left to the workers (unfinished ones, then the new one)
+    queued: list[Queued] = field(default_factory=list)
+    new_queued: Queued | None = None  # the new edition, if one was built for the workers
 
 
 def send(
@@ -63,6 +74,8 @@ def send(
     result = SendResult()
     if fetch:
         result.polled = sources.poll(session, settings, clock, stop=stop)
+    if settings.delivery.mode == "workers":
+        return _queue_for_workers(session, settings, clock, result, slot)
     renderer = renderer_for(settings)
     result.resumed = resume(session, settings, mailer, clock, stop=stop, renderer=renderer)
     if stop():
@@ -93,7 +106,10 @@ def resume(
     stop: Callable[[], bool] = lambda: False,
     renderer: Renderer | None = None,
 ) -> list[DeliveryReport]:
-    """Deliver what is due of every unfinished edition (an interrupted send, deferred retries)."""
+    """Deliver what is due of every unfinished edition (an interrupted send, deferred retries).
+    With delivery.mode = "workers" that is the workers' job: nothing is sent here."""
+    if settings.delivery.mode == "workers":
+        return []
     renderer = renderer or renderer_for(settings)
     reports = []
     for unfinished in editions.unfinished(session):
@@ -133,6 +149,23 @@ def scheduled(
     if fetch:
         result.polled = sources.poll(session, settings, clock, stop=stop)
     result.resumed = resume(session, settings, mailer, clock, stop=stop)
+    return result
+
+
+def _queue_for_workers(session: Session, settings: Settings, clock: Clock, result: SendResult, slot: datetime | None) -> SendResult:
+    """Build the next edition with its pending deliveries and leave the sending to `digest worker`."""
+    for unfinished in editions.unfinished(session):
+        result.queued.append(Queued(unfinished.number, editions.pending_count(session, unfinished)))
+    nl = settings.newsletter
+    if slot is None:
+        edition = editions.create(session, clock, subject_template=nl.subject, newsletter_name=nl.name)
+    else:
+        result.slot = schedule.build_for_slot(session, clock, slot, subject_template=nl.subject, newsletter_name=nl.name)
+        edition = result.slot.edition
+    if edition is not None:
+        result.post_count = editions.edition_view(session, edition).post_count
+        result.new_queued = Queued(edition.number, editions.pending_count(session, edition))
+    session.rollback()  # end the read transaction
     return result
 
 

@@ -1,6 +1,9 @@
 """The tables: Source, Post, Subscriber, Edition, EditionPost, Delivery; ScheduleRun, Lock.
 
 Datetimes are timezone-aware UTC in Python (``as_utc()``); SQLModel stores them as UTC.
+Status enums are stored by name in a VARCHAR on every database (no native ENUM type, no CHECK):
+adding a status later is a code change, not a migration. The schema itself is created and changed
+only by the migrations in ``digest/migrations`` (see ``store.upgrade``).
 """
 
 from __future__ import annotations
@@ -8,8 +11,24 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from enum import Enum
 
-from sqlalchemy import Column, Index, Text, UniqueConstraint
+from sqlalchemy import Column, Index, Text, UniqueConstraint, text
+from sqlalchemy import Enum as SAEnum
 from sqlmodel import Field, SQLModel
+
+# Constraint names are fixed (not left to each database) so a migration can name what it alters,
+# which SQLite's batch mode needs. Set before any table is defined.
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def _status(enum: type[Enum]) -> SAEnum:
+    """A status column: the member's name in a VARCHAR(32), the same on SQLite and PostgreSQL."""
+    return SAEnum(enum, native_enum=False, create_constraint=False, length=32)
 
 
 def as_utc(dt: datetime) -> datetime:
@@ -74,7 +93,7 @@ class Subscriber(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     email: str = Field(unique=True, max_length=320)  # normalized, lower-case domain
     name: str | None = Field(default=None, max_length=200)
-    status: SubscriberStatus = Field(default=SubscriberStatus.active, index=True)
+    status: SubscriberStatus = Field(default=SubscriberStatus.active, index=True, sa_type=_status(SubscriberStatus))
     # Comma-separated category names; None = every category.
     categories: str | None = Field(default=None, sa_column=Column(Text))
     paused: bool = False
@@ -88,7 +107,7 @@ class Edition(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     number: int = Field(unique=True)
     created_at: datetime
-    status: EditionStatus = Field(default=EditionStatus.sending, index=True)
+    status: EditionStatus = Field(default=EditionStatus.sending, index=True, sa_type=_status(EditionStatus))
     subject: str = Field(sa_column=Column(Text, nullable=False))
     finished_at: datetime | None = None
     # The schedule slot that produced it (UTC instant), so one slot makes at most one edition.
@@ -105,14 +124,29 @@ class EditionPost(SQLModel, table=True):
 class Delivery(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("edition_id", "subscriber_id", name="uq_delivery_edition_subscriber"),
-        Index("ix_delivery_claim", "edition_id", "status", "claimed_until"),
+        # What claim() scans: an edition's pending deliveries in id order, and nothing else (sent
+        # ones leave the index, so a claim deep into a million-row edition stays one short scan).
+        Index(
+            "ix_delivery_pending",
+            "edition_id",
+            "id",
+            sqlite_where=text("status = 'pending'"),
+            postgresql_where=text("status = 'pending'"),
+        ),
+        # Claims held right now (a few batches per sender): releasing and taking over claims.
+        Index(
+            "ix_delivery_claimed_by",
+            "claimed_by",
+            sqlite_where=text("claimed_by IS NOT NULL"),
+            postgresql_where=text("claimed_by IS NOT NULL"),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
     edition_id: int = Field(foreign_key="edition.id")
     # NULL once the subscriber's data was erased (`digest subscribers delete`).
     subscriber_id: int | None = Field(default=None, foreign_key="subscriber.id", index=True)
-    status: DeliveryStatus = Field(default=DeliveryStatus.pending)
+    status: DeliveryStatus = Field(default=DeliveryStatus.pending, sa_type=_status(DeliveryStatus))
     attempts: int = 0
     last_error: str | None = Field(default=None, sa_column=Column(Text))
     message_id: str | None = Field(default=None, max_length=300)

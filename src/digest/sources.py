@@ -91,7 +91,9 @@ def poll_one(session: Session, location: str, settings: Settings, clock: Clock, 
         locks.acquire(session, locks.POSTS, now=now)
         _store_posts(session, source, parsed.posts, now, cutoff, report)
         source.title = parsed.title or source.title
-        source.etag, source.last_modified = result.etag, result.last_modified
+        # A validator too long for its column is dropped, not cut (a cut one would never match).
+        source.etag = _fits(result.etag, 500)
+        source.last_modified = _fits(result.last_modified, 100)
     source.last_fetched_at = now
     source.last_error = None
     session.add(source)
@@ -108,6 +110,10 @@ def _add_source(session: Session, location: str, now) -> Source:
         session.rollback()
         source = session.exec(select(Source).where(Source.url == location)).one()
     return source
+
+
+def _fits(value: str | None, length: int) -> str | None:
+    return value if value is not None and len(value) <= length else None
 
 
 def _store_posts(session, source, posts, now, cutoff, report) -> None:

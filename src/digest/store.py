@@ -1,12 +1,15 @@
-"""The database: engine, schema creation, sessions."""
+"""The database: engine, schema, sessions.
+
+The schema is made and changed by the migrations (digest.schema); `create_schema` runs them to
+the newest revision, `ready` is the cheap check every command makes first."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import event
+from sqlalchemy import event, make_url
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, create_engine
 
 from . import models  # noqa: F401  (registers the tables)
 from .errors import ConfigError
@@ -30,11 +33,29 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, echo=echo, pool_pre_ping=True)
+    connect_args = {}
+    if url.startswith("postgresql") and "application_name" not in url:
+        connect_args["application_name"] = "digest"  # shows in pg_stat_activity
+    return create_engine(url, echo=echo, pool_pre_ping=True, connect_args=connect_args)
+
+
+def display_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def create_schema(engine: Engine) -> None:
-    SQLModel.metadata.create_all(engine)
+    """Bring the database to the newest schema revision (creating it when empty)."""
+    from . import schema
+
+    schema.upgrade(engine)
+
+
+def ready(engine: Engine) -> None:
+    """Create an empty database; refuse (SchemaOutOfDate, exit 2) one that needs `digest db upgrade`."""
+    from . import schema
+
+    schema.ready(engine)
 
 
 def session(engine: Engine) -> Session:

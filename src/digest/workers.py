@@ -1,0 +1,106 @@
+"""Service: a sender worker. It delivers every edition that still has pending deliveries, batch by
+batch through `delivery.deliver()`, alongside any number of other workers on any number of hosts.
+
+Workers never coordinate directly: each batch is claimed in the Delivery table (`delivery.claim`:
+FOR UPDATE SKIP LOCKED on PostgreSQL; SQLite's single writer lock makes the same UPDATE atomic), so
+two workers never hold the same delivery. A worker that dies keeps its claims until their lease
+(`delivery.lease_seconds`) runs out, or, on its own host, until the next worker there sees its
+process is gone; then another worker sends them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlmodel import Session
+
+from . import editions
+from .config import Settings
+from .delivery import DeliveryReport, deliver, new_worker_id
+from .errors import DeliveryError
+from .mailer import Mailer
+from .render import Renderer
+
+Clock = Callable[[], datetime]
+
+
+@dataclass
+class WorkerReport:
+    worker: str
+    editions: dict[int, DeliveryReport] = field(default_factory=dict)  # by edition number
+    errors: list[str] = field(default_factory=list)  # SMTP trouble met while polling
+
+    @property
+    def sent(self) -> int:
+        return sum(r.sent for r in self.editions.values())
+
+    def add(self, r: DeliveryReport) -> None:
+        total = self.editions.setdefault(r.edition_number, DeliveryReport(r.edition_number))
+        total.sent += r.sent
+        total.failed += r.failed
+        total.skipped += r.skipped
+        total.deferred = r.deferred  # pending now, not a sum
+        total.failures.extend(r.failures)
+        total.stopped = total.stopped or r.stopped
+
+
+def run(
+    session: Session,
+    settings: Settings,
+    mailer: Mailer,
+    clock: Clock,
+    *,
+    once: bool = False,
+    stop: Callable[[], bool] = lambda: False,
+    wait: Callable[[float], None] | None = None,
+    progress: Callable[[DeliveryReport], None] = lambda r: None,
+    on_error: Callable[[str], None] = lambda message: None,
+    worker: str | None = None,
+) -> WorkerReport:
+    """Deliver pending deliveries of every unfinished edition. With `once`, return after one pass,
+    when nothing is left that this worker can claim now (deliveries held by other workers, or
+    waiting for a retry, are theirs or later's); otherwise poll every `delivery.poll_seconds` until
+    `stop()`. `wait(seconds)` sleeps between polls (and should return early on a stop).
+
+    With `once`, an unreachable SMTP server raises DeliveryError; a polling worker reports it in
+    `errors` and tries again at the next poll. Either way nothing claimed is lost: deliver() hands
+    its claims back."""
+    worker = worker or new_worker_id()
+    report = WorkerReport(worker)
+    renderer = Renderer(
+        newsletter_name=settings.newsletter.name,
+        public_url=settings.newsletter.public_url,
+        templates_dir=settings.templates_dir,
+    )
+    if wait is None:
+        idle = threading.Event()
+        wait = lambda seconds: idle.wait(seconds)  # noqa: E731
+    while not stop():
+        busy = False
+        try:
+            for edition in editions.unfinished(session):
+                if stop():
+                    break
+                r = deliver(session, edition, mailer, clock, settings, renderer=renderer, stop=stop, worker=worker)
+                if r.sent or r.failed or r.skipped:
+                    busy = True
+                    report.add(r)
+                    progress(r)
+        except DeliveryError as exc:
+            if once:
+                raise
+            report.errors.append(str(exc))
+            on_error(str(exc))
+        finally:
+            session.rollback()  # no transaction (and no snapshot) held while idle
+        if once:
+            break
+        if not busy:
+            mailer.close()  # do not hold an idle SMTP connection between polls
+            wait(settings.delivery.poll_seconds)
+    mailer.close()
+    return report
+

@@ -1,0 +1,120 @@
+"""The schema is made by Alembic migrations, on SQLite and PostgreSQL alike; commands refuse a
+database whose schema is out of date and say which command to run."""
+
+from __future__ import annotations
+
+import subprocess
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect, text
+from sqlmodel import SQLModel
+
+from conftest import DIGEST, database_url, run_digest
+from digest import schema
+from digest.store import make_engine
+
+OUT_OF_DATE = "database schema is out of date: run `digest db upgrade`"
+
+
+def pending_diff(engine) -> list:
+    with engine.connect() as conn:
+        return compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), SQLModel.metadata)
+
+
+def test_one_head_and_an_empty_database_upgraded_to_it_matches_the_models(tmp_path):
+    assert len(schema._script().get_heads()) == 1, "two migrations share a parent: add a merge revision"
+    engine = make_engine(database_url(tmp_path))
+    assert schema.state(engine).empty
+    assert schema.upgrade(engine) == (None, schema.head())
+    assert pending_diff(engine) == []  # no autogenerate diff: models and migrations agree
+    assert schema.state(engine).up_to_date
+    schema.ready(engine)  # passes
+    engine.dispose()
+
+
+def test_downgrade_to_nothing_and_upgrade_again(tmp_path):
+    engine = make_engine(database_url(tmp_path))
+    schema.upgrade(engine)
+    schema.downgrade(engine, "base")
+    assert [t for t in inspect(engine).get_table_names() if t != "alembic_version"] == []
+    assert schema.state(engine).empty
+    schema.upgrade(engine)
+    assert pending_diff(engine) == []
+    engine.dispose()
+
+
+def test_out_of_date_schema_is_refused_until_db_upgrade(config_path, smtp_server):
+    run_digest(config_path, "subscribers", "add", "ann@example.com", check=True)  # a new database: made at head
+    engine = make_engine(run_settings_url(config_path))
+    schema.downgrade(engine, schema.BASELINE)
+    for args in (("send",), ("init",), ("editions",), ("worker", "--once")):
+        proc = run_digest(config_path, *args)
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        assert proc.stderr.strip() == f"error: {OUT_OF_DATE}"
+    current = run_digest(config_path, "db", "current")
+    assert current.returncode == 2 and f"database: {schema.BASELINE}" in current.stdout and OUT_OF_DATE in current.stdout
+    up = run_digest(config_path, "db", "upgrade", check=True)
+    assert f"upgraded from {schema.BASELINE} to revision {schema.head()}" in up.stdout
+    assert "up to date" in run_digest(config_path, "db", "upgrade", check=True).stdout
+    assert "Edition 1: 5 posts, 1 delivered" in run_digest(config_path, "send", check=True).stdout
+    assert pending_diff(engine) == []
+    engine.dispose()
+
+
+def test_a_database_made_before_migrations_is_adopted_by_db_upgrade(config_path, smtp_server):
+    engine = make_engine(run_settings_url(config_path))
+    schema.upgrade(engine, schema.BASELINE)  # the tables 0.1 made with create_all ...
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE alembic_version"))  # ... which had no version table
+    assert schema.state(engine).legacy
+    proc = run_digest(config_path, "send")
+    assert proc.returncode == 2 and OUT_OF_DATE in proc.stderr
+    assert "made before migrations" in run_digest(config_path, "db", "current").stdout
+    run_digest(config_path, "db", "upgrade", check=True)
+    assert schema.state(engine).up_to_date and pending_diff(engine) == []
+    engine.dispose()
+
+
+def test_a_schema_newer_than_this_digest_is_refused(config_path):
+    run_digest(config_path, "editions", check=True)
+    engine = make_engine(run_settings_url(config_path))
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = 'f00dfeed0042'"))
+    for args in (("editions",), ("db", "upgrade")):
+        proc = run_digest(config_path, *args)
+        assert proc.returncode == 2 and "schema is newer than this digest (revision f00dfeed0042" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    engine.dispose()
+
+
+def test_concurrent_upgrades_of_a_new_database_wait_for_each_other(config_path):
+    procs = [
+        subprocess.Popen([*DIGEST, "--config", str(config_path), "db", "upgrade"], cwd=config_path.parent,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    results = [p.communicate(timeout=120) + (p.returncode,) for p in procs]
+    assert all(rc == 0 for _, _, rc in results), results
+    assert sum("upgraded from nothing" in out for out, _, _ in results) == 1
+    engine = make_engine(run_settings_url(config_path))
+    assert schema.state(engine).up_to_date and pending_diff(engine) == []
+    engine.dispose()
+
+
+def run_settings_url(config_path) -> str:
+    from digest.config import load_settings
+
+    return load_settings(config_path).database_url
+
+
+def test_create_schema_works_on_an_in_memory_sqlite_database():
+    from sqlalchemy.pool import StaticPool
+    from sqlmodel import create_engine
+
+    from digest.store import create_schema
+
+    engine = create_engine("sqlite://", poolclass=StaticPool)
+    create_schema(engine)
+    assert {"subscriber", "delivery", "edition"} <= set(inspect(engine).get_table_names())
+    assert schema.state(engine).up_to_date
