@@ -26,7 +26,7 @@ from .config import Settings
 from .cron import Cron
 from .errors import DigestError
 from .mailer import Mailer, SMTPMailer
-from .store import create_schema, make_engine, session
+from .store import make_engine, ready, session
 
 log = logging.getLogger("digest")
 
@@ -82,7 +82,7 @@ class Service:
 
     def start(self) -> None:
         self.engine = make_engine(self.settings.database_url)
-        create_schema(self.engine)
+        ready(self.engine)
         sched = self.settings.schedule
         grace = max(1, int(sched.misfire_grace_hours * 3600))
         # At start: catch up on a missed slot (decided from the database), or poll and resume.

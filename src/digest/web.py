@@ -32,7 +32,7 @@ from .mailer import Mailer, SMTPMailer
 from .models import SubscriberStatus
 from .ratelimit import RateLimiter
 from .render import bundled_templates_dir, environment
-from .store import create_schema, make_engine, session
+from .store import make_engine, ready, session
 
 log = logging.getLogger("digest.web")
 
@@ -90,7 +90,7 @@ def create_app(
     mailer_factory = mailer_factory or (lambda: SMTPMailer(settings.smtp))
     own_engine = engine is None
     engine = engine or make_engine(settings.database_url)
-    create_schema(engine)
+    ready(engine)
     env = environment(settings.templates_dir)
     links = Links(settings.newsletter.secret_key, settings.newsletter.public_url, clock)
     renderer = renderer_for(settings)
