@@ -225,12 +225,16 @@ def create_app(
 
     # --- preferences --------------------------------------------------------------------------
 
+    def token_subscriber(s, token: str):
+        """The subscriber a preferences link names; None when it is forged or they were erased."""
+        try:
+            return signup.from_token(s, links, token)
+        except BadToken:
+            return None
+
     @app.get("/preferences/{token}", response_class=HTMLResponse)
     def preferences_page(token: str, s: DB):
-        try:
-            sub = signup.from_token(s, links, token)
-        except BadToken:
-            sub = None
+        sub = token_subscriber(s, token)
         if sub is None:
             return page("invalid_link.html", 400)
         return preferences(s, sub, token)
@@ -242,10 +246,7 @@ def create_app(
         action: Annotated[str, Form()] = "save",
         categories: Annotated[list[str], Form()] = [],  # noqa: B006
     ):
-        try:
-            sub = signup.from_token(s, links, token)
-        except BadToken:
-            sub = None
+        sub = token_subscriber(s, token)
         if sub is None:
             return page("invalid_link.html", 400)
         notice = None
