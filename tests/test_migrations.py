@@ -24,6 +24,7 @@ def pending_diff(engine) -> list:
 
 def test_one_head_and_an_empty_database_upgraded_to_it_matches_the_models(tmp_path):
     assert len(schema._script().get_heads()) == 1, "two migrations share a parent: add a merge revision"
+    assert schema.HEAD == schema.head(), "a new migration: set schema.HEAD to its revision"
     engine = make_engine(database_url(tmp_path))
     assert schema.state(engine).empty
     assert schema.upgrade(engine) == (None, schema.head())

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
+from datetime import timedelta
 
 import pytest
 from sqlmodel import select
@@ -266,6 +267,66 @@ def test_sigkill_of_every_sender_process_resends_at_most_one_message_per_connect
     duplicates = sum(c - 1 for c in counts.values())
     assert duplicates <= connections, f"{duplicates} duplicates"
     assert not any((tmp_path / ".digest-journal").glob("*.log"))
+
+
+def _slow_relay_setup(tmp_path, smtp_server, clock, n):
+    """One connection, one batch of n, a 30 s lease; the relay takes 5 s (of the test's clock)
+    per message. Returns settings, the sender's session, a rival's session and the addresses."""
+    config = write_config(tmp_path, smtp_port=smtp_server.port, extra=f"batch_size = {n}\nlease_seconds = 30\n")
+    settings, db = open_db(config)
+    rival = session(make_engine(settings.database_url))
+    addrs = add(db, clock, n)
+    return settings, db, rival, addrs
+
+
+def _rival_claim(rival, clock):
+    from datetime import timedelta
+    from digest.delivery import claim
+
+    edition = rival.exec(select(Edition)).one()
+    return claim(rival, edition.id, "rival-host:1:abc", clock.now, timedelta(seconds=30), 100)
+
+
+def test_a_batch_that_outlasts_its_lease_keeps_it_and_is_not_taken_over(tmp_path, smtp_server, clock):
+    settings, db, rival, addrs = _slow_relay_setup(tmp_path, smtp_server, clock, 20)
+    taken = []
+
+    def slow(_m):
+        clock.now += timedelta(seconds=5)
+        if len(smtp_server.received) in (8, 15):  # 40 s and 75 s into a batch leased for 30 s
+            taken.append(_rival_claim(rival, clock))
+
+    smtp_server.on_message = slow
+    with db, rival:
+        r = jobs.send(db, settings, SMTPMailer(settings.smtp), clock).edition
+    assert taken == [[], []]  # the sender's lease was renewed as it went: nothing to take over
+    assert r.sent == 20 and per_address(smtp_server) == Counter({a: 1 for a in addrs})
+
+
+def test_a_sender_that_lost_its_claims_stops_sending_them(tmp_path, smtp_server, clock, caplog):
+    settings, db, rival, addrs = _slow_relay_setup(tmp_path, smtp_server, clock, 20)
+    taken = []
+
+    def stall(_m):
+        clock.now += timedelta(seconds=5)
+        if len(smtp_server.received) == 5:
+            clock.now += timedelta(seconds=60)  # the sender hangs for two leases; a rival takes over
+            taken.extend(_rival_claim(rival, clock))
+
+    smtp_server.on_message = stall
+    with db, rival:
+        r = jobs.send(db, settings, SMTPMailer(settings.smtp), clock).edition
+        rival_ids = {c.delivery_id for c in taken}
+        assert len(rival_ids) == 16  # all that had no outcome recorded yet, the message being received included
+        rows = db.exec(select(Delivery).where(Delivery.id.in_(rival_ids))).all()
+    mailed = per_address(smtp_server)
+    assert all(n == 1 for n in mailed.values())
+    # the sender let go of the batch: only what was already on the wire (the message being
+    # received, and the next one's commands) went to addresses the rival now holds
+    assert sum(1 for d in rows if d.status == DeliveryStatus.sent) <= 2
+    assert r.sent == len(mailed) <= 6
+    assert all(d.claimed_by == "rival-host:1:abc" for d in rows if d.status == DeliveryStatus.pending)
+    assert "outlived its lease" in caplog.text
 
 
 def test_a_clock_that_cannot_go_to_another_process_falls_back_to_one_connection(tmp_path, smtp_server, clock, caplog):

@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
@@ -24,6 +23,8 @@ def normalize_email(address: str, *, check_deliverability: bool = False) -> str:
     address = (address or "").strip()
     if not address or any(c in address for c in "\r\n\x00"):
         raise InvalidAddress(f"not a valid email address: {address!r}")
+    from email_validator import EmailNotValidError, validate_email  # here: `digest send` never needs it
+
     try:
         info = validate_email(address, check_deliverability=check_deliverability)
     except EmailNotValidError as exc:
