@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 from sqlalchemy import bindparam, text, update
 from sqlmodel import Session, select
@@ -97,8 +98,7 @@ class DeliveryReport:
         self.stopped = self.stopped or other.stopped
 
 
-@dataclass(frozen=True)
-class _Claimed:
+class _Claimed(NamedTuple):  # (a frozen dataclass cost ~1.5 µs more a delivery to build)
     delivery_id: int
     attempts: int
     subscriber_id: int | None
@@ -340,7 +340,9 @@ def _claim_statements(session: Session) -> _ClaimStatements:
             held=text(
                 "SELECT d.id, d.attempts, s.id, s.email, s.name, s.categories, s.status, s.paused"
                 " FROM delivery d LEFT JOIN subscriber s ON s.id = d.subscriber_id"
-                " WHERE d.claimed_by = :worker AND d.status = 'pending' AND d.edition_id = :edition ORDER BY d.id"
+                # "+": look rows up by claimed_by (a batch), not by edition (SQLite would walk
+                # every pending delivery of the edition)
+                " WHERE d.claimed_by = :worker AND d.status = 'pending' AND +d.edition_id = :edition ORDER BY d.id"
             ),
         )
     return _claim_cache[dialect]
@@ -402,6 +404,8 @@ class _SentWriter:
         to_db = self.to_db
         if self.order is None:
             return [{"i": i, "m": m, "s": to_db(at)} for i, m, at in rows]
+        if self.order == ["m", "s", "i"]:  # SQLite
+            return [(m, to_db(at), i) for i, m, at in rows]
         pick = {"i": 0, "m": 1, "s": 2}
         idx = [pick[name] for name in self.order]
         return [tuple((i, m, to_db(at))[k] for k in idx) for i, m, at in rows]

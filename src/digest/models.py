@@ -33,7 +33,10 @@ def _status(enum: type[Enum]) -> SAEnum:
 
 def as_utc(dt: datetime) -> datetime:
     """A datetime as timezone-aware UTC (a naive one is taken to be UTC already)."""
-    if dt.tzinfo is None:
+    tz = dt.tzinfo
+    if tz is timezone.utc:  # the common case, and a hot one (twice per message sent)
+        return dt
+    if tz is None:
         return dt.replace(tzinfo=timezone.utc)
     return dt.astimezone(timezone.utc)
 
