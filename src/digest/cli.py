@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 import sys
-import webbrowser
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
@@ -13,7 +11,6 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from . import editions as editions_svc
 from . import jobs, schema, sources, workers
@@ -255,6 +252,8 @@ def _preview(s, cfg: Settings, out_dir: Path, to: list[str], open_: bool, latest
             else:
                 err.print(f"[red]Preview to {address} refused:[/] {reply.code} {reply.text}")
     if open_:
+        import webbrowser
+
         webbrowser.open(html_path.resolve().as_uri())
 
 
@@ -431,6 +430,8 @@ def subscribers_import(file: Annotated[Path, typer.Argument(help="CSV with colum
 def subscribers_export(status: Annotated[Optional[SubscriberStatus], typer.Option(help="Only this status.")] = None) -> None:
     """Write the list as CSV to standard output."""
     cfg = settings()
+    import csv
+
     writer = csv.writer(sys.stdout, lineterminator="\n")
     with db(cfg) as s:
         for row in subs.export_rows(s, status):
@@ -441,6 +442,8 @@ def subscribers_export(status: Annotated[Optional[SubscriberStatus], typer.Optio
 def subscribers_list(status: Annotated[Optional[SubscriberStatus], typer.Option(help="Only this status.")] = None) -> None:
     """List subscribers."""
     cfg = settings()
+    from rich.table import Table
+
     table = Table("email", "name", "status", "since", "topics")
     n = 0
     with db(cfg) as s:
@@ -482,6 +485,8 @@ def editions_list(ctx: typer.Context) -> None:
     if ctx.invoked_subcommand is not None:
         return
     cfg = settings()
+    from rich.table import Table
+
     table = Table("#", "created (UTC)", "status", "posts", "delivered", "failed", "pending", "subject")
     with db(cfg) as s:
         rows = editions_svc.summaries(s)
