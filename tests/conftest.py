@@ -170,7 +170,7 @@ def write_config(tmp_path: Path, *, feeds: list[str] | None = None, smtp_port: i
         name=kw.pop("name", "Test Weekly"),
         from_=kw.pop("from_", "Test Weekly <news@digest.test>"),
         feeds=feeds or [str(FIXTURES / "blogger.atom")],
-        database_url=database_url(tmp_path),
+        database_url=kw.pop("database_url", None) or database_url(tmp_path),
         smtp_port=smtp_port,
         first_edition_days=kw.pop("first_edition_days", 0),
         **kw,

@@ -392,6 +392,36 @@ def db_current() -> None:
         raise typer.Exit(2 if not st.empty else 0)
 
 
+@db_app.command("copy")
+def db_copy(
+    target: Annotated[str, typer.Argument(envvar="DIGEST_COPY_TO", show_default=False,
+                                          help="SQLAlchemy URL of a new, empty database (or set DIGEST_COPY_TO).")],
+) -> None:
+    """Copy everything into a new, empty database (SQLite -> PostgreSQL): subscribers with their
+    ids (links in sent emails keep working), posts, editions and the delivery ledger."""
+    from sqlalchemy.exc import ArgumentError, OperationalError
+
+    from . import dbcopy
+
+    cfg = settings()
+    try:
+        dest = make_engine(target)
+    except ArgumentError:
+        raise DigestError(f"not a database URL: {target!r} (e.g. postgresql+psycopg://user@host/dbname)") from None
+    source = make_engine(cfg.database_url)
+    try:
+        report = dbcopy.copy_database(source, dest, jobs.utc_now(), journal_dir=cfg.journal_dir)
+    except OperationalError as exc:
+        raise DigestError(f"database error: {str(exc.orig or exc).strip().splitlines()[0]}") from None
+    finally:
+        source.dispose()
+        dest.dispose()
+    if report.replayed:
+        out.print(f"Recorded {report.replayed} acceptances left in the journal first.")
+    out.print(f"Copied to {display_url(target)} (rows per table): " + ", ".join(f"{name} {n}" for name, n in report.rows.items()))
+    out.print("Point database.url (or DIGEST_DATABASE__URL) at it; the old database is unchanged.")
+
+
 @db_app.command("revision", hidden=True)
 def db_revision(message: Annotated[str, typer.Option("-m", "--message", help="What the migration does.")]) -> None:
     """(Developers) Write a migration for the difference between the models and the newest revision."""
