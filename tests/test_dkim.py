@@ -108,3 +108,34 @@ def test_dkim_config_errors_are_one_line_naming_the_key(tmp_path):
     base.write_text(text)  # domain and selector, no key file
     with pytest.raises(ConfigError, match="missing required setting 'dkim.private_key_file'"):
         load_settings(base)
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ed25519"])
+def test_dkim_keygen_then_the_printed_settings_and_record_make_signatures_that_verify(tmp_path, smtp_server, kind):
+    config = write_config(tmp_path, smtp_port=smtp_server.port, from_="Test Weekly <news@digest.test>")
+    made = run_digest(config, "dkim", "keygen", "--type", kind, check=True).stdout
+    key_file = tmp_path / "dkim.pem"
+    assert key_file.stat().st_mode & 0o777 == 0o600  # private
+    # the record, as quoted strings of at most 255 characters each, under selector._domainkey.domain
+    line = next(l for l in made.splitlines() if "._domainkey." in l)
+    name, txt, value = line.split(None, 2)
+    assert name == "digest._domainkey.digest.test." and txt == "TXT" and value.startswith(f'"v=DKIM1; k={kind};')
+    strings = value.split('" "')
+    assert all(len(s.strip('"')) <= 255 for s in strings)
+    record = "".join(s.strip('"') for s in strings)
+    # the printed [dkim] block goes into the config as it is
+    block = made[made.index("[dkim]"):].strip()
+    config.write_text(config.read_text().replace("[dkim]\n", block + "\n", 1))
+    assert run_digest(config, "dkim", "record", check=True).stdout.strip() == line.strip()
+    run_digest(config, "subscribers", "add", "ann@example.com", check=True)
+    run_digest(config, "send", check=True)
+    got = smtp_server.received[0].data
+
+    def lookup(qname, timeout=5):
+        return record.encode() if qname == b"digest._domainkey.digest.test." else None
+
+    assert dkim.verify(got, dnsfunc=lookup)
+    # a key in use is never overwritten
+    again = run_digest(config, "dkim", "keygen")
+    assert again.returncode == 1 and "exists" in again.stderr
+    assert key_file.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")

@@ -31,10 +31,12 @@ app = typer.Typer(
 subscribers_app = typer.Typer(help="Manage the subscriber list.", no_args_is_help=True)
 editions_app = typer.Typer(help="List editions, or show one with `digest editions show N`.", invoke_without_command=True)
 bounces_app = typer.Typer(help="Process bounce messages (DSNs).", no_args_is_help=True)
+dkim_app = typer.Typer(help="DKIM signing keys and the DNS record to publish.", no_args_is_help=True)
 db_app = typer.Typer(help="The database schema: `digest db upgrade` after installing a new version.", no_args_is_help=True)
 app.add_typer(subscribers_app, name="subscribers")
 app.add_typer(editions_app, name="editions")
 app.add_typer(bounces_app, name="bounces")
+app.add_typer(dkim_app, name="dkim")
 app.add_typer(db_app, name="db")
 
 out = Console(highlight=False, soft_wrap=True)
@@ -584,6 +586,59 @@ def bounces_process(path: Annotated[Path, typer.Argument(help="A Maildir, an mbo
         out.print(f"  bounced: {address}")
     for address in report.suspended:
         out.print(f"  suspended (3 soft bounces in a row): {address}")
+
+
+# --- dkim -------------------------------------------------------------------------------------
+
+
+class KeyType(str, Enum):
+    rsa = "rsa"
+    ed25519 = "ed25519"
+
+
+@dkim_app.command("keygen")
+def dkim_keygen(
+    key_type: Annotated[KeyType, typer.Option("--type", help="rsa (every receiver verifies it) or ed25519.")] = KeyType.rsa,
+    bits: Annotated[int, typer.Option(min=2048, max=4096, help="RSA key size.")] = 2048,
+    out_path: Annotated[Optional[Path], typer.Option("--out", help="Key file to write (default: dkim.pem next to the config).")] = None,
+    selector: Annotated[str, typer.Option(help="s=: the DNS label the key is published under.")] = "digest",
+    domain: Annotated[Optional[str], typer.Option(help="d=: default, the From address's domain.")] = None,
+) -> None:
+    """Make a signing key (never overwriting one) and print the DNS record and the [dkim] settings."""
+    from .dkim_signer import dns_record, new_private_key, txt_strings, write_private_key
+
+    cfg = settings()
+    path = out_path or cfg.config_dir / "dkim.pem"
+    key = new_private_key(key_type.value, bits)
+    try:
+        write_private_key(key, path)
+    except FileExistsError:
+        raise DigestError(f"{path} exists: a key in use is never overwritten (give --out)") from None
+    except OSError as exc:
+        raise DigestError(f"cannot write {path}: {exc.strerror or exc}") from None
+    domain = (domain or cfg.newsletter.domain).strip().lower().rstrip(".")
+    try:
+        shown = path.resolve().relative_to(cfg.config_dir.resolve())
+    except ValueError:
+        shown = path.resolve()
+    kind = f"RSA {bits}-bit" if key_type == KeyType.rsa else "Ed25519"
+    out.print(f"Wrote {path} ({kind}; readable by its owner only: keep it private, back it up).", markup=False)
+    out.print("1. Publish this TXT record:\n", markup=False)
+    out.print(f"   {selector}._domainkey.{domain}.  TXT  {txt_strings(dns_record(key))}\n", markup=False)
+    out.print(f"2. Add to {state.config or 'digest.toml'} (signing starts with the next message):\n", markup=False)
+    out.print(f'[dkim]\ndomain = "{domain}"\nselector = "{selector}"\nprivate_key_file = "{shown}"', markup=False)
+
+
+@dkim_app.command("record")
+def dkim_record() -> None:
+    """Print the DNS TXT record for the configured [dkim] key."""
+    from .dkim_signer import dns_record, load_private_key, txt_strings
+
+    cfg = settings()
+    if not cfg.dkim.enabled:
+        raise DigestError("no [dkim] key configured: make one with `digest dkim keygen`")
+    key = load_private_key(cfg.dkim_key_path)
+    out.print(f"{cfg.dkim.selector}._domainkey.{cfg.dkim.domain}.  TXT  {txt_strings(dns_record(key))}", markup=False)
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -27,7 +28,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-__all__ = ["DKIMSigner", "load_private_key", "canon_header", "canon_body", "dns_record"]
+__all__ = ["DKIMSigner", "load_private_key", "new_private_key", "write_private_key", "canon_header", "canon_body",
+           "dns_record", "txt_strings"]
 
 _WSP_RUN = re.compile(rb"[ \t]+")
 _TRAILING_WSP = re.compile(rb"[ \t]+\r\n")
@@ -187,3 +189,30 @@ def dns_record(key) -> str:
         return "v=DKIM1; k=ed25519; p=" + base64.b64encode(raw).decode()
     der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode()
+
+
+
+def new_private_key(kind: str = "rsa", bits: int = 2048):
+    """A new signing key: RSA (`bits`, at least 2048) or Ed25519."""
+    if kind == "ed25519":
+        return ed25519.Ed25519PrivateKey.generate()
+    if kind != "rsa":
+        raise ValueError(f"unknown key type {kind!r} (rsa or ed25519)")
+    if bits < 2048:
+        raise ValueError(f"RSA keys shorter than 2048 bits are not accepted by many receivers (got {bits})")
+    return rsa.generate_private_key(public_exponent=65537, key_size=bits)
+
+
+def write_private_key(key, path: Path) -> None:
+    """Write `key` as an unencrypted PKCS#8 PEM file readable by its owner only; FileExistsError
+    if the file exists (a key in use is never overwritten)."""
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+
+
+def txt_strings(record: str, size: int = 255) -> str:
+    """A TXT record value as DNS zone files and most DNS hosts take it: quoted strings of at most
+    255 characters each (an RSA-2048 record is longer than one)."""
+    return " ".join(f'"{record[i:i + size]}"' for i in range(0, len(record), size))
