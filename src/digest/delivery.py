@@ -55,7 +55,8 @@ BACKOFF = [timedelta(minutes=5), timedelta(minutes=30), timedelta(hours=2), time
 BACKOFF_LATER = timedelta(hours=12)
 MAX_ATTEMPTS = 8  # default of smtp.max_attempts
 FAILURES_KEPT = 200  # failures listed in a DeliveryReport (all are in the ledger)
-COMMIT_EVERY = 50  # results per commit
+COMMIT_EVERY = 500  # results per commit at most (between commits the journal keeps acceptances); a
+# batch (delivery.batch_size, 200) is normally committed whole, with the next claim
 COMMIT_SECONDS = 0.5  # ... or at least this often
 
 _HOST = socket.gethostname()
@@ -459,6 +460,7 @@ class _Ledger:
         self._writer = _SentWriter(session)
         self.bounced: list[int] = []  # subscribers whose address the server says does not exist
         self.last = time.monotonic()
+        self._written = False  # rows and sent are written in a transaction not yet committed
         # The claims of `worker`: how many it holds (claimed, no outcome written yet) and when
         # their lease was last set.
         self.worker, self.lease, self.clock = worker, lease, clock
@@ -506,8 +508,11 @@ class _Ledger:
         if len(self.sent) + len(self.rows) >= COMMIT_EVERY or time.monotonic() - self.last >= COMMIT_SECONDS:
             self.flush()
 
-    def flush(self) -> None:
-        if self.rows or self.sent:
+    def flush(self, *, commit: bool = True) -> None:
+        """Write the results collected so far and commit them. With commit=False the caller's
+        next statements share the transaction (run_sender: the next claim, so a batch costs one
+        write transaction, not two) and it calls committed() or rolled_back() after."""
+        if (self.rows or self.sent) and not self._written:
             if self.sent:
                 self.session.connection().exec_driver_sql(self._writer.sql, self._writer.params(self.sent))
             if self.rows:
@@ -518,12 +523,23 @@ class _Ledger:
                     .where(Subscriber.id.in_(self.bounced), Subscriber.status == SubscriberStatus.active)  # type: ignore[union-attr]
                     .values(status=SubscriberStatus.bounced)
                 )
-                self.bounced = []
+            self._written = True
+        if commit and self._written:
             self.session.commit()
+            self.committed()
+        self.last = time.monotonic()
+
+    def committed(self) -> None:
+        """The transaction with the written results is committed: the journal can be emptied."""
+        if self._written:
             self.journal.clear()
             self.held = max(0, self.held - len(self.rows) - len(self.sent))
-            self.rows, self.sent = [], []
-        self.last = time.monotonic()
+            self.rows, self.sent, self.bounced = [], [], []
+            self._written = False
+
+    def rolled_back(self) -> None:
+        """It was rolled back: the results are written again by the next flush."""
+        self._written = False
 
 
 def deliver(
@@ -606,9 +622,16 @@ def run_sender(
     after = 0  # claim onwards from the last batch; once nothing is left there, from the start
     try:
         while not stop():
-            ledger.flush()  # this worker's earlier claims must be settled before the next claim
+            # This worker's earlier results are settled in the same transaction as its next claim.
+            ledger.flush(commit=False)
             now = as_utc(clock())
-            batch = claim(session, edition.id, worker, now, lease, settings.delivery.batch_size, after)
+            try:
+                batch = claim(session, edition.id, worker, now, lease, settings.delivery.batch_size, after)
+            except BaseException:
+                session.rollback()
+                ledger.rolled_back()
+                raise
+            ledger.committed()
             if not batch:
                 if after == 0:
                     break
