@@ -309,8 +309,11 @@ def claim(session: Session, edition_id: int, worker: str, now: datetime, lease: 
         statements.take,
         {"worker": worker, "until": now + lease, "edition": edition_id, "now": now, "limit": limit, "after": after},
     ).rowcount
-    rows = conn.execute(statements.held, {"worker": worker, "edition": edition_id}).all() if taken else []
-    session.commit()
+    session.commit()  # before reading them: the write lock (SQLite's one per database) is held shorter
+    rows = []
+    if taken:
+        rows = session.connection().execute(statements.held, {"worker": worker, "edition": edition_id}).all()
+        session.commit()
     return [
         _Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[2] is not None and r[6] == "active" and not r[7])
         for r in rows
