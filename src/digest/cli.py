@@ -2,25 +2,36 @@
 
 from __future__ import annotations
 
-import logging
-import sys
-from contextlib import contextmanager
-from enum import Enum
-from pathlib import Path
-from typing import Annotated, Optional
+import gc
 
-import typer
-from rich.console import Console
+# Importing the libraries below (SQLAlchemy, SQLModel, pydantic, Typer...) allocates hundreds of
+# thousands of objects and frees almost none: the collector's passes over them are wasted, ~50 ms
+# of every command's start-up on a small CPU. It is switched off for these imports only.
+_collecting = gc.isenabled()
+gc.disable()
+try:
+    import logging
+    import sys
+    from contextlib import contextmanager
+    from enum import Enum
+    from pathlib import Path
+    from typing import Annotated, Optional
 
-from . import editions as editions_svc
-from . import jobs, schema, sources, workers
-from . import schedule as schedule_svc
-from . import subscribers as subs
-from .config import Settings, config_path, load_settings, render_config
-from .errors import DigestError
-from .mailer import SMTPMailer
-from .models import SubscriberStatus
-from .store import display_url, make_engine, ready, session
+    import typer
+    from rich.console import Console
+
+    from . import editions as editions_svc
+    from . import jobs, schema, sources, workers
+    from . import schedule as schedule_svc
+    from . import subscribers as subs
+    from .config import Settings, config_path, load_settings, render_config
+    from .errors import DigestError
+    from .mailer import SMTPMailer
+    from .models import SubscriberStatus
+    from .store import display_url, make_engine, ready, session
+finally:
+    if _collecting:
+        gc.enable()
 
 app = typer.Typer(
     help="digest: turn a blog's feeds into an email newsletter.",
