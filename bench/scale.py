@@ -168,7 +168,7 @@ def main() -> None:
                 name="Bench Weekly", from_="Bench Weekly <news@bench.test>",
                 feeds=[str(ROOT / "examples" / "codelooru.atom")],
                 database_url=url, smtp_port=port, first_edition_days=0)
-                + f'mode = "workers"\nbatch_size = {args.batch}\n')
+                .replace("[delivery]\n", f'[delivery]\nmode = "workers"\nbatch_size = {args.batch}\n', 1))
             run(config, "init")
             load_s = load_subscribers(dsn, args.subscribers)
             run(config, "fetch")
