@@ -107,12 +107,9 @@ class TreeMemory(threading.Thread):
 
 
 def write_key(path: Path, kind: str) -> None:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+    from digest.dkim_signer import new_private_key, write_private_key
 
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048) if kind == "rsa" else ed25519.Ed25519PrivateKey.generate()
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
+    write_private_key(new_private_key(kind), path)
 
 
 def prepare(tmp: Path, port: int, n: int, connections: int, dkim: str) -> Path:

@@ -10,13 +10,11 @@ from datetime import datetime, timezone
 
 import dkim
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from conftest import run_digest, write_config
 from digest import jobs, subscribers
 from digest.config import load_settings
-from digest.dkim_signer import DKIMSigner, canon_body, canon_lines, dns_record
+from digest.dkim_signer import DKIMSigner, canon_body, canon_lines, dns_record, new_private_key, write_private_key
 from digest.errors import ConfigError
 from digest.mailer import SMTPMailer
 from digest.message import Message, Recipient
@@ -26,8 +24,8 @@ REQUIRED_IN_H = {"from", "to", "subject", "date", "message-id", "list-id", "list
 
 
 def write_key(path, kind="rsa"):
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048) if kind == "rsa" else ed25519.Ed25519PrivateKey.generate()
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    key = new_private_key(kind)
+    write_private_key(key, path)
     return key
 
 

@@ -111,16 +111,23 @@ def settings() -> Settings:
 
 
 @contextmanager
+def engine_for(cfg: Settings):
+    """An engine on the configured database, disposed at the end."""
+    engine = make_engine(cfg.database_url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@contextmanager
 def db(cfg: Settings):
     """A session on a database at the current schema: an empty database is created; one that
     needs `digest db upgrade` is refused (exit 2)."""
-    engine = make_engine(cfg.database_url)
-    try:
+    with engine_for(cfg) as engine:
         ready(engine)
         with session(engine) as s:
             yield s
-    finally:
-        engine.dispose()
 
 
 # --- init / fetch / send --------------------------------------------------------------------
@@ -377,12 +384,8 @@ def _print_progress(r) -> None:
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Bring the database schema up to this version of digest (back it up first)."""
-    cfg = settings()
-    engine = make_engine(cfg.database_url)
-    try:
+    with engine_for(settings()) as engine:
         before, after = schema.upgrade(engine)
-    finally:
-        engine.dispose()
     if before == after:
         out.print(f"Database schema is up to date (revision {after}).")
     else:
@@ -392,12 +395,8 @@ def db_upgrade() -> None:
 @db_app.command("current")
 def db_current() -> None:
     """Show the database's schema revision and this version's newest one."""
-    cfg = settings()
-    engine = make_engine(cfg.database_url)
-    try:
+    with engine_for(settings()) as engine:
         st = schema.state(engine)
-    finally:
-        engine.dispose()
     out.print(f"database: {st.current or ('empty' if st.empty else 'no revision (made before migrations)')}")
     out.print(f"newest:   {st.head}")
     if not st.up_to_date:

@@ -207,12 +207,15 @@ class Settings(BaseSettings):
     def config_dir(self) -> Path:
         return self._config_path.parent if self._config_path else Path.cwd()
 
+    def _beside_config(self, p: Path | None) -> Path | None:
+        """A path from the config, a relative one taken from the config file's folder."""
+        if p is None:
+            return None
+        return p if p.is_absolute() else self.config_dir / p
+
     @property
     def templates_dir(self) -> Path | None:
-        d = self.digest.templates_dir
-        if d is None:
-            return None
-        return d if d.is_absolute() else self.config_dir / d
+        return self._beside_config(self.digest.templates_dir)
 
     def feed_locations(self) -> list[str]:
         """Feed URLs, with relative local paths resolved against the config file."""
@@ -226,15 +229,11 @@ class Settings(BaseSettings):
 
     @property
     def journal_dir(self) -> Path:
-        d = self.delivery.journal_dir
-        return d if d.is_absolute() else self.config_dir / d
+        return self._beside_config(self.delivery.journal_dir)  # type: ignore[return-value]
 
     @property
     def dkim_key_path(self) -> Path | None:
-        p = self.dkim.private_key_file
-        if p is None:
-            return None
-        return p if p.is_absolute() else self.config_dir / p
+        return self._beside_config(self.dkim.private_key_file)
 
     @property
     def bounce_domain(self) -> str:

@@ -39,12 +39,8 @@ class WorkerReport:
 
     def add(self, r: DeliveryReport) -> None:
         total = self.editions.setdefault(r.edition_number, DeliveryReport(r.edition_number))
-        total.sent += r.sent
-        total.failed += r.failed
-        total.skipped += r.skipped
+        total.merge(r)
         total.deferred = r.deferred  # pending now, not a sum
-        total.failures.extend(r.failures)
-        total.stopped = total.stopped or r.stopped
 
 
 def run(
