@@ -38,7 +38,7 @@ from sqlmodel import Session, select
 from . import dsn, pool
 from .config import Settings
 from .dkim_signer import DKIMSigner
-from .editions import EditionView, edition_view, parse_categories
+from .editions import EditionView, edition_view, parse_categories, pending_count
 from .errors import DeliveryError
 from .links import Links
 from .mailer import Envelope, Mailer, Pacer, Reply
@@ -614,7 +614,7 @@ def deliver(
                                 rate=settings.smtp.rate_limit)
     finally:
         _finish_if_done(session, edition, clock)
-    report.deferred = _count_pending(session, edition.id)
+    report.deferred = pending_count(session, edition)
     return report
 
 
@@ -637,6 +637,7 @@ def run_sender(
     links = Links(settings.newsletter.secret_key, settings.newsletter.public_url)
     verp = VERP(settings.newsletter.secret_key, settings.bounce_domain)
     domain = settings.newsletter.domain
+    number = edition.number  # (an ORM attribute: read once, not per message)
     lease = timedelta(seconds=settings.delivery.lease_seconds)
     max_attempts = settings.smtp.max_attempts
     pacer = Pacer(rate)
@@ -683,7 +684,7 @@ def run_sender(
                         lost = True
                         return
                     token = links.subscriber_token(c.subscriber_id, c.email)
-                    mid = f"<{edition.number}.{c.delivery_id}.{_unique():08x}@{domain}>"
+                    mid = f"<{number}.{c.delivery_id}.{_unique():08x}@{domain}>"
                     data = message.wire_for(
                         Recipient(c.email, c.name, links.unsubscribe_url(token), links.preferences_url(token), mid)
                     )
@@ -853,15 +854,8 @@ def reset_for_retry(session: Session, edition: Edition) -> int:
     return n
 
 
-def _count_pending(session: Session, edition_id: int) -> int:
-    return session.execute(
-        text("SELECT COUNT(*) FROM delivery WHERE edition_id = :e AND status = 'pending'"),
-        {"e": edition_id},
-    ).scalar_one()
-
-
 def _finish_if_done(session: Session, edition: Edition, clock: Clock) -> None:
-    if _count_pending(session, edition.id) == 0 and edition.status != EditionStatus.sent:
+    if pending_count(session, edition) == 0 and edition.status != EditionStatus.sent:
         edition.status = EditionStatus.sent
         edition.finished_at = as_utc(clock())
         session.add(edition)
