@@ -78,7 +78,7 @@ def test_dsn_parsing_and_classification():
     assert dsn.bounce_kind("failed", "5.2.2") == "soft"  # mailbox full
     assert dsn.bounce_kind("failed", "5.7.1") == "soft"  # refused by policy: not the address's fault
     assert dsn.bounce_kind("failed", "4.4.7") == "soft"  # gave up retrying
-    assert dsn.bounce_kind("failed", "5.4.4") == "hard"  # no such domain
+    assert dsn.bounce_kind("failed", "5.4.4") == "soft"  # unable to route (a DNS failure): no such domain is 5.1.2
     assert dsn.bounce_kind("delayed", "4.4.1") is None
     assert dsn.reply_status(550, "5.1.1 <a@b>: user unknown") == "5.1.1"
     assert dsn.reply_status(550, "mailbox unavailable") is None
