@@ -245,6 +245,7 @@ def test_action_and_status_comments_and_case():
     ("5.0.0", "550 Recipient address rejected: User unknown in local recipient table", "hard"),
     ("5.0.0", "550 The mailbox does not exist", "hard"),
     ("5.0.0", "550 Invalid recipient", "hard"),
+    ("5.0.0", "550 <ann@space.example>: user unknown", "hard"),  # the address is not the reason
     (None, "No such user here", "hard"),  # a 5xx reply without an enhanced code
     ("5.0.0", "recipient reached disk quota", "soft"),
     ("5.0.0", "552 user unknown or mailbox full", "soft"),  # says both: not clearly dead

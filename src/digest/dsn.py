@@ -43,6 +43,7 @@ _NOT_THE_ADDRESS = re.compile(
     r"quota|\bfull\b|storage|\bspace\b|sender|spam|policy|blocked|block ?list|too (?:large|big|many)|\bsize\b",
     re.IGNORECASE,
 )
+_ADDRESS = re.compile(r"\S+@\S+")
 
 
 class NotADSN(Exception):
@@ -109,7 +110,7 @@ def failure_kind(status: str | None, diagnostic: str | None) -> str:
     if status in NO_SUCH_ADDRESS:
         return "hard"
     if status is None or status == "5.0.0":
-        text = diagnostic or ""
+        text = _ADDRESS.sub(" ", diagnostic or "")  # "ann@space.example" says nothing of space
         if _NO_SUCH_MAILBOX.search(text) and not _NOT_THE_ADDRESS.search(text):
             return "hard"
     return "soft"
