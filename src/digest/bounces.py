@@ -4,12 +4,15 @@ delivery they name, and stop mailing dead addresses.
 Each message is sent with a VERP envelope sender (``bounce+{token}@{bounce_domain}``, see
 `verp.py`), so a bounce, which goes to the envelope sender, names its delivery. Failing that, the
 returned message's Message-ID is matched exactly against the ledger. A message that is not a DSN
-(RFC 3464), or names no delivery of ours, is reported and left alone: never guessed at.
+(RFC 3464, or qmail's QSBMF), or names no delivery of ours, is reported and left alone: never
+guessed at. A DSN with several recipients is judged for the subscriber's address (`DSN.status_for`).
 
-- hard bounce (the address does not exist, see `dsn.bounce_kind`): the delivery becomes failed
-  with the DSN's status and diagnostic, and the subscriber `bounced`;
-- soft bounce (mailbox full, refused by policy, gave up retrying): the delivery becomes failed;
-  three deliveries in a row (by edition) that soft-bounced make the subscriber `suspended`;
+- hard bounce (the address does not exist, see `dsn.failure_kind`, the same rule as for a 5xx
+  reply at send time): the delivery becomes failed with the DSN's status and diagnostic, and
+  the subscriber `bounced`;
+- soft bounce (any other failure: mailbox full, headers too large, refused by policy, gave up
+  retrying): the delivery becomes failed; three deliveries in a row (by edition) that
+  soft-bounced make the subscriber `suspended`;
 - delayed / delivered / relayed notices change nothing.
 
 Neither `bounced` nor `suspended` subscribers are mailed again until reactivated (`digest
@@ -39,7 +42,7 @@ Clock = Callable[[], datetime]
 # A bounce is recorded in the delivery's last_error with one of these prefixes.
 PREFIX = {"hard": "bounced (hard): ", "soft": "bounced (soft): "}
 SOFT_IN_A_ROW = 3
-_RANK = {"hard": 2, "soft": 1, None: 0}
+_RANK = dsn.RANK
 
 
 @dataclass
@@ -97,11 +100,12 @@ def process(session: Session, settings: Settings, path: Path, clock: Clock) -> B
         if delivery is None:
             report.unreadable.append((label, "names no delivery of ours (no valid bounce+ address, no known Message-ID)"))
             continue
-        worst = max(notice.recipients, key=lambda r: _RANK[r.kind])
-        if worst.kind is None:
-            report.ignored.append((label, f"{worst.action} ({worst.status}): not a bounce"))
+        sub = session.get(Subscriber, delivery.subscriber_id) if delivery.subscriber_id is not None else None
+        verdict = notice.status_for(sub.email if sub is not None else None)
+        if verdict.kind is None:
+            report.ignored.append((label, f"{verdict.action} ({verdict.status}): not a bounce"))
             continue
-        _record(session, delivery, worst, report, label, clock)
+        _record(session, delivery, verdict, report, label, clock)
     session.commit()
     return report
 

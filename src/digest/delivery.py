@@ -88,7 +88,7 @@ class DeliveryReport:
     skipped: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (address, reply), the first FAILURES_KEPT
     stopped: bool = False  # a stop was requested; the rest stays pending
-    bounced: int = 0  # subscribers marked bounced on a "no such address" reply (5.1.x)
+    bounced: int = 0  # subscribers marked bounced on a "no such address" reply (dsn.failure_kind)
 
     def merge(self, other: DeliveryReport) -> None:
         self.sent += other.sent
@@ -806,7 +806,8 @@ def _record(ledger: _Ledger, report: DeliveryReport, c: _Claimed, env: Envelope,
         report.sent += 1
     elif reply.permanent or attempts >= max_attempts:
         error = f"{reply.code} {reply.text}".strip()
-        if reply.permanent and c.subscriber_id is not None and dsn.address_does_not_exist(dsn.reply_status(reply.code, reply.text)):
+        # the same rule as for a bounce that comes back later (`dsn.failure_kind`)
+        if reply.permanent and c.subscriber_id is not None and dsn.failure_kind(dsn.reply_status(reply.code, reply.text), reply.text) == "hard":
             ledger.bounced.append(c.subscriber_id)
             report.bounced += 1
         ledger.add(c.delivery_id, DeliveryStatus.failed, attempts, error=error)
