@@ -57,10 +57,16 @@ def test_subscribers_import_export_list_remove_delete(config_path, smtp_server, 
     proc = run_digest(config_path, "subscribers", "import", str(src), check=True)
     assert "Imported 3, skipped 1 already subscribed, 2 bad rows" in proc.stdout
     assert f"{src}:3:" in proc.stderr and f"{src}:7:" in proc.stderr
+    with db_for(config_path) as db:  # topics as the preferences page stores them; a name may hold a comma
+        dee = db.exec(select(Subscriber).where(Subscriber.email == "dee@example.com")).one()
+        dee.topics = ["News, Events", "In Focus"]
+        db.add(dee)
+        db.commit()
     rows = list(csv.reader(io.StringIO(run_digest(config_path, "subscribers", "export", check=True).stdout)))
-    assert rows[0][:3] == ["email", "name", "status"]
-    assert [(r[0], r[1], r[2]) for r in rows[1:]] == [
-        ("ann@example.com", "Ann", "active"), ("cy@example.com", "", "active"), ("dee@example.com", "Dee, Jr.", "active")]
+    assert rows[0] == ["email", "name", "status", "created_at", "confirmed_at", "topics"]
+    assert [(r[0], r[1], r[2], r[5]) for r in rows[1:]] == [
+        ("ann@example.com", "Ann", "active", ""), ("cy@example.com", "", "active", ""),
+        ("dee@example.com", "Dee, Jr.", "active", '["In Focus","News, Events"]')]
 
     assert "Unsubscribed cy@example.com" in run_digest(config_path, "subscribers", "remove", "cy@example.com", check=True).stdout
     listing = run_digest(config_path, "subscribers", "list", "--status", "active", check=True).stdout

@@ -44,6 +44,8 @@ def test_copy_keeps_subscribers_links_history_and_the_ledger(tmp_path, smtp_serv
     with session(src) as db:
         for a in ("ann@example.com", "bob@example.com", "cy@example.com"):
             subscribers.add(db, a, clock)
+        bob = db.exec(select(Subscriber).where(Subscriber.email == "bob@example.com")).one()
+        signup.save_preferences(db, bob, categories=["In Focus", "News, Events"], known=["Explained", "In Focus", "News, Events"])
         smtp_server.refuse["cy@example.com"] = "451 4.7.1 greylisted"
         r = jobs.send(db, settings, SMTPMailer(settings.smtp), clock).edition
         assert (r.sent, r.deferred) == (2, 1)
@@ -64,6 +66,8 @@ def test_copy_keeps_subscribers_links_history_and_the_ledger(tmp_path, smtp_serv
         assert signup.unsubscribe(db, clock, Links(settings.newsletter.secret_key, settings.newsletter.public_url, clock=clock),
                                   unsubscribe_token(ann_mail))
         assert db.exec(select(Subscriber).where(Subscriber.email == "ann@example.com")).one().status == SubscriberStatus.unsubscribed
+        # Bob's topics came along, each name whole
+        assert db.exec(select(Subscriber).where(Subscriber.email == "bob@example.com")).one().topics == ["In Focus", "News, Events"]
         # the deferred delivery kept its attempt count and next attempt
         deferred = db.exec(select(Delivery).where(Delivery.status == DeliveryStatus.pending)).one()
         assert deferred.attempts == 1 and "451" in deferred.last_error and deferred.claimed_by is None

@@ -8,11 +8,12 @@ import subprocess
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
-from sqlmodel import SQLModel
+from sqlmodel import SQLModel, select
 
 from conftest import DIGEST, database_url, run_digest
 from digest import schema
-from digest.store import make_engine
+from digest.models import Subscriber
+from digest.store import make_engine, session
 
 OUT_OF_DATE = "database schema is out of date: run `digest db upgrade`"
 
@@ -119,3 +120,51 @@ def test_create_schema_works_on_an_in_memory_sqlite_database():
     create_schema(engine)
     assert {"subscriber", "delivery", "edition"} <= set(inspect(engine).get_table_names())
     assert schema.state(engine).up_to_date
+
+
+def test_comma_separated_topics_are_converted_and_back(tmp_path):
+    """Subscribers' topics stored comma-separated (before 768e543b4883) become JSON arrays; a
+    category with a comma that posts carry ("News, Events") is one topic again."""
+    before = schema._script().get_revision("768e543b4883").down_revision
+    engine = make_engine(database_url(tmp_path))
+    schema.upgrade(engine, before)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO source (id, url, created_at) VALUES (1, 'https://club.test/feed', '2026-11-01 00:00:00+00:00')"))
+        for i, category in enumerate(["News, Events", "News", "Tech"]):
+            conn.execute(text(
+                "INSERT INTO post (source_id, guid, url, title, category, display_title, excerpt, content_hash,"
+                " first_seen_at, updated_at, eligible) VALUES (1, :g, '', :t, :c, :t, '', 'x',"
+                " '2026-11-01 00:00:00+00:00', '2026-11-01 00:00:00+00:00', true)"), {"g": f"g{i}", "c": category, "t": f"{category}: post"})
+        chosen = {
+            "all@example.com": None,
+            "ann@example.com": "News, Events",  # what the old form stored for "News, Events"
+            "bob@example.com": "News,Tech",
+            "cy@example.com": "News,News, Events,Tech",
+            "dee@example.com": " Tech , Gone ",  # hand-edited; "Gone" no longer in any post
+        }
+        for address, categories in chosen.items():
+            conn.execute(text(
+                "INSERT INTO subscriber (email, status, categories, paused, created_at)"
+                " VALUES (:e, 'active', :c, false, '2026-11-01 00:00:00+00:00')"), {"e": address, "c": categories})
+
+    schema.upgrade(engine)
+    with session(engine) as s:
+        assert {sub.email: sub.topics for sub in s.exec(select(Subscriber))} == {
+            "all@example.com": None,
+            "ann@example.com": ["News, Events"],
+            "bob@example.com": ["News", "Tech"],
+            "cy@example.com": ["News", "News, Events", "Tech"],
+            "dee@example.com": ["Gone", "Tech"],
+        }
+    assert pending_diff(engine) == []
+
+    schema.downgrade(engine, before)
+    with engine.connect() as conn:
+        assert dict(conn.execute(text("SELECT email, categories FROM subscriber")).all()) == {
+            "all@example.com": None,
+            "ann@example.com": "News, Events",
+            "bob@example.com": "News,Tech",
+            "cy@example.com": "News,News, Events,Tech",
+            "dee@example.com": "Gone,Tech",
+        }
+    engine.dispose()

@@ -14,7 +14,7 @@ import pytest
 from sqlmodel import select
 
 from conftest import DIGEST, FixedClock, run_digest, write_config
-from digest import jobs, render, subscribers
+from digest import jobs, render, signup, subscribers
 from digest.config import load_settings
 from digest.mailer import Pacer, SMTPMailer
 from digest.models import Delivery, DeliveryStatus, Edition, EditionStatus, SubscriberStatus
@@ -57,12 +57,18 @@ def test_four_sender_processes_mail_everyone_once_and_render_once(tmp_path, smtp
     settings, db = open_db(config)
     with db:
         addrs = add(db, clock, 150)
+        # 40 readers chose two of the three sections (ticked in either order: one choice)
+        known = ["Architecture", "Explained", "In Focus"]
+        for i, a in enumerate(addrs[100:140]):
+            ticked = ["In Focus", "Explained"] if i % 2 else ["Explained", "In Focus"]
+            signup.save_preferences(db, subscribers.get(db, a), categories=ticked, known=known)
         smtp_server.refuse[addrs[7]] = "550 5.1.1 <x>: no such user"
         smtp_server.refuse[addrs[8]] = "451 4.7.1 greylisted, try later"
         r = jobs.send(db, settings, SMTPMailer(settings.smtp), clock).edition
         assert (r.sent, r.failed, r.deferred, r.bounced) == (148, 1, 1, 1)
         assert per_address(smtp_server) == Counter({a: 1 for a in addrs if a not in (addrs[7], addrs[8])})
-        assert len(calls) == 1  # the parent rendered; the senders only personalized
+        assert len(calls) == 2  # the parent rendered each distinct choice; the senders only personalized
+        assert "ARCHITECTURE" not in smtp_server.to(addrs[101])[0].message.get_body(("plain",)).get_content()
         rows = db.exec(select(Delivery)).all()
         assert Counter(d.status for d in rows) == {DeliveryStatus.sent: 148, DeliveryStatus.failed: 1, DeliveryStatus.pending: 1}
         assert all(d.claimed_by is None for d in rows)

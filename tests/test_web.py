@@ -135,7 +135,7 @@ def test_subscribe_stores_a_pending_subscriber_and_mails_a_confirmation(client, 
     sub = subscriber(db, "ann@example.com")
     assert sub.status == SubscriberStatus.pending
     assert sub.name == "Ann"
-    assert sub.categories == "Explained,In Focus"
+    assert sub.topics == ["Explained", "In Focus"]
     assert as_utc(sub.confirmation_sent_at) == clock.now
 
     [mail] = confirmation_mails(smtp_server, "ann@example.com")
@@ -151,9 +151,9 @@ def test_subscribe_stores_a_pending_subscriber_and_mails_a_confirmation(client, 
 
 def test_unknown_topics_are_ignored_and_all_topics_means_everything(client, db, posts):
     client.post("/subscribe", data={"email": "a@example.com", "categories": ["Nope", "<b>x</b>"]})
-    assert subscriber(db, "a@example.com").categories is None
+    assert subscriber(db, "a@example.com").topics is None
     client.post("/subscribe", data={"email": "b@example.com", "categories": ["Architecture", "Explained", "In Focus"]})
-    assert subscriber(db, "b@example.com").categories is None
+    assert subscriber(db, "b@example.com").topics is None
 
 
 @pytest.mark.parametrize("address", ["not-an-address", "ann@", "ann@@example.com", "", "a b@example.com", "ann@example.com\r\nBcc: x@y.z"])
@@ -206,7 +206,7 @@ def test_a_pending_address_can_change_its_name_and_topics_by_posting_again(clien
     client.post("/subscribe", data={"email": "ann@example.com", "name": "A", "categories": ["Explained"]})
     client.post("/subscribe", data={"email": "ann@example.com", "name": "Ann", "categories": ["In Focus"]})
     sub = subscriber(db, "ann@example.com")
-    assert (sub.name, sub.categories) == ("Ann", "In Focus")
+    assert (sub.name, sub.topics) == ("Ann", ["In Focus"])
 
 
 def test_an_active_subscriber_gets_no_mail_and_nothing_about_them_changes(client, db, smtp_server, posts, clock):
@@ -214,7 +214,7 @@ def test_an_active_subscriber_gets_no_mail_and_nothing_about_them_changes(client
     r = client.post("/subscribe", data={"email": "ann@example.com", "name": "Mallory", "categories": ["Explained"]})
     assert r.status_code == 200 and "Check your inbox" in r.text
     sub = subscriber(db, "ann@example.com")
-    assert (sub.status, sub.name, sub.categories) == (SubscriberStatus.active, "Ann", None)
+    assert (sub.status, sub.name, sub.topics) == (SubscriberStatus.active, "Ann", None)
     assert smtp_server.received == []
 
 
@@ -456,10 +456,10 @@ def test_preferences_choose_topics(client, db, links, clock, posts):
     saved = client.post(url, data={"action": "save", "categories": ["Explained", "In Focus"]})
     assert saved.status_code == 200 and "Saved." in saved.text
     assert checked(saved.text) == {"Architecture": False, "Explained": True, "In Focus": True}
-    assert subscriber(db, "ann@example.com").categories == "Explained,In Focus"
+    assert subscriber(db, "ann@example.com").topics == ["Explained", "In Focus"]
 
     client.post(url, data={"action": "save", "categories": ["Architecture", "Explained", "In Focus"]})
-    assert subscriber(db, "ann@example.com").categories is None  # all ticked: new topics too
+    assert subscriber(db, "ann@example.com").topics is None  # all ticked: new topics too
 
 
 def test_preferences_pause_and_resume(client, db, links, clock, posts):
@@ -471,7 +471,7 @@ def test_preferences_pause_and_resume(client, db, links, clock, posts):
     resumed = client.post(url, data={"action": "resume"})
     assert "Pause emails" in resumed.text
     sub = subscriber(db, "ann@example.com")
-    assert sub.paused is False and sub.status == SubscriberStatus.active and sub.categories is None
+    assert sub.paused is False and sub.status == SubscriberStatus.active and sub.topics is None
 
 
 def test_preferences_subscribe_again_after_unsubscribing(client, db, links, clock):
@@ -530,6 +530,63 @@ def test_send_honours_the_preferences_set_on_the_web(client, db, links, clock, p
                 first_seen_at=clock.now, updated_at=clock.now))
     db.commit()
     assert send() == {"all@example.com": ["EXPLAINED"]}
+
+
+def test_a_category_with_a_comma_is_one_topic_from_the_forms_to_the_inbox(tmp_path, smtp_server, clock, monkeypatch):
+    """"News, Events" is one topic: chosen on the subscribe form or the preferences page, the
+    reader gets that section, not "News" and "Events" (phantoms made by splitting on the comma)."""
+    feed = tmp_path / "club.atom"
+    when = "2026-11-25T08:00:00Z"
+    titles = ["News, Events: Spring fair", "News: Printer fixed", "Events: Book club", "Tech: New laptops"]
+    feed.write_text(
+        "<?xml version='1.0' encoding='UTF-8'?><feed xmlns='http://www.w3.org/2005/Atom'>"
+        f"<id>urn:test:club</id><title>Club</title><updated>{when}</updated>"
+        + "".join(f"<entry><id>urn:test:{i}</id><title>{t}</title><link rel='alternate' href='https://club.test/{i}'/>"
+                  f"<published>{when}</published><updated>{when}</updated><summary>Body {i}.</summary></entry>"
+                  for i, t in enumerate(titles))
+        + "</feed>",
+        encoding="utf-8",
+    )
+    settings = load_settings(write_config(tmp_path, feeds=[str(feed)], smtp_port=smtp_server.port))
+    links = Links(settings.newsletter.secret_key, settings.newsletter.public_url, clock)
+    engine = make_engine(settings.database_url)
+    create_schema(engine)
+    with session(engine) as db, TestClient(create_app(settings, clock=clock)) as client:
+        sources.poll(db, settings, clock)
+        form = client.get("/").text
+        assert re.findall(r'name="categories" value="([^"]+)"', form) == ["Events", "News", "News, Events", "Tech"]
+
+        # the subscribe form (the address then confirmed: made active keeping its choice)
+        client.post("/subscribe", data={"email": "ann@example.com", "categories": ["News, Events"]})
+        assert subscriber(db, "ann@example.com").topics == ["News, Events"]
+        active(db, clock, "ann@example.com")
+        # the preferences page; two readers tick the same two topics in a different order
+        for address, ticked in (("bob@example.com", ["Tech", "News, Events"]), ("cy@example.com", ["News, Events", "Tech"])):
+            url = f"/preferences/{sub_token(links, active(db, clock, address))}"
+            saved = client.post(url, data={"action": "save", "categories": ticked})
+            assert checked(saved.text) == {"Events": False, "News": False, "News, Events": True, "Tech": True}
+            assert checked(client.get(url).text) == checked(saved.text)
+        active(db, clock, "all@example.com")
+
+        compiled = []
+        real = render.compile_mjml
+        monkeypatch.setattr(render, "compile_mjml", lambda src: compiled.append(1) or real(src))
+        smtp_server.received.clear()  # (Ann's confirmation mail)
+        with SMTPMailer(settings.smtp) as mailer:
+            jobs.send(db, settings, mailer, clock, fetch=False)
+    engine.dispose()
+    got = {
+        r.recipients[0]: re.findall(r"^== (.+) ==\r?$", r.message.get_body(("plain",)).get_content(), re.M)
+        for r in smtp_server.received
+    }
+    assert got == {
+        "ann@example.com": ["NEWS, EVENTS"],
+        "bob@example.com": ["NEWS, EVENTS", "TECH"],
+        "cy@example.com": ["NEWS, EVENTS", "TECH"],
+        "all@example.com": ["EVENTS", "NEWS", "NEWS, EVENTS", "TECH"],
+    }
+    assert "Spring fair" in smtp_server.to("ann@example.com")[0].message.get_body(("plain",)).get_content()
+    assert len(compiled) == 3  # one per distinct choice: Bob's and Cy's are the same one
 
 
 # --- archive ----------------------------------------------------------------------------------

@@ -485,13 +485,16 @@ def subscribers_list(status: Annotated[Optional[SubscriberStatus], typer.Option(
     """List subscribers."""
     cfg = settings()
     from rich.table import Table
+    from rich.text import Text
 
     table = Table("email", "name", "status", "since", "topics")
     n = 0
     with db(cfg) as s:
         for sub in subs.iterate(s, status):
             n += 1
-            table.add_row(sub.email, sub.name or "", sub.status.value, f"{sub.created_at:%Y-%m-%d}", sub.categories or "all")
+            # One topic a line (a name may hold a comma), as Text: names come from feeds, not markup.
+            topics = "all" if sub.topics is None else Text("\n".join(sub.topics))
+            table.add_row(sub.email, sub.name or "", sub.status.value, f"{sub.created_at:%Y-%m-%d}", topics)
     out.print(table)
     out.print(f"{n} subscriber{'s' if n != 1 else ''}")
 

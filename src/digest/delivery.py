@@ -38,12 +38,12 @@ from sqlmodel import Session, select
 from . import dsn, pool
 from .config import Settings
 from .dkim_signer import DKIMSigner
-from .editions import EditionView, edition_view, parse_categories, pending_count
+from .editions import EditionView, edition_view, pending_count
 from .errors import DeliveryError
 from .links import Links
 from .mailer import Envelope, Mailer, Pacer, Reply
 from .message import Message, Recipient
-from .models import Delivery, DeliveryStatus, Edition, EditionStatus, Subscriber, SubscriberStatus, as_utc
+from .models import Delivery, DeliveryStatus, Edition, EditionStatus, Subscriber, SubscriberStatus, as_utc, parse_topics
 from .render import Rendered, Renderer
 from .verp import VERP
 
@@ -105,7 +105,7 @@ class _Claimed(NamedTuple):  # (a frozen dataclass cost ~1.5 µs more a delivery
     subscriber_id: int | None
     email: str | None
     name: str | None
-    categories: str | None
+    topics: str | None  # the stored text (models.topics_text)
     active: bool
 
 
@@ -158,12 +158,13 @@ class Variants:
             self._cache[key] = None if rendered is None else message_from(rendered, self.settings, self.date, self.signer)
         return self._cache[key]
 
-    def for_text(self, categories: str | None) -> Message | None:
-        """for_categories() of a subscriber's raw `categories` column, cached by its text."""
+    def for_text(self, topics: str | None) -> Message | None:
+        """for_categories() of a subscriber's raw `topics` column, cached by its text (which is
+        the same for the same choice: see models.topics_text)."""
         try:
-            return self._by_text[categories]
+            return self._by_text[topics]
         except KeyError:
-            m = self._by_text[categories] = self.for_categories(parse_categories(categories))
+            m = self._by_text[topics] = self.for_categories(parse_topics(topics))
             return m
 
 
@@ -338,7 +339,7 @@ _TAKE = (
     " AND (next_attempt_at IS NULL OR next_attempt_at <= :now)"
     " LIMIT :limit{lock})"
 )
-_SUBSCRIBER_COLUMNS = "s.id, s.email, s.name, s.categories, s.status, s.paused"
+_SUBSCRIBER_COLUMNS = "s.id, s.email, s.name, s.topics, s.status, s.paused"
 
 
 def _claim_statements(session: Session) -> _ClaimStatements:
@@ -664,7 +665,7 @@ def run_sender(
             ledger.claimed(len(batch), now)
             queue: list[tuple[_Claimed, Message]] = []
             for c in batch:
-                message = variants.for_text(c.categories) if c.active else None
+                message = variants.for_text(c.topics) if c.active else None
                 if message is None:
                     ledger.add(c.delivery_id, DeliveryStatus.skipped, c.attempts, error="subscriber not active or wants none of these topics")
                     report.skipped += 1
@@ -735,13 +736,13 @@ def _deliver_in_pool(session: Session, edition: Edition, variants: Variants, fac
     # meets another one renders it itself).
     texts = session.execute(
         text(
-            "SELECT DISTINCT s.categories FROM delivery d JOIN subscriber s ON s.id = d.subscriber_id"
+            "SELECT DISTINCT s.topics FROM delivery d JOIN subscriber s ON s.id = d.subscriber_id"
             " WHERE d.edition_id = :e AND d.status = 'pending' LIMIT 64"
         ),
         {"e": edition.id},
     ).scalars().all()
     for t in texts:
-        variants.render(variants.key(parse_categories(t)))
+        variants.render(variants.key(parse_topics(t)))
     session.commit()  # hold no transaction while the senders write
     job = _SenderJob(settings, edition.id, edition.subject, variants.date, variants.rendered, factory, clock,
                      settings.smtp.rate_limit / n)

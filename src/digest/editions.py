@@ -6,7 +6,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, insert, literal, select as sa_select, text
+from sqlalchemy import cast, exists, func, insert, literal, or_, select as sa_select, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -101,12 +102,6 @@ def edition_view(session: Session, edition: Edition, order: Sequence[str] = ()) 
     return view(posts, edition.number, edition.created_at, order)
 
 
-def parse_categories(value: str | None) -> frozenset[str] | None:
-    if value is None:
-        return None
-    return frozenset(c for c in (p.strip() for p in value.split(",")) if c)
-
-
 def subject_for(template: str, name: str, n: int, number: int | None, date: datetime) -> str:
     subject = template.format_map(
         _Lenient(name=name, n=n, number=number if number is not None else "", date=date.strftime("%B %-d, %Y"))
@@ -193,25 +188,26 @@ def _add_deliveries(session: Session, edition: Edition, categories: frozenset[st
         Subscriber.id,
         literal(DeliveryStatus.pending.name),
         literal(0),
-    ).where(Subscriber.status == SubscriberStatus.active, Subscriber.paused == False)  # noqa: E712
+    ).where(
+        Subscriber.status == SubscriberStatus.active,
+        Subscriber.paused == False,  # noqa: E712
+        or_(col(Subscriber.topics).is_(None), _chose_any(session.get_bind().dialect.name, categories)),
+    )
     session.execute(
         insert(Delivery).from_select(["edition_id", "subscriber_id", "status", "attempts"], wanted)
     )
-    # Subscribers who chose categories, none of which are in this edition, get nothing.
-    choosy = session.exec(
-        select(Subscriber.id, Subscriber.categories).where(
-            Subscriber.status == SubscriberStatus.active,
-            Subscriber.paused == False,  # noqa: E712
-            col(Subscriber.categories).is_not(None),
-        )
-    ).all()
-    skip = [sid for sid, cats in choosy if not (parse_categories(cats) & categories)]
-    for i in range(0, len(skip), 500):
-        session.execute(
-            Delivery.__table__.delete().where(
-                Delivery.edition_id == edition.id, col(Delivery.subscriber_id).in_(skip[i : i + 500])
-            )
-        )
+
+
+def _chose_any(dialect: str, categories: frozenset[str]):
+    """SQL: the subscriber's chosen topics (a JSON array, see models.TopicList) include one of
+    `categories`. Each database reads the array with its own JSON function."""
+    names = sorted(categories)
+    if dialect == "postgresql":
+        chosen = func.jsonb_array_elements_text(cast(Subscriber.__table__.c.topics, JSONB))
+    else:
+        chosen = func.json_each(Subscriber.__table__.c.topics)
+    topic = chosen.table_valued("value").alias("chosen")
+    return exists(sa_select(literal(1)).select_from(topic).where(topic.c.value.in_(names)))
 
 
 def delivery_count(session: Session, edition: Edition) -> int:

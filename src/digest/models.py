@@ -8,11 +8,14 @@ only by the migrations in ``digest/migrations`` (see ``store.upgrade``).
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from enum import Enum
 
 from sqlalchemy import Column, Index, Text, UniqueConstraint, text
 from sqlalchemy import Enum as SAEnum
+from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
 # Constraint names are fixed (not left to each database) so a migration can name what it alters,
@@ -39,6 +42,31 @@ def as_utc(dt: datetime) -> datetime:
     if tz is None:
         return dt.replace(tzinfo=timezone.utc)
     return dt.astimezone(timezone.utc)
+
+
+def topics_text(names: Iterable[str]) -> str:
+    """The stored form of a topic choice: a JSON array, sorted and without duplicates, so that the
+    same choice made in any order is the same text (the render-once cache and SELECT DISTINCT of
+    the delivery path group subscribers by it)."""
+    return json.dumps(sorted(set(names)), ensure_ascii=False, separators=(",", ":"))
+
+
+def parse_topics(stored: str | None) -> frozenset[str] | None:
+    """A stored choice (topics_text) as a set; None = every category."""
+    return None if stored is None else frozenset(json.loads(stored))
+
+
+class TopicList(TypeDecorator):
+    """A list of category names kept as topics_text() in a TEXT column; None stays NULL."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return None if value is None else topics_text(value)
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else json.loads(value)
 
 
 class SubscriberStatus(str, Enum):
@@ -97,8 +125,14 @@ class Subscriber(SQLModel, table=True):
     email: str = Field(unique=True, max_length=320)  # normalized, lower-case domain
     name: str | None = Field(default=None, max_length=200)
     status: SubscriberStatus = Field(default=SubscriberStatus.active, index=True, sa_type=_status(SubscriberStatus))
-    # Comma-separated category names; None = every category.
-    categories: str | None = Field(default=None, sa_column=Column(Text))
+    # The categories chosen, as a JSON array in a TEXT column (TopicList); None = every category.
+    # A category name may hold any character, so no separator will do ("News, Events" split into
+    # two phantom topics when this was comma-separated). JSON in TEXT rather than a join table: a
+    # choice is always read and written whole, and the claim query reads it with the subscriber in
+    # one join. TEXT rather than the JSON type: PostgreSQL's json has no equality (SELECT DISTINCT
+    # groups subscribers by choice) and its driver would hand the raw-SQL claim query a list
+    # where SQLite gives text; TEXT reads the same on both.
+    topics: list[str] | None = Field(default=None, sa_column=Column(TopicList))
     paused: bool = False
     created_at: datetime
     confirmed_at: datetime | None = None

@@ -68,20 +68,18 @@ def known_categories(session: Session, order: Sequence[str] = ()) -> list[str]:
     return sorted(names, key=lambda n: (rank.get(n.casefold(), len(rank)), n.casefold()))
 
 
-def choose_categories(chosen: Iterable[str], known: Sequence[str]) -> str | None:
-    """The stored form of a choice: comma-separated known categories, in `known` order.
+def choose_categories(chosen: Iterable[str], known: Sequence[str]) -> list[str] | None:
+    """A subscriber's `topics`: the known categories chosen (each name whole, commas and all).
     None (every category, new ones included) when none or all of them are chosen."""
     wanted = {c.strip() for c in chosen if c and c.strip()}
     keep = [c for c in known if c in wanted]
     if not keep or len(keep) == len(known):
         return None
-    return ",".join(keep)
+    return keep
 
 
 def chosen(sub: Subscriber) -> frozenset[str] | None:
-    if sub.categories is None:
-        return None
-    return frozenset(c for c in (p.strip() for p in sub.categories.split(",")) if c)
+    return None if sub.topics is None else frozenset(sub.topics)
 
 
 # --- subscribe --------------------------------------------------------------------------------
@@ -115,7 +113,7 @@ def subscribe(
             email=address,
             name=subs.clean_name(name),
             status=SubscriberStatus.pending,
-            categories=choice,
+            topics=choice,
             created_at=now,
         )
         session.add(sub)
@@ -135,7 +133,7 @@ def subscribe(
     if sub.status == SubscriberStatus.unsubscribed:
         return _due(session, sub, Outcome.returning, now, resend_after)
     sub.name = subs.clean_name(name)
-    sub.categories = choice
+    sub.topics = choice
     session.add(sub)
     session.commit()
     return _due(session, sub, Outcome.resent, now, resend_after)
@@ -304,7 +302,7 @@ def unsubscribe(session: Session, clock: Clock, links: Links, token: str) -> boo
 
 def save_preferences(session: Session, sub: Subscriber, *, categories: Iterable[str], known: Sequence[str]) -> None:
     """Store the topics chosen (none or all of them: every topic, new ones included)."""
-    sub.categories = choose_categories(categories, known)
+    sub.topics = choose_categories(categories, known)
     session.add(sub)
     session.commit()
 

@@ -13,7 +13,7 @@ from sqlmodel import Session, col, select
 
 from .errors import InvalidAddress, NotFound
 from .message import one_line
-from .models import Delivery, Subscriber, SubscriberStatus, as_utc
+from .models import Delivery, Subscriber, SubscriberStatus, as_utc, topics_text
 
 Clock = Callable[[], datetime]
 
@@ -116,7 +116,9 @@ def import_csv(session: Session, stream: io.TextIOBase, clock: Clock) -> ImportR
 
 
 def export_rows(session: Session, status: SubscriberStatus | None = None) -> Iterator[list[str]]:
-    yield ["email", "name", "status", "created_at", "confirmed_at", "categories"]
+    """CSV rows. `topics` is the subscriber's choice as a JSON array (a category name may hold a
+    comma, so no separator would do), empty for every category."""
+    yield ["email", "name", "status", "created_at", "confirmed_at", "topics"]
     for sub in iterate(session, status):
         yield [
             sub.email,
@@ -124,7 +126,7 @@ def export_rows(session: Session, status: SubscriberStatus | None = None) -> Ite
             sub.status.value,
             sub.created_at.isoformat(sep=" ", timespec="seconds"),
             sub.confirmed_at.isoformat(sep=" ", timespec="seconds") if sub.confirmed_at else "",
-            sub.categories or "",
+            "" if sub.topics is None else topics_text(sub.topics),
         ]
 
 
