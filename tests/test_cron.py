@@ -70,6 +70,13 @@ def test_weekday_numbers_are_crontab_numbers():
         assert Cron.parse(expr).next_after(utc(2026, 2, 28, 12)) == first, expr
 
 
+def test_a_weekday_with_a_step_runs_to_sunday_as_seven():
+    # crontab's day-of-week range is 0-7, so "1/2" is "1-7/2": Monday, Wednesday, Friday, Sunday
+    for expr in ("0 9 * * 1/2", "0 9 * * 1-7/2", "0 9 * * mon/2"):
+        days = [f"{t:%a}" for t in Cron.parse(expr).upcoming(utc(2026, 3, 1, 12), 4)]  # from Sunday noon
+        assert days == ["Mon", "Wed", "Fri", "Sun"], expr
+
+
 def test_seconds_field_and_latest_slot():
     every2 = Cron.parse("*/2 * * * * *")
     assert every2.next_after(utc(2026, 1, 1, 0, 0, 1)) == utc(2026, 1, 1, 0, 0, 2)

@@ -74,7 +74,7 @@ def _weekdays(expr: str) -> str:
                 raise CronError(f"day-of-week range {part!r} runs backwards")
         else:
             lo = _weekday(rng)
-            hi = 6 if step_s else lo
+            hi = 7 if step_s else lo  # "1/2" runs to the end of crontab's 0-7, as "1-7/2" does
         days.update(d % 7 for d in range(lo, hi + 1, step))
     if days == set(range(7)):
         return "*"
