@@ -463,6 +463,15 @@ def db_revision(message: Annotated[str, typer.Option("-m", "--message", help="Wh
 # --- subscribers ------------------------------------------------------------------------------
 
 
+def _smtputf8_note(count: int, who: str) -> str:
+    """Non-ASCII addresses are stored, but only a relay offering SMTPUTF8 takes them: say so now
+    rather than at send time."""
+    one = count == 1
+    return (f"{who} {'is a non-ASCII address' if one else 'are non-ASCII addresses'}: {'it needs' if one else 'they need'}"
+            f" an SMTP relay that offers SMTPUTF8 (through one that does not, {'its' if one else 'their'}"
+            " deliveries fail with 553 5.6.7)")
+
+
 @subscribers_app.command("add")
 def subscribers_add(email: str, name: Annotated[Optional[str], typer.Option(help="The subscriber's name.")] = None) -> None:
     """Add a confirmed subscriber (or reactivate one)."""
@@ -470,6 +479,8 @@ def subscribers_add(email: str, name: Annotated[Optional[str], typer.Option(help
     with db(cfg) as s:
         sub, created = subs.add(s, email, jobs.utc_now, name=name)
     out.print(f"{'Added' if created else 'Updated'} {sub.email} ({sub.status.value})")
+    if subs.needs_smtputf8(sub.email):
+        out.print(_smtputf8_note(1, sub.email))
 
 
 @subscribers_app.command("import")
@@ -485,6 +496,8 @@ def subscribers_import(file: Annotated[Path, typer.Argument(help="CSV with colum
     for line, reason in report.errors:
         err.print(f"{file}:{line}: {reason}")
     out.print(f"Imported {report.imported}, skipped {report.skipped} already subscribed, {len(report.errors)} bad rows")
+    if report.smtputf8:
+        out.print(_smtputf8_note(report.smtputf8, f"{report.smtputf8} of them"))
 
 
 @subscribers_app.command("export")
