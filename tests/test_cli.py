@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import stat
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
 from sqlmodel import select
 
-from conftest import FIXTURES, run_digest, write_config
+from conftest import DIGEST, FIXTURES, run_digest, write_config
 from digest.config import load_settings
 from digest.models import Delivery, Edition, Post, Subscriber
 from digest.store import make_engine, session
@@ -100,3 +106,164 @@ def test_help_lists_every_command(tmp_path):
     proc = run_digest(tmp_path / "none.toml", "--help", check=True)
     for cmd in ("init", "fetch", "send", "subscribers", "editions"):
         assert cmd in proc.stdout
+
+
+# --- untrusted text, confirmations, failures (hardening) ---------------------------------------
+
+HOSTILE = ("[/]", "[bold]x[/", "[red]Eve[/red] :zap:")
+
+
+def test_names_from_a_csv_are_printed_as_they_are_and_the_whole_file_imported(config_path, tmp_path):
+    src = tmp_path / "people.csv"
+    src.write_text("email,name\n" + "".join(f"p{i}@example.com,\"{name}\"\n" for i, name in enumerate(HOSTILE))
+                   + "[/]@@example.com,Bad\nlast@example.com,Last\n")
+    proc = run_digest(config_path, "subscribers", "import", str(src))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "Imported 4, skipped 0 already subscribed, 1 bad rows" in proc.stdout
+    assert f"{src}:5: not a valid email address: '[/]@@example.com'" in proc.stderr
+    listing = run_digest(config_path, "subscribers", "list", check=True).stdout
+    for name in HOSTILE:
+        assert name in listing
+    added = run_digest(config_path, "subscribers", "add", "[/]@example.com")
+    assert added.returncode == 1 and "not a valid email address: '[/]@example.com'" in added.stderr
+    assert "Traceback" not in added.stderr
+
+
+def test_a_feed_category_is_printed_as_it_is(smtp_server, tmp_path):
+    feed = tmp_path / "feed.atom"
+    feed.write_text(
+        "<?xml version='1.0' encoding='UTF-8'?><feed xmlns='http://www.w3.org/2005/Atom'>"
+        "<id>urn:test:blog</id><title>Test blog</title><updated>2026-11-26T08:00:00Z</updated>"
+        "<entry><id>urn:test:1</id><title>[bold]x[/: The post</title><link href='https://blog.test/1'/>"
+        "<updated>2026-11-26T08:00:00Z</updated><summary>Body.</summary></entry></feed>", encoding="utf-8")
+    config = write_config(tmp_path, feeds=[str(feed)], smtp_port=smtp_server.port)
+    run_digest(config, "subscribers", "add", "ann@example.com", check=True)
+    preview = run_digest(config, "send", "--preview", "--out", str(tmp_path / "out"))
+    assert preview.returncode == 0 and "Traceback" not in preview.stderr, preview.stderr
+    assert "[bold]x[/ (1)" in preview.stdout
+    assert "Edition 1: 1 posts, 1 delivered" in run_digest(config, "send", check=True).stdout
+    show = run_digest(config, "editions", "show", "1")
+    assert show.returncode == 0 and "[[bold]x[/] The post" in show.stdout, show.stderr
+
+
+def test_an_smtp_reply_is_printed_as_it_is(config_path, smtp_server):
+    for address in ("ann@example.com", "bob@example.com"):
+        run_digest(config_path, "subscribers", "add", address, check=True)
+    smtp_server.refuse["bob@example.com"] = "550 [/] no"
+    proc = run_digest(config_path, "send")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "Edition 1: 5 posts, 1 delivered, 1 failed" in proc.stdout
+    assert "failed bob@example.com: 550 [/] no" in proc.stderr
+    show = run_digest(config_path, "editions", "show", "1", check=True).stdout
+    assert "bob@example.com: 550 [/] no" in show
+
+
+@pytest.fixture
+def odd_http_server():
+    """A feed server on 127.0.0.1 whose every answer is `503 [/]oops`."""
+
+    class Odd(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(503, "[/]oops")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Odd)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_http_reason_phrase_is_printed_as_it_is_and_send_fails_when_every_feed_failed(odd_http_server, smtp_server, tmp_path):
+    url = f"{odd_http_server}/feed.atom"
+    config = write_config(tmp_path, feeds=[url, str(FIXTURES / "broken.xml")], smtp_port=smtp_server.port)
+    run_digest(config, "subscribers", "add", "ann@example.com", check=True)
+    fetch = run_digest(config, "fetch")
+    assert fetch.returncode == 1 and "Traceback" not in fetch.stderr, fetch.stderr
+    assert f"{url}: HTTP 503 [/]oops" in fetch.stderr
+    send = run_digest(config, "send")
+    assert send.returncode == 1 and "Traceback" not in send.stderr, send.stderr
+    assert f"{url}: HTTP 503 [/]oops" in send.stderr and "not a valid feed" in send.stderr
+    assert "Nothing new to send" not in send.stdout
+    last = send.stderr.strip().splitlines()[-1]
+    assert "every feed failed" in last and url in last and "broken.xml" in last
+    assert smtp_server.received == []
+
+
+def test_send_prints_each_feed_before_an_smtp_error(tmp_path):
+    from conftest import free_port
+
+    port = free_port()  # nothing listens there
+    config = write_config(tmp_path, smtp_port=port)
+    run_digest(config, "subscribers", "add", "ann@example.com", check=True)
+    proc = run_digest(config, "send")
+    assert proc.returncode == 1 and f"127.0.0.1:{port}" in proc.stderr and "Traceback" not in proc.stderr
+    assert "blogger.atom: 5 new, 0 updated, 0 unchanged" in proc.stdout
+
+
+def _digest_with_input(config, *args, stdin_text):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
+    return subprocess.run([*DIGEST, "--config", str(config), *args], input=stdin_text, capture_output=True,
+                          text=True, env=env, timeout=60, cwd=config.parent)
+
+
+def test_delete_without_a_terminal_needs_yes(config_path):
+    run_digest(config_path, "subscribers", "add", "ann@example.com", check=True)
+    proc = _digest_with_input(config_path, "subscribers", "delete", "ann@example.com", stdin_text="n\n")
+    assert proc.returncode == 1 and "Erased" not in proc.stdout
+    assert len(proc.stderr.strip().splitlines()) == 1 and "--yes" in proc.stderr and "ann@example.com" in proc.stderr
+    proc = _digest_with_input(config_path, "subscribers", "delete", "ann@example.com", stdin_text="y\n")
+    assert proc.returncode == 1
+    with db_for(config_path) as db:
+        assert db.exec(select(Subscriber).where(Subscriber.email == "ann@example.com")).first() is not None
+    proc = _digest_with_input(config_path, "subscribers", "delete", "ann@example.com", "--yes", stdin_text="")
+    assert proc.returncode == 0 and "Erased ann@example.com" in proc.stdout
+    with db_for(config_path) as db:
+        assert db.exec(select(Subscriber).where(Subscriber.email == "ann@example.com")).first() is None
+
+
+def test_init_writes_the_config_readable_by_its_owner_only(tmp_path):
+    config = tmp_path / "new" / "digest.toml"
+    config.parent.mkdir()
+    proc = run_digest(config, "init", check=True)
+    assert f"Wrote {config}" in proc.stdout
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    assert "secret_key" in config.read_text()
+
+
+def test_credentials_in_clear_to_another_host_are_warned_about_once(tmp_path):
+    config = write_config(tmp_path)
+    text = config.read_text()
+    # relay.invalid is never looked up or connected to: with --no-fetch and no posts stored, there is
+    # nothing to send (the reserved .invalid name would fail anyway).
+    remote = text.replace('host = "127.0.0.1"', 'host = "relay.invalid"').replace('# username = ""', 'username = "u"')
+    config.write_text(remote)
+    proc = run_digest(config, "send", "--no-fetch", check=True)
+    assert "Nothing new to send" in proc.stdout
+    warnings = [line for line in proc.stderr.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and "relay.invalid" in warnings[0] and 'security = "none"' in warnings[0]
+    for safe in (remote.replace('security = "none"', 'security = "starttls"'),  # encrypted
+                 text.replace('# username = ""', 'username = "u"'),  # loopback
+                 text.replace('host = "127.0.0.1"', 'host = "relay.invalid"')):  # no credentials
+        config.write_text(safe)
+        proc = run_digest(config, "send", "--no-fetch", check=True)
+        assert "WARNING" not in proc.stderr, proc.stderr
+
+
+def test_non_ascii_addresses_are_imported_and_counted_as_needing_smtputf8(config_path, tmp_path):
+    src = tmp_path / "people.csv"
+    src.write_text("josé@exämple.org,José\nann@example.com\nbob@exämple.org\n", encoding="utf-8")
+    proc = run_digest(config_path, "subscribers", "import", str(src), check=True)
+    assert "Imported 3, skipped 0 already subscribed, 0 bad rows" in proc.stdout
+    assert "2 of them are non-ASCII addresses: they need an SMTP relay that offers SMTPUTF8" in proc.stdout
+    export = run_digest(config_path, "subscribers", "export", check=True).stdout
+    assert "josé@exämple.org" in export and "bob@exämple.org" in export
+    added = run_digest(config_path, "subscribers", "add", "zoë@example.org", check=True).stdout
+    assert "Added zoë@example.org" in added and "SMTPUTF8" in added

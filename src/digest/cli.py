@@ -19,12 +19,13 @@ try:
 
     import typer
     from rich.console import Console
+    from rich.text import Text
 
     from . import editions as editions_svc
     from . import jobs, schema, sources, workers
     from . import schedule as schedule_svc
     from . import subscribers as subs
-    from .config import Settings, config_path, load_settings, render_config
+    from .config import Settings, config_path, load_settings, render_config, warn_plaintext_credentials, write_config_file
     from .errors import DigestError
     from .mailer import SMTPMailer
     from .models import SubscriberStatus
@@ -50,8 +51,11 @@ app.add_typer(bounces_app, name="bounces")
 app.add_typer(dkim_app, name="dkim")
 app.add_typer(db_app, name="db")
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Neither console ever reads markup or emoji codes: what they print comes from subscribers (the
+# public form), feeds, SMTP and HTTP servers, and "[/]" or ":zap:" in it is text, not a style.
+# Colour is given as Text styles instead.
+out = Console(markup=False, emoji=False, highlight=False, soft_wrap=True)
+err = Console(stderr=True, markup=False, emoji=False, highlight=False, soft_wrap=True)
 
 ConfigOpt = Annotated[
     Optional[Path],
@@ -110,6 +114,12 @@ def settings() -> Settings:
     return load_settings(state.config)
 
 
+def smtp_mailer(cfg: Settings) -> SMTPMailer:
+    """The mailer of a command that sends; first, a warning if it would send the SMTP password in clear."""
+    warn_plaintext_credentials(cfg.smtp)
+    return SMTPMailer(cfg.smtp)
+
+
 @contextmanager
 def engine_for(cfg: Settings):
     """An engine on the configured database, disposed at the end."""
@@ -147,8 +157,12 @@ def init(
     if path.exists():
         out.print(f"Config exists, left as it is: {path}")
     else:
-        path.write_text(render_config(name=name, from_=from_, feeds=feed, public_url=public_url, first_edition_days=first_edition_days), encoding="utf-8")
-        out.print(f"Wrote {path}")
+        text = render_config(name=name, from_=from_, feeds=feed, public_url=public_url, first_edition_days=first_edition_days)
+        try:
+            write_config_file(path, text)
+        except OSError as exc:
+            raise DigestError(f"cannot write {path}: {exc.strerror or exc}") from None
+        out.print(f"Wrote {path} (readable by its owner only: it holds the secret key)")
     cfg = load_settings(path)
     with db(cfg):
         pass
@@ -169,7 +183,7 @@ def fetch() -> None:
 def _print_poll(reports: list[sources.SourceReport]) -> None:
     for r in reports:
         if r.error:
-            err.print(f"[red]failed[/] {r.error}")
+            err.print(Text("failed", style="red"), r.error)
         elif r.not_modified:
             out.print(f"{r.url}: not modified")
         else:
@@ -193,22 +207,21 @@ def send(
         if preview:
             _preview(s, cfg, out_dir, to or [], open_, latest, not no_fetch)
             return
-        mailer = SMTPMailer(cfg.smtp)
         stop = _stop_on_sigterm()
+        # Each feed's report is printed before anything is sent: an SMTP server that cannot be
+        # reached ends the command with an error, and what the feeds said is not lost with it.
+        polled = [] if no_fetch else sources.poll(s, cfg, jobs.utc_now, stop=stop)
+        _print_poll(polled)
+        mailer = smtp_mailer(cfg)
         try:
-            result = jobs.send(s, cfg, mailer, fetch=not no_fetch, stop=stop)
+            result = jobs.send(s, cfg, mailer, fetch=False, stop=stop)
         finally:
             mailer.close()
-    _print_poll(result.polled)
     for q in result.queued:
         out.print(f"Edition {q.edition_number} is still being sent by the workers: {q.pending} pending")
     if result.new_queued is not None:
         q = result.new_queued
         out.print(f"Edition {q.edition_number}: {result.post_count} posts, {q.pending} deliveries queued for `digest worker`")
-        return
-    if cfg.delivery.mode == "workers":
-        out.print("Nothing new to send.")
-        return
     for r in result.resumed:
         out.print(f"Resumed edition {r.edition_number}: {r.sent} delivered, {r.failed} failed, {r.deferred} pending")
         _print_failures(r)
@@ -222,7 +235,12 @@ def send(
     if stop():
         err.print("Stopped by SIGTERM between messages; the rest stays pending for the next run.")
         raise typer.Exit(143)
-    if result.edition is None:
+    if polled and all(not p.ok for p in polled):
+        # As `digest fetch`: a run in which no feed could be read is a failure, even if older
+        # posts went out, so that cron (or whoever runs it) hears about it.
+        err.print(f"every feed failed ({', '.join(p.url for p in polled)}): nothing new was fetched")
+        raise typer.Exit(1)
+    if result.edition is None and result.new_queued is None:
         out.print("Nothing new to send.")
 
 
@@ -266,11 +284,11 @@ def _preview(s, cfg: Settings, out_dir: Path, to: list[str], open_: bool, latest
     out.print(f"Wrote {html_path.resolve()}")
     out.print(f"Wrote {text_path.resolve()}")
     if to:
-        for address, reply in jobs.send_preview(p, to, SMTPMailer(cfg.smtp), cfg):
+        for address, reply in jobs.send_preview(p, to, smtp_mailer(cfg), cfg):
             if reply.ok:
                 out.print(f"Sent preview to {address}")
             else:
-                err.print(f"[red]Preview to {address} refused:[/] {reply.code} {reply.text}")
+                err.print(Text(f"Preview to {address} refused:", style="red"), f"{reply.code} {reply.text}")
     if open_:
         import webbrowser
 
@@ -294,6 +312,7 @@ def serve(
 
     cfg = settings()
     setup_logging(log_level or state.log_level or "info")
+    warn_plaintext_credentials(cfg.smtp)  # the schedule and the confirmation mails both send
     raise typer.Exit(scheduler.serve(cfg, scheduler=not no_scheduler, web=lambda stop: web.serve(cfg, host=host, port=port, stop=stop)))
 
 
@@ -355,7 +374,7 @@ def worker(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _stop)
     with db(cfg) as s:
-        mailer = SMTPMailer(cfg.smtp)
+        mailer = smtp_mailer(cfg)
         if not once:
             out.print(f"Worker started; polling every {cfg.delivery.poll_seconds:g} s (stop with SIGTERM)")
         report = workers.run(
@@ -364,7 +383,7 @@ def worker(
             stop=stopping.is_set,
             wait=stopping.wait,
             progress=(lambda r: None) if once else _print_progress,
-            on_error=lambda message: err.print(f"error: {message} (retrying in {cfg.delivery.poll_seconds:g} s)", markup=False),
+            on_error=lambda message: err.print(f"error: {message} (retrying in {cfg.delivery.poll_seconds:g} s)"),
         )
     if not report.editions:
         out.print("Nothing to send.")
@@ -444,6 +463,15 @@ def db_revision(message: Annotated[str, typer.Option("-m", "--message", help="Wh
 # --- subscribers ------------------------------------------------------------------------------
 
 
+def _smtputf8_note(count: int, who: str) -> str:
+    """Non-ASCII addresses are stored, but only a relay offering SMTPUTF8 takes them: say so now
+    rather than at send time."""
+    one = count == 1
+    return (f"{who} {'is a non-ASCII address' if one else 'are non-ASCII addresses'}: {'it needs' if one else 'they need'}"
+            f" an SMTP relay that offers SMTPUTF8 (through one that does not, {'its' if one else 'their'}"
+            " deliveries fail with 553 5.6.7)")
+
+
 @subscribers_app.command("add")
 def subscribers_add(email: str, name: Annotated[Optional[str], typer.Option(help="The subscriber's name.")] = None) -> None:
     """Add a confirmed subscriber (or reactivate one)."""
@@ -451,6 +479,8 @@ def subscribers_add(email: str, name: Annotated[Optional[str], typer.Option(help
     with db(cfg) as s:
         sub, created = subs.add(s, email, jobs.utc_now, name=name)
     out.print(f"{'Added' if created else 'Updated'} {sub.email} ({sub.status.value})")
+    if subs.needs_smtputf8(sub.email):
+        out.print(_smtputf8_note(1, sub.email))
 
 
 @subscribers_app.command("import")
@@ -466,6 +496,8 @@ def subscribers_import(file: Annotated[Path, typer.Argument(help="CSV with colum
     for line, reason in report.errors:
         err.print(f"{file}:{line}: {reason}")
     out.print(f"Imported {report.imported}, skipped {report.skipped} already subscribed, {len(report.errors)} bad rows")
+    if report.smtputf8:
+        out.print(_smtputf8_note(report.smtputf8, f"{report.smtputf8} of them"))
 
 
 @subscribers_app.command("export")
@@ -511,11 +543,15 @@ def subscribers_remove(email: str) -> None:
 
 @subscribers_app.command("delete")
 def subscribers_delete(email: str, yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False) -> None:
-    """Erase everything stored about an address."""
+    """Erase everything stored about an address (asks first; --yes when there is no terminal)."""
     cfg = settings()
     with db(cfg) as s:
         sub = subs.get(s, email)
-        if not yes and sys.stdin.isatty():
+        if not yes:
+            # An answer read from a pipe or a file is not a person saying yes: without a terminal
+            # to ask on, only --yes erases.
+            if not sys.stdin.isatty():
+                raise DigestError(f"not erasing {sub.email}: no terminal to ask on; pass --yes to erase")
             typer.confirm(f"Erase {sub.email} and their data?", abort=True)
         subs.erase(s, sub)
     out.print(f"Erased {email}")
@@ -571,7 +607,7 @@ def retry(number: int) -> None:
     """Retry edition N's failed and deferred deliveries now (not those of bounced, suspended or unsubscribed addresses)."""
     cfg = settings()
     with db(cfg) as s:
-        mailer = SMTPMailer(cfg.smtp)
+        mailer = smtp_mailer(cfg)
         stop = _stop_on_sigterm()
         try:
             result = jobs.retry(s, cfg, mailer, number, stop=stop)
@@ -592,7 +628,7 @@ def bounces_process(path: Annotated[Path, typer.Argument(help="A Maildir, an mbo
     with db(cfg) as s:
         report = bounces_svc.process(s, cfg, path, jobs.utc_now)
     for label, reason in report.unreadable:
-        err.print(f"{label}: not processed: {reason}", markup=False)
+        err.print(f"{label}: not processed: {reason}")
     out.print(f"Read {report.read} messages: {report.hard} hard bounces, {report.soft} soft bounces, "
               f"{len(report.ignored)} without effect, {len(report.unreadable)} not understood")
     for address in report.bounced:
@@ -635,11 +671,11 @@ def dkim_keygen(
     except ValueError:
         shown = path.resolve()
     kind = f"RSA {bits}-bit" if key_type == KeyType.rsa else "Ed25519"
-    out.print(f"Wrote {path} ({kind}; readable by its owner only: keep it private, back it up).", markup=False)
-    out.print("1. Publish this TXT record:\n", markup=False)
-    out.print(f"   {selector}._domainkey.{domain}.  TXT  {txt_strings(dns_record(key))}\n", markup=False)
-    out.print(f"2. Add to {state.config or 'digest.toml'} (signing starts with the next message):\n", markup=False)
-    out.print(f'[dkim]\ndomain = "{domain}"\nselector = "{selector}"\nprivate_key_file = "{shown}"', markup=False)
+    out.print(f"Wrote {path} ({kind}; readable by its owner only: keep it private, back it up).")
+    out.print("1. Publish this TXT record:\n")
+    out.print(f"   {selector}._domainkey.{domain}.  TXT  {txt_strings(dns_record(key))}\n")
+    out.print(f"2. Add to {state.config or 'digest.toml'} (signing starts with the next message):\n")
+    out.print(f'[dkim]\ndomain = "{domain}"\nselector = "{selector}"\nprivate_key_file = "{shown}"')
 
 
 @dkim_app.command("record")
@@ -651,7 +687,7 @@ def dkim_record() -> None:
     if not cfg.dkim.enabled:
         raise DigestError("no [dkim] key configured: make one with `digest dkim keygen`")
     key = load_private_key(cfg.dkim_key_path)
-    out.print(f"{cfg.dkim.selector}._domainkey.{cfg.dkim.domain}.  TXT  {txt_strings(dns_record(key))}", markup=False)
+    out.print(f"{cfg.dkim.selector}._domainkey.{cfg.dkim.domain}.  TXT  {txt_strings(dns_record(key))}")
 
 
 def main() -> None:
@@ -661,7 +697,7 @@ def main() -> None:
     except SystemExit as exc:
         code = exc.code
     except DigestError as exc:
-        err.print(f"error: {exc}", markup=False)
+        err.print(f"error: {exc}")
         code = exc.exit_code
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -7,6 +7,8 @@ Settings come from a TOML file (``--config PATH``, else ``$DIGEST_CONFIG``, else
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
 import secrets
 import tomllib
@@ -25,6 +27,8 @@ from .cron import Cron, zone
 from .errors import ConfigError
 
 DEFAULT_CONFIG_NAME = "digest.toml"
+
+log = logging.getLogger("digest")
 
 
 class _Section(BaseModel):
@@ -250,6 +254,41 @@ class Settings(BaseSettings):
             if path and not Path(path).is_absolute():
                 return prefix + str((self.config_dir / path).resolve())
         return url
+
+
+def plaintext_credentials_host(smtp: SMTPSettings) -> str | None:
+    """smtp.host when the AUTH credentials would cross a network unencrypted (security = "none" to
+    a host other than this machine), else None. The host is not resolved: only "localhost" (and
+    *.localhost, RFC 6761) and loopback addresses count as this machine."""
+    if smtp.security != "none" or not (smtp.username or smtp.password):
+        return None
+    host = smtp.host.strip().strip("[]").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass
+    return smtp.host
+
+
+def warn_plaintext_credentials(smtp: SMTPSettings) -> None:
+    """Log one warning when sending would put the SMTP password on the wire in clear text.
+    Called once by each command that sends (and by `digest serve`) before it connects."""
+    host = plaintext_credentials_host(smtp)
+    if host is not None:
+        log.warning('smtp.host %s is not this machine and smtp.security = "none": the SMTP username and'
+                    ' password are sent unencrypted (use security = "starttls" or "tls")', host)
+
+
+def write_config_file(path: Path, text: str) -> None:
+    """Write a new config file, readable and writable by its owner only (mode 600): it holds
+    newsletter.secret_key, and whoever reads it can forge unsubscribe and confirmation links.
+    An existing file is never overwritten (FileExistsError)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with open(fd, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:

@@ -32,6 +32,12 @@ def normalize_email(address: str, *, check_deliverability: bool = False) -> str:
     return info.normalized.lower()
 
 
+def needs_smtputf8(address: str) -> bool:
+    """A non-ASCII address (in its local part or its domain) goes out only through a relay that
+    offers SMTPUTF8 (RFC 6531); to one that does not, its deliveries fail with 553 5.6.7."""
+    return not address.isascii()
+
+
 def clean_name(name: str | None) -> str | None:
     name = one_line(name or "")[:200]
     return name or None
@@ -75,6 +81,7 @@ def add(session: Session, email: str, clock: Clock, *, name: str | None = None) 
 class ImportReport:
     imported: int = 0
     skipped: int = 0  # already on the list
+    smtputf8: int = 0  # imported addresses that need a relay offering SMTPUTF8 (see needs_smtputf8)
     errors: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason)
 
 
@@ -106,6 +113,7 @@ def import_csv(session: Session, stream: io.TextIOBase, clock: Clock) -> ImportR
             Subscriber(email=address, name=name, status=SubscriberStatus.active, created_at=now, confirmed_at=now)
         )
         report.imported += 1
+        report.smtputf8 += needs_smtputf8(address)
         if len(pending) >= 1000:
             session.add_all(pending)
             session.commit()
