@@ -43,7 +43,11 @@ def format_address(name: str | None, email: str) -> str:
         return email
     if _PLAIN_NAME.fullmatch(name):
         return f"{name} <{email}>"  # what formataddr gives for such a name, without its work
-    return formataddr((name, email), charset="utf-8")
+    if name.isascii():
+        return formataddr((name, email))  # quoted
+    # Folded into encoded words of at most 76 characters: formataddr makes one word, 1,070
+    # characters for 200 emoji, past SMTP's 998 a line (servers answer "500 Line too long").
+    return Header(name, "utf-8", maxlinelen=76, header_name="To").encode(linesep="\r\n") + f" <{email}>"
 
 
 class Recipient(NamedTuple):

@@ -43,9 +43,11 @@ def clean(value: str) -> str:
         return value  # the common case, without a scan (isprintable() is False for every Cc, Cf, Cs, Zl, Zp)
     if _ZWJ in value:
         value = _ZWJ_RE.sub(_emoji_joiner, value)
-    # One lookup per distinct character, not per character: a 100 KB title has a few dozen.
+    # One look at each distinct character, not at each character: a 100 KB title has a few dozen.
     table: dict[int, str | None] = {}
     for ch in set(value):
+        if ch.isprintable():
+            continue
         category = unicodedata.category(ch)
         if category in _BREAKING:
             table[ord(ch)] = " "
