@@ -50,6 +50,18 @@ def test_preview_to_sends_only_to_those_addresses(config_path, smtp_server, tmp_
         assert db.exec(select(Edition)).all() == []
 
 
+def test_names_added_or_imported_are_stored_without_invisible_characters(config_path, tmp_path):
+    run_digest(config_path, "subscribers", "add", "ann@example.com", "--name", "Ann\u202e \u200fLee\u200b", check=True)
+    src = tmp_path / "people.csv"
+    src.write_text("email,name\nbob@example.com,\u2067Bob\u2069 \u00adJones\nlong@example.com," + "Long " * 100 + "\n",
+                   encoding="utf-8")
+    run_digest(config_path, "subscribers", "import", str(src), check=True)
+    rows = list(csv.reader(io.StringIO(run_digest(config_path, "subscribers", "export", check=True).stdout)))
+    names = {r[0]: r[1] for r in rows[1:]}
+    assert names["ann@example.com"] == "Ann Lee" and names["bob@example.com"] == "Bob Jones"
+    assert len(names["long@example.com"]) <= 200 and names["long@example.com"].endswith("Long…")
+
+
 def test_subscribers_import_export_list_remove_delete(config_path, smtp_server, tmp_path):
     src = tmp_path / "people.csv"
     src.write_text("email,name\nann@example.com,Ann\nnot-an-address,Bob\nANN@example.com,Dup\n"
