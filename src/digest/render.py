@@ -192,6 +192,8 @@ class Renderer:
             rendered = self.render(view, subject, excerpt_words=words, post_limit=count)
             measured = size(rendered)
             if measured <= budget:
+                log.info("edition %s: the email shows %d of %d posts (%d bytes; all of them would be over %d)",
+                         view.number, count, view.post_count, measured, budget)
                 return rendered
         return empty
 
