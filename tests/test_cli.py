@@ -46,6 +46,27 @@ def test_preview_writes_files_and_records_nothing(config_path, smtp_server, tmp_
     assert "2 posts" in latest.stdout
 
 
+def test_preview_of_an_edition_too_large_for_one_email_shows_what_is_sent(tmp_path, smtp_server):
+    import re
+
+    from feedgen import write_feed
+
+    feed = write_feed(tmp_path / "big.atom", list(range(1, 301)))
+    config = write_config(tmp_path, feeds=[str(feed)], smtp_port=smtp_server.port)
+    run_digest(config, "subscribers", "add", "ann@example.com", check=True)
+    out = tmp_path / "out"
+    proc = run_digest(config, "send", "--preview", "--out", str(out), check=True)
+    text = (out / "preview.txt").read_text()
+    shown = len(re.findall(r"^Post \d+$", text, re.M))
+    assert 0 < shown < 300
+    assert f"...and {300 - shown} more on the web: http://127.0.0.1:8000/archive/1" in text
+    assert f"The email shows {shown} of them and links to the other {300 - shown} on the web" in proc.stdout
+    run_digest(config, "send", check=True)
+    [received] = smtp_server.received
+    sent = received.message.get_payload()[0].get_content().replace("\r\n", "\n")
+    assert len(re.findall(r"^Post \d+$", sent, re.M)) == shown and len(received.data) < 102_000
+
+
 def test_preview_to_sends_only_to_those_addresses(config_path, smtp_server, tmp_path):
     run_digest(config_path, "subscribers", "add", "ann@example.com", check=True)
     proc = run_digest(config_path, "send", "--preview", "--to", "me@example.com", "--out", str(tmp_path), check=True)
@@ -54,6 +75,18 @@ def test_preview_to_sends_only_to_those_addresses(config_path, smtp_server, tmp_
     assert smtp_server.received[0].message["Subject"] == "[Preview] Test Weekly: 5 new posts"
     with db_for(config_path) as db:
         assert db.exec(select(Edition)).all() == []
+
+
+def test_names_added_or_imported_are_stored_without_invisible_characters(config_path, tmp_path):
+    run_digest(config_path, "subscribers", "add", "ann@example.com", "--name", "Ann\u202e \u200fLee\u200b", check=True)
+    src = tmp_path / "people.csv"
+    src.write_text("email,name\nbob@example.com,\u2067Bob\u2069 \u00adJones\nlong@example.com," + "Long " * 100 + "\n",
+                   encoding="utf-8")
+    run_digest(config_path, "subscribers", "import", str(src), check=True)
+    rows = list(csv.reader(io.StringIO(run_digest(config_path, "subscribers", "export", check=True).stdout)))
+    names = {r[0]: r[1] for r in rows[1:]}
+    assert names["ann@example.com"] == "Ann Lee" and names["bob@example.com"] == "Bob Jones"
+    assert len(names["long@example.com"]) <= 200 and names["long@example.com"].endswith("Long…")
 
 
 def test_subscribers_import_export_list_remove_delete(config_path, smtp_server, tmp_path):

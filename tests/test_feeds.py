@@ -116,6 +116,7 @@ def test_values_longer_than_their_columns_are_stored_on_every_database(tmp_path,
     report = sources.poll(db, cfg, clock, fetch=fetch)[0]
     assert report.ok and report.new == 1
     post = db.exec(select(Post)).one()
-    assert post.url == "" and post.category == "c" * 200
+    assert post.url == ""
+    assert post.category == "c" * 199 + "…"  # cut to the column, visibly
     source = db.exec(select(Source)).one()
     assert len(source.title) == 500 and source.etag is None and source.last_modified is None

@@ -166,3 +166,137 @@ def test_wire_bytes_are_exactly_the_dot_stuffed_message_and_tokens_match_itsdang
         token = links.subscriber_token(sid, addr)
         assert token == reference.dumps([sid, _fingerprint(addr)])
         assert links.read_subscriber_token(token) == (sid, _fingerprint(addr))
+
+
+# --- invisible characters and sizes: what a hostile feed cannot do to an email ----------------
+
+# The code points the hostile trial used, and their kin (independent of plaintext.py's rules).
+INVISIBLE = [chr(cp) for cp in (0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069,
+                                0x200E, 0x200F, 0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF, 0x00AD)]
+
+
+def atom(entries: list[str]) -> str:
+    return ("<?xml version='1.0' encoding='UTF-8'?><feed xmlns='http://www.w3.org/2005/Atom'>"
+            "<id>urn:test:blog</id><title>Test blog</title><updated>2026-11-25T00:00:00Z</updated>"
+            + "".join(entries) + "</feed>")
+
+
+def entry(n: int, title: str, link: str, body: str, *, author: str = "Ann", day: int = 25) -> str:
+    from xml.sax.saxutils import escape, quoteattr
+    when = f"2026-11-{day:02d}T10:00:{n % 60:02d}Z"
+    return (f"<entry><id>urn:test:post:{n}</id><title>{escape(title)}</title><link rel='alternate' href={quoteattr(link)}/>"
+            f"<published>{when}</published><updated>{when}</updated><content type='html'>{escape(body)}</content>"
+            f"<author><name>{escape(author)}</name></author></entry>")
+
+
+def send_feed(tmp_path, smtp_server, clock, feed: str, people, *, max_bytes: int = 10 * 1024 * 1024):
+    """Send the edition of `feed` to `people` [(address, name, categories)] over real SMTP;
+    names are written to the database as they are, as a row stored by an older version would be."""
+    from conftest import write_config
+    from digest.config import load_settings
+    from digest.models import Subscriber, SubscriberStatus
+    from digest.store import create_schema, make_engine, session
+    path = tmp_path / "blog.atom"
+    path.write_text(feed, encoding="utf-8")
+    cfg = load_settings(write_config(tmp_path, feeds=[str(path)], smtp_port=smtp_server.port))
+    cfg.feeds.max_bytes = max_bytes
+    engine = make_engine(cfg.database_url)
+    create_schema(engine)
+    with session(engine) as db:
+        for addr, name, categories in people:
+            db.add(Subscriber(email=addr, name=name, categories=categories, status=SubscriberStatus.active, created_at=clock()))
+        db.commit()
+        preview = jobs.preview(db, cfg, clock)
+        result = jobs.send(db, cfg, SMTPMailer(cfg.smtp), clock)
+        assert result.edition.failures == []
+    engine.dispose()
+    return cfg, preview, {r.recipients[0]: r for r in smtp_server.received}
+
+
+def test_invisible_characters_never_reach_an_email_and_links_hiding_one_are_dropped(tmp_path, smtp_server, clock):
+    feed = atom([
+        entry(1, "News: Invoice \u202egpj.exe", "https://blog.test/invoice", "<p>Pay \u2066now\u2069 or\u00ad else.</p>",
+              author="Mal\u200blory"),
+        entry(2, "News: Zero\u200bwidth link", "https://blog.test/\u200bphish", "<p>Second body.</p>"),
+        entry(3, "News: Encoded override link", "https://blog.test/x%E2%80%AEgpj.exe", "<p>Third body.</p>"),
+        entry(4, "\ufeffNews: \u200fPlain\u200e title", "https://blog.test/plain", "<p>Fourth body.</p>"),
+    ])
+    _, _, got = send_feed(tmp_path, smtp_server, clock, feed, [("eve@example.com", "\u202eEve\u2069 \u200bAdams", None)])
+    received = got["eve@example.com"]
+    msg = received.message
+    text, html = (part.get_content().replace("\r\n", "\n") for part in msg.get_payload())
+    for part in (text, html, received.data.decode("utf-8", "replace")):
+        assert not [c for c in INVISIBLE if c in part], [hex(ord(c)) for c in INVISIBLE if c in part]
+    assert "Hi Eve Adams," in text and "Hi Eve Adams," in html
+    assert "Invoice gpj.exe" in text and "Invoice gpj.exe" in html and "by Mallory" in text
+    assert "Pay now or else." in text and "Plain title" in html
+    # The two posts whose links hide a character keep their title, without a link.
+    assert "Zerowidth link" in html and "Encoded override link" in html
+    assert "phish" not in html and "phish" not in text and "gpj.exe\"" not in html and "%E2%80%AE" not in text
+    links = re.findall(r"^Read more: (\S+)$", text, re.M)
+    assert sorted(links) == ["https://blog.test/invoice", "https://blog.test/plain"]
+    assert html.count("Read more") == 2
+
+
+def test_a_huge_feed_gives_emails_under_gmails_clipping_limit_with_the_rest_on_the_web(tmp_path, smtp_server, clock):
+    """The hostile trial: a 100 KB title and 500 posts of 20 KB each made a 340 KB email, which
+    Gmail clips at 102 KB, unsubscribe link and all."""
+    words = "the quick brown fox jumps over a lazy dog while latency and throughput argue".split()
+    body = "<p>" + " ".join(words[i % len(words)] for i in range(3700)) + "</p>"  # 20 KB
+    assert len(body) > 20_000
+    huge_title = "News: " + " ".join(f"word{i}" for i in range(17_000))  # 100 KB, the newest post
+    assert len(huge_title) > 100_000
+    entries = [entry(0, huge_title, "https://blog.test/huge", body, day=26)]
+    entries += [entry(n, f"News: Post {n}", f"https://blog.test/{n}", body) for n in range(1, 497)]
+    entries += [entry(n, f"Tiny: Post {n}", f"https://blog.test/{n}", body) for n in range(497, 500)]
+    longest_name = "\U0001F4EC" * 200  # 12 bytes a character in quoted-printable
+    people = [("ann@example.com", "Ann", None), ("bob@example.com", longest_name, None), ("cy@example.com", "Cy", "Tiny")]
+    cfg, preview, got = send_feed(tmp_path, smtp_server, clock, atom(entries), people, max_bytes=50 * 1024 * 1024)
+    assert set(got) == {"ann@example.com", "bob@example.com", "cy@example.com"}
+    archive = f"{cfg.newsletter.public_url}/archive/1"
+    for addr, received in got.items():
+        msg = received.message
+        text, html = (part.get_content().replace("\r\n", "\n") for part in msg.get_payload())
+        assert len(received.data) < 102_000, (addr, len(received.data))  # the whole message, as sent
+        assert len(html.encode("utf-8")) < 102_000
+        unsubscribe = msg["List-Unsubscribe"].strip("<>")
+        assert unsubscribe in text and f'href="{unsubscribe}"' in html
+        titles = re.findall(r"^(?:Post \d+|word0 .*)$", text, re.M)
+        more = re.findall(r"^\.\.\.and (\d+) more on the web: (\S+)$", text, re.M)
+        if addr == "cy@example.com":  # chose Tiny: 3 posts, they fit
+            assert len(titles) == 3 and more == [] and "more on the web" not in html
+            continue
+        [(n, url)] = more
+        assert url == archive and f'href="{archive}"' in html
+        assert 0 < len(titles) < 500 and int(n) == 500 - len(titles)  # every post is shown or counted
+        assert f"and {n} more on the web" in html
+        huge = titles[0]
+        assert len(huge) <= 300 and huge.endswith("…")
+    # `digest send --preview` showed what was sent: the same text, with the same reader's links.
+    sent = got["ann@example.com"].message
+    unsubscribe = sent["List-Unsubscribe"].strip("<>")
+    sent_text = sent.get_payload()[0].get_content().replace("\r\n", "\n")
+    prefs = re.search(r"^Choose topics: (\S+)$", sent_text, re.M).group(1)
+    reader = Recipient("ann@example.com", "Ann", unsubscribe, prefs, "<x@digest.test>")
+    assert preview.message.parts_for(reader)[1] == sent_text
+
+
+def test_an_edition_a_little_too_large_keeps_every_post_with_shorter_excerpts(tmp_path, smtp_server, clock):
+    body = "<p>" + " ".join(f"w{i}" for i in range(200)) + "</p>"
+    entries = [entry(n, f"News: Post {n}", f"https://blog.test/{n}", body) for n in range(1, 81)]
+    _, _, got = send_feed(tmp_path, smtp_server, clock, atom(entries), [("ann@example.com", "Ann", None)])
+    received = got["ann@example.com"]
+    text = received.message.get_payload()[0].get_content().replace("\r\n", "\n")
+    assert len(received.data) < 102_000
+    assert len(re.findall(r"^Post \d+$", text, re.M)) == 80 and "more on the web" not in text
+    excerpts = re.findall(r"^(w0 .*?…)$", text, re.M | re.S)
+    assert excerpts and all(len(e.split()) < 60 for e in excerpts)
+
+
+def test_a_30_post_edition_is_sent_whole(tmp_path, smtp_server, clock):
+    body = "<p>" + " ".join(f"w{i}" for i in range(200)) + "</p>"
+    entries = [entry(n, f"News: Post {n}", f"https://blog.test/{n}", body) for n in range(1, 31)]
+    _, _, got = send_feed(tmp_path, smtp_server, clock, atom(entries), [("ann@example.com", "Ann", None)])
+    text = got["ann@example.com"].message.get_payload()[0].get_content().replace("\r\n", "\n")
+    assert len(re.findall(r"^Post \d+$", text, re.M)) == 30 and "more on the web" not in text
+    assert len(re.search(r"^(w0 .*?…)$", text, re.M | re.S).group(1).split()) == 60  # excerpt_words

@@ -209,6 +209,14 @@ def test_a_pending_address_can_change_its_name_and_topics_by_posting_again(clien
     assert (sub.name, sub.topics) == ("Ann", ["In Focus"])
 
 
+def test_a_name_from_the_form_is_stored_without_invisible_characters_and_capped(client, db):
+    client.post("/subscribe", data={"email": "eve@example.com", "name": "\u202eEve\u2066 \u200bAdams\ufeff"})
+    assert subscriber(db, "eve@example.com").name == "Eve Adams"
+    client.post("/subscribe", data={"email": "long@example.com", "name": "Name " * 1000})
+    name = subscriber(db, "long@example.com").name
+    assert len(name) <= 200 and name.endswith("Name…")
+
+
 def test_an_active_subscriber_gets_no_mail_and_nothing_about_them_changes(client, db, smtp_server, posts, clock):
     active(db, clock, "ann@example.com", name="Ann")
     r = client.post("/subscribe", data={"email": "ann@example.com", "name": "Mallory", "categories": ["Explained"]})

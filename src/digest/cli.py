@@ -281,6 +281,9 @@ def _preview(s, cfg: Settings, out_dir: Path, to: list[str], open_: bool, latest
     out.print(f"Subject: {p.subject}")
     out.print(f"{p.view.post_count} posts in {len(p.view.sections)} sections: " + ", ".join(
         f"{sec.name} ({len(sec.posts)})" for sec in p.view.sections))
+    if p.message.rendered.more:
+        out.print(f"The email shows {p.view.post_count - p.message.rendered.more} of them and links to the other "
+                  f"{p.message.rendered.more} on the web: with all of them it would be clipped by Gmail (102 KB)")
     out.print(f"Wrote {html_path.resolve()}")
     out.print(f"Wrote {text_path.resolve()}")
     if to:

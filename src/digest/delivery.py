@@ -44,6 +44,7 @@ from .links import Links
 from .mailer import Envelope, Mailer, Pacer, Reply
 from .message import Message, Recipient
 from .models import Delivery, DeliveryStatus, Edition, EditionStatus, Subscriber, SubscriberStatus, as_utc, parse_topics
+from .plaintext import NAME_LIMIT
 from .render import Rendered, Renderer
 from .verp import VERP
 
@@ -58,6 +59,13 @@ FAILURES_KEPT = 200  # failures listed in a DeliveryReport (all are in the ledge
 COMMIT_EVERY = 500  # results per commit at most (between commits the journal keeps acceptances); a
 # batch (delivery.batch_size, 200) is normally committed whole, with the next claim
 COMMIT_SECONDS = 0.5  # ... or at least this often
+
+# Gmail clips a message larger than 102 KB ("[Message clipped]"), and the unsubscribe link at
+# the end goes with the rest. It counts the message as it arrives, so the headers added on the way
+# (Received, Authentication-Results, ARC: 2-3 KB at Gmail) count too: every message is built to
+# stay within MESSAGE_BUDGET bytes for any recipient (see Renderer.render_within).
+GMAIL_CLIP_BYTES = 102_000
+MESSAGE_BUDGET = GMAIL_CLIP_BYTES - 4_000
 
 _HOST = socket.gethostname()
 
@@ -148,7 +156,7 @@ class Variants:
             else:
                 if self._renderer is None:
                     self._renderer = self._renderer_factory()
-                self.rendered[key] = self._renderer.render(v, self.subject)
+                self.rendered[key] = render_fitted(self._renderer, v, self.subject, self.settings, self.date, self.signer)
         return self.rendered[key]
 
     def for_categories(self, categories: frozenset[str] | None) -> Message | None:
@@ -189,7 +197,30 @@ def message_from(rendered: Rendered, settings: Settings, date: datetime, signer:
 
 
 def build_message(renderer: Renderer, view: EditionView, subject: str, settings: Settings, date: datetime) -> Message:
-    return message_from(renderer.render(view, subject), settings, date, signer_for(settings))
+    signer = signer_for(settings)
+    return message_from(render_fitted(renderer, view, subject, settings, date, signer), settings, date, signer)
+
+
+def render_fitted(renderer: Renderer, view: EditionView, subject: str, settings: Settings, date: datetime,
+                  signer: DKIMSigner | None) -> Rendered:
+    """`view` rendered so that the largest copy anyone can get stays within MESSAGE_BUDGET."""
+    largest = largest_recipient(settings)
+
+    def size(rendered: Rendered) -> int:
+        return len(message_from(rendered, settings, date, signer).for_recipient(largest))
+
+    return renderer.render_within(view, subject, size, MESSAGE_BUDGET)
+
+
+def largest_recipient(settings: Settings) -> Recipient:
+    """The recipient with the largest copy: a name of NAME_LIMIT characters of 4 UTF-8 bytes (12
+    bytes each in quoted-printable), the longest address (254 characters), and ids in the links
+    and the Message-ID as long as they get."""
+    links = Links(settings.newsletter.secret_key, settings.newsletter.public_url)
+    email = "x" * 64 + "@" + "y" * 184 + ".test"
+    token = links.subscriber_token(2**62, email)
+    message_id = f"<{2**62}.{2**62}.ffffffff@{settings.newsletter.domain}>"
+    return Recipient(email, "\U0001F4EC" * NAME_LIMIT, links.unsubscribe_url(token), links.preferences_url(token), message_id)
 
 
 def list_id(settings: Settings) -> str:

@@ -20,6 +20,16 @@ import feedparser
 import nh3
 
 from .errors import FeedError
+from .plaintext import (
+    AUTHOR_LIMIT,
+    CATEGORY_LIMIT,
+    SOURCE_TITLE_LIMIT,
+    TITLE_LIMIT,
+    clean,
+    excerpt,
+    hides_characters,
+    shorten,
+)
 
 if TYPE_CHECKING:
     import httpx  # imported where a feed is fetched over http(s): it costs ~0.1 s at start-up
@@ -38,7 +48,7 @@ class FetchResult:
 class FeedPost:
     guid: str
     url: str  # "" when the feed gave no http(s) link
-    title: str  # plain text, one line
+    title: str  # plain text, one line, at most TITLE_LIMIT characters
     category: str
     display_title: str
     author: str | None
@@ -127,23 +137,23 @@ def parse(
     if not d.entries:
         if d.get("bozo"):
             reason = d.get("bozo_exception")
-            raise FeedError(f"{location}: not a valid feed ({_one_line(str(reason)) or 'parse error'})")
+            raise FeedError(f"{location}: not a valid feed ({clean(str(reason)) or 'parse error'})")
         if not d.get("version"):
             raise FeedError(f"{location}: not an RSS or Atom feed")
-    title = _one_line(html_to_text(d.feed.get("title", "")))[:500] or None
+    title = shorten(clean(html_to_text(d.feed.get("title", ""))), SOURCE_TITLE_LIMIT) or None
     posts = [_post(e, category_from, excerpt_words) for e in d.entries]
     return ParsedFeed(title=title, posts=posts)
 
 
 def _post(entry, category_from: str, excerpt_words: int) -> FeedPost:
-    title = _one_line(_text_of(entry, "title")) or "(untitled)"
+    title = clean(_text_of(entry, "title")) or "(untitled)"
     content = ""
     if entry.get("content"):
         content = entry.content[0].get("value", "")
     summary = entry.get("summary", "")
     body_html = content or summary
     tags = [t.get("term") or t.get("label") for t in entry.get("tags", []) or []]
-    tags = [_one_line(t) for t in tags if t and _one_line(t)]
+    tags = [shorten(clean(t), CATEGORY_LIMIT) for t in tags if t and clean(t)]
 
     category, display = split_category(title, tags, category_from)
     link = entry.get("link", "") or ""
@@ -161,16 +171,16 @@ def _post(entry, category_from: str, excerpt_words: int) -> FeedPost:
     )
     detail = entry.get("author_detail") or {}
     author_raw = detail.get("name") or entry.get("author", "") or ""
-    author = _one_line(html_to_text(author_raw)) or None
+    author = shorten(clean(html_to_text(author_raw)), AUTHOR_LIMIT) or None
     return FeedPost(
         guid=guid[:2000],
         url=url,
-        title=title,
-        category=category[:200],
-        display_title=display,
-        author=author[:500] if author else None,
+        title=shorten(title, TITLE_LIMIT),
+        category=shorten(category, CATEGORY_LIMIT),
+        display_title=shorten(display, TITLE_LIMIT),
+        author=author,
         published_at=published_at,
-        excerpt=excerpt(html_to_text(body_html), excerpt_words),
+        excerpt=excerpt(clean(html_to_text(body_html)), excerpt_words),
         content_hash=content_hash,
     )
 
@@ -211,26 +221,10 @@ def _text_of(entry, key: str) -> str:
     return value if kind == "text/plain" else html_to_text(value)
 
 
-def excerpt(text: str, words: int) -> str:
-    """About `words` words, cut at a word boundary with an ellipsis."""
-    parts = text.split()
-    if len(parts) <= words:
-        return " ".join(parts)
-    cut = " ".join(parts[:words]).rstrip(",;:-–—(")
-    return cut + "…"
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
-
-
-def _one_line(value: str) -> str:
-    """No CR/LF or other control characters: nothing from a feed can break a header."""
-    return _SPACE.sub(" ", _CONTROL.sub(" ", value or "")).strip()
-
-
 def _is_web_link(url: str) -> bool:
     try:
         parts = urlsplit(url)
     except ValueError:
         return False
-    return parts.scheme in ("http", "https") and bool(parts.netloc) and not _CONTROL.search(url)
+    # A link holding a character nobody sees (a bidi override, a zero-width space) is no link.
+    return parts.scheme in ("http", "https") and bool(parts.netloc) and not hides_characters(url)

@@ -19,38 +19,36 @@ from email.header import Header
 from email.utils import format_datetime, formataddr, parseaddr
 
 from .dkim_signer import DKIMSigner, canon_lines
+from .plaintext import NAME_LIMIT, clean, shorten
 from .render import PLACEHOLDERS, Rendered
 
-_CTRL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
 _PLACEHOLDER_RE = re.compile("|".join(PLACEHOLDERS))
 _QP_MAX = 76
 
 
-def one_line(value: str) -> str:
-    """Collapse CR, LF and other control characters: nothing can start a new header."""
-    if value.isprintable() and "  " not in value and value[:1] != " " and value[-1:] != " ":
-        return value  # the common case, without a regex (isprintable() is False for all of _CTRL)
-    return " ".join(_CTRL.sub(" ", value).split())
-
-
 def encode_header_value(value: str) -> str:
-    value = one_line(value)
+    value = clean(value)  # one line: nothing can start a new header
     if value.isascii():
         return value
     return Header(value, "utf-8", maxlinelen=76).encode(linesep="\r\n")
 
 
+_ONE_WORD_BYTES = 45  # a name this long in UTF-8 is one encoded word of at most 75 characters (RFC 2047)
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9 !#$%&'*+/=?^_`{|}~-]+")  # an atom phrase: no quoting needed
 
 
 def format_address(name: str | None, email: str) -> str:
-    name = one_line(name or "")
-    email = one_line(email)
+    name = clean(name or "")
+    email = clean(email)
     if not name:
         return email
     if _PLAIN_NAME.fullmatch(name):
         return f"{name} <{email}>"  # what formataddr gives for such a name, without its work
-    return formataddr((name, email), charset="utf-8")
+    if name.isascii() or len(name.encode("utf-8")) <= _ONE_WORD_BYTES:
+        return formataddr((name, email), charset="utf-8")
+    # formataddr makes one encoded word whatever the length: 1,070 characters for 200 emoji, past
+    # SMTP's 998 a line ("500 Line too long"). Header folds it (but costs ~30 µs more a name).
+    return Header(name, "utf-8", maxlinelen=76, header_name="To").encode(linesep="\r\n") + f" <{email}>"
 
 
 class Recipient(NamedTuple):
@@ -143,7 +141,7 @@ class Message:
         extra_headers: dict[str, str] | None = None,
         signer: DKIMSigner | None = None,
     ) -> None:
-        self.subject = one_line(rendered.subject)
+        self.subject = clean(rendered.subject)
         self.rendered = rendered
         boundary = "=_digest_" + secrets.token_hex(12)
         name, addr = parseaddr(from_)
@@ -151,16 +149,16 @@ class Message:
             ("From", format_address(name, addr)),
             ("Subject", encode_header_value(self.subject)),
             ("Date", format_datetime(date)),
-            ("List-Id", one_line(list_id)),
+            ("List-Id", clean(list_id)),
             ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
             ("Precedence", "bulk"),
         ]
         if reply_to:
-            common.append(("Reply-To", one_line(reply_to)))
+            common.append(("Reply-To", clean(reply_to)))
         if feedback_id:
-            common.append(("Feedback-ID", one_line(feedback_id)))
+            common.append(("Feedback-ID", clean(feedback_id)))
         for key, value in (extra_headers or {}).items():
-            common.append((one_line(key), encode_header_value(value)))
+            common.append((clean(key), encode_header_value(value)))
         common += [
             ("MIME-Version", "1.0"),
             ("Content-Type", f'multipart/alternative;\r\n boundary="{boundary}"'),
@@ -239,7 +237,7 @@ class Message:
         else:
             body = self._body % slots
         to = format_address(r.name, r.email).encode("utf-8")
-        mid = one_line(r.message_id).encode("ascii", "replace")
+        mid = clean(r.message_id).encode("ascii", "replace")
         unsub = b"<" + values["unsubscribe_url"].encode("utf-8") + b">"
         head = b"To: " + to + b"\r\nMessage-ID: " + mid + b"\r\nList-Unsubscribe: " + unsub + b"\r\n"
         if self._signature is None:
@@ -263,7 +261,9 @@ class Message:
 
 def _values(r: Recipient) -> dict[str, str]:
     return {
-        "unsubscribe_url": one_line(r.unsubscribe_url),
-        "preferences_url": one_line(r.preferences_url),
-        "name": one_line(r.name or "") or "there",
+        "unsubscribe_url": clean(r.unsubscribe_url),
+        "preferences_url": clean(r.preferences_url),
+        # Names are cleaned when stored; this covers rows stored before (and a name typed into
+        # a database by hand): no bidi override reaches "Hi {name}".
+        "name": shorten(clean(r.name or ""), NAME_LIMIT) or "there",
     }

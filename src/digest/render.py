@@ -1,11 +1,14 @@
 """Edition -> Message: Jinja2 templates (MJML for the HTML part, plain text for the other).
 
-MJML is compiled once per edition variant. Per-subscriber values are left in the output as
-placeholders (``PLACEHOLDERS``) and filled in by ``message.Message`` for each recipient.
+MJML is compiled once per edition variant (a few times for a variant too large for one email:
+see ``Renderer.render_within``). Per-subscriber values are left in the output as placeholders
+(``PLACEHOLDERS``) and filled in by ``message.Message`` for each recipient.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -13,7 +16,14 @@ from pathlib import Path
 import jinja2
 from mjml import mjml2html
 
-from .editions import EditionView
+from .editions import EditionView, Section
+from .models import Post
+from .plaintext import AUTHOR_LIMIT, CATEGORY_LIMIT, TITLE_LIMIT, clean, excerpt, hides_characters, shorten
+
+log = logging.getLogger(__name__)
+
+# Shorter excerpts tried, in words, before an edition too large for one email loses posts.
+SHORTER_EXCERPTS = (30, 15)
 
 # Placeholder -> the per-recipient field that replaces it. Plain ASCII letters, so neither
 # Jinja's autoescape nor MJML alters them.
@@ -30,6 +40,51 @@ class Rendered:
     subject: str
     html: str
     text: str
+    more: int = 0  # posts left out to keep the message small: "and N more on the web"
+
+
+@dataclass(frozen=True)
+class PostView:
+    """A post as an edition shows it. Text is cleaned and capped again here (feeds.parse already
+    did when it was stored), so rows stored by an older version obey the same rules; a link
+    holding an invisible character is dropped (the templates then show the title unlinked)."""
+
+    title: str
+    display_title: str
+    category: str
+    url: str
+    author: str | None
+    published_at: datetime | None
+    first_seen_at: datetime
+    excerpt: str
+
+    @classmethod
+    def of(cls, post: Post, excerpt_words: int | None = None) -> PostView:
+        text = clean(post.excerpt)
+        return cls(
+            title=shorten(clean(post.title), TITLE_LIMIT),
+            display_title=shorten(clean(post.display_title), TITLE_LIMIT),
+            category=shorten(clean(post.category), CATEGORY_LIMIT),
+            url="" if hides_characters(post.url) else post.url,
+            author=shorten(clean(post.author), AUTHOR_LIMIT) if post.author else None,
+            published_at=post.published_at,
+            first_seen_at=post.first_seen_at,
+            excerpt=text if excerpt_words is None else excerpt(text, excerpt_words),
+        )
+
+
+def shown(sections: tuple[Section, ...], excerpt_words: int | None, limit: int | None) -> tuple[Section, ...]:
+    """`sections` as PostViews: at most `limit` posts (None: all), the first ones in reading order."""
+    out = []
+    room = limit
+    for section in sections:
+        posts = section.posts if room is None else section.posts[:room]
+        if not posts:
+            break
+        out.append(Section(shorten(clean(section.name), CATEGORY_LIMIT), tuple(PostView.of(p, excerpt_words) for p in posts)))
+        if room is not None:
+            room -= len(posts)
+    return tuple(out)
 
 
 def bundled_templates_dir() -> Path:
@@ -72,14 +127,30 @@ class Renderer:
         self.newsletter_name = newsletter_name
         self.public_url = public_url.rstrip("/")
 
-    def render(self, view: EditionView, subject: str, *, personal: bool = True) -> Rendered:
-        """personal=False renders the web/archive version: no personal links or names."""
+    def render(
+        self,
+        view: EditionView,
+        subject: str,
+        *,
+        personal: bool = True,
+        excerpt_words: int | None = None,
+        post_limit: int | None = None,
+    ) -> Rendered:
+        """personal=False renders the web/archive version: no personal links or names.
+        `excerpt_words` shortens the excerpts; `post_limit` shows only the first posts, and a
+        link to the rest on the web (the edition's archive page)."""
+        sections = shown(view.sections, excerpt_words, post_limit)
+        more = view.post_count - sum(len(s.posts) for s in sections)
+        view_url = f"{self.public_url}/archive/{view.number}" if view.number else None
         ctx = {
             "newsletter": {"name": self.newsletter_name, "public_url": self.public_url},
             "edition": view,
-            "sections": view.sections,
+            "sections": sections,
             "subject": subject,
-            "view_url": f"{self.public_url}/archive/{view.number}" if view.number else None,
+            "view_url": view_url,
+            "more": more,
+            # A preview of the newest posts (--latest) has no edition page: the archive, then.
+            "more_url": view_url or f"{self.public_url}/archive",
             "personal": personal,
             "unsubscribe_url": _FIELD_TO_PLACEHOLDER["unsubscribe_url"] if personal else None,
             "preferences_url": _FIELD_TO_PLACEHOLDER["preferences_url"] if personal else None,
@@ -88,7 +159,43 @@ class Renderer:
         mjml_source = self.env.get_template("edition.mjml.j2").render(ctx)
         html = compile_mjml(mjml_source)
         text = self.env.get_template("edition.txt.j2").render(ctx)
-        return Rendered(subject=subject, html=html, text=text)
+        return Rendered(subject=subject, html=html, text=text, more=more)
+
+    def render_within(self, view: EditionView, subject: str, size: Callable[[Rendered], int], budget: int) -> Rendered:
+        """The email of `view` with `size(rendered)` at most `budget`: as render() makes it when
+        it fits (one MJML compilation, as always), else with shorter excerpts (SHORTER_EXCERPTS),
+        else with the first posts only, as many as fit, and "and N more on the web"."""
+        rendered = self.render(view, subject)
+        measured = size(rendered)
+        if measured <= budget:
+            return rendered
+        for words in SHORTER_EXCERPTS:
+            rendered = self.render(view, subject, excerpt_words=words)
+            measured = size(rendered)
+            if measured <= budget:
+                return rendered
+        words = SHORTER_EXCERPTS[-1]
+        count = view.post_count
+        empty = self.render(view, subject, excerpt_words=words, post_limit=0)
+        fixed = size(empty)  # header and footer: what a post-less email weighs
+        if fixed > budget:
+            log.warning("edition %s: even without posts the email is %d bytes (budget %d): look at the templates",
+                        view.number, fixed, budget)
+            return empty
+        while count > 0:
+            # Posts weigh about the same: take as many as the room left holds at their average
+            # weight, and at least one fewer than the last try (so this ends).
+            per_post = max(1, (measured - fixed) / count)
+            count = min(count - 1, int((budget - fixed) / per_post))
+            if count <= 0:
+                break
+            rendered = self.render(view, subject, excerpt_words=words, post_limit=count)
+            measured = size(rendered)
+            if measured <= budget:
+                log.info("edition %s: the email shows %d of %d posts (%d bytes; all of them would be over %d)",
+                         view.number, count, view.post_count, measured, budget)
+                return rendered
+        return empty
 
 
 def compile_mjml(source: str) -> str:

@@ -26,8 +26,8 @@ from .config import Settings
 from .errors import BadToken, DeliveryError
 from .links import CONFIRM_MAX_AGE, Links
 from .mailer import Envelope, Mailer
-from .message import one_line
 from .models import Post, Subscriber, SubscriberStatus, as_utc
+from .plaintext import clean
 from .render import compile_mjml, environment
 
 Clock = Callable[[], datetime]
@@ -225,14 +225,14 @@ def confirmation_email(
     text = env.get_template("confirm.txt.j2").render(ctx)
     msg = EmailMessage(policy=SMTP)
     name, addr = parseaddr(nl.from_)
-    msg["From"] = formataddr((one_line(name), addr)) if name else addr
+    msg["From"] = formataddr((clean(name), addr)) if name else addr
     msg["To"] = to
-    msg["Subject"] = one_line(f"Confirm your subscription to {nl.name}")
+    msg["Subject"] = clean(f"Confirm your subscription to {nl.name}")
     msg["Date"] = format_datetime(date)
     msg["Message-ID"] = f"<confirm.{secrets.token_hex(8)}@{nl.domain}>"
     msg["Auto-Submitted"] = "auto-generated"
     if nl.reply_to:
-        msg["Reply-To"] = one_line(nl.reply_to)
+        msg["Reply-To"] = clean(nl.reply_to)
     msg.set_content(text, cte="quoted-printable")
     msg.add_alternative(html, subtype="html", cte="quoted-printable")
     for part in msg.iter_parts():

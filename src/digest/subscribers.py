@@ -12,8 +12,8 @@ from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from .errors import InvalidAddress, NotFound
-from .message import one_line
 from .models import Delivery, Subscriber, SubscriberStatus, as_utc, topics_text
+from .plaintext import NAME_LIMIT, clean, shorten
 
 Clock = Callable[[], datetime]
 
@@ -39,8 +39,8 @@ def needs_smtputf8(address: str) -> bool:
 
 
 def clean_name(name: str | None) -> str | None:
-    name = one_line(name or "")[:200]
-    return name or None
+    """A name as stored: one line, no invisible characters, at most NAME_LIMIT characters."""
+    return shorten(clean(name or ""), NAME_LIMIT) or None
 
 
 def find(session: Session, email: str) -> Subscriber | None:
