@@ -204,7 +204,7 @@ def send_feed(tmp_path, smtp_server, clock, feed: str, people, *, max_bytes: int
     create_schema(engine)
     with session(engine) as db:
         for addr, name, categories in people:
-            db.add(Subscriber(email=addr, name=name, categories=categories, status=SubscriberStatus.active, created_at=clock()))
+            db.add(Subscriber(email=addr, name=name, topics=[categories] if categories else None, status=SubscriberStatus.active, created_at=clock()))
         db.commit()
         preview = jobs.preview(db, cfg, clock)
         result = jobs.send(db, cfg, SMTPMailer(cfg.smtp), clock)
