@@ -109,6 +109,8 @@ def test_an_unreachable_postgresql_server_is_one_line_naming_host_and_port(tmp_p
     line = one_line_error(proc)
     assert line.startswith(f"error: database postgresql+psycopg://digest:***@127.0.0.1:{port}/digest: connection failed")
     assert f'"127.0.0.1", port {port} failed: Connection refused' in line and "s3cret" not in line
+    serve = run_digest(config, "serve", "--port", str(free_port()), timeout=30)
+    assert serve.returncode == 1 and one_line_error(serve) == line
 
 
 def test_a_read_only_database_is_one_line(tmp_path):

@@ -111,16 +111,23 @@ def settings() -> Settings:
 
 
 @contextmanager
-def engine_for(cfg: Settings):
-    """An engine on the configured database, disposed at the end. A database that cannot be
-    reached or written (down, read-only, disk full) is a one-line error."""
+def database_errors(url: str):
+    """A database that cannot be reached or written (down, read-only, disk full) is a one-line error."""
     from sqlalchemy.exc import OperationalError
 
+    try:
+        yield
+    except OperationalError as exc:
+        raise database_error(url, exc) from None
+
+
+@contextmanager
+def engine_for(cfg: Settings):
+    """An engine on the configured database, disposed at the end."""
     engine = make_engine(cfg.database_url)
     try:
-        yield engine
-    except OperationalError as exc:
-        raise database_error(cfg.database_url, exc) from None
+        with database_errors(cfg.database_url):
+            yield engine
     finally:
         engine.dispose()
 
@@ -299,7 +306,9 @@ def serve(
 
     cfg = settings()
     setup_logging(log_level or state.log_level or "info")
-    raise typer.Exit(scheduler.serve(cfg, scheduler=not no_scheduler, web=lambda stop: web.serve(cfg, host=host, port=port, stop=stop)))
+    with database_errors(cfg.database_url):
+        code = scheduler.serve(cfg, scheduler=not no_scheduler, web=lambda stop: web.serve(cfg, host=host, port=port, stop=stop))
+    raise typer.Exit(code)
 
 
 @app.command("schedule")
