@@ -234,3 +234,10 @@ def run_digest(config: Path, *args: str, check: bool = False, env: dict | None =
     if check and proc.returncode != 0:
         raise AssertionError(f"digest {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    """The one line a failed command printed on standard error: no traceback, nothing else."""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import shutil
 import stat
 import subprocess
 import threading
@@ -13,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from sqlmodel import select
 
-from conftest import DIGEST, FIXTURES, run_digest, write_config
+from conftest import DIGEST, FIXTURES, free_port, one_line_error, run_digest, write_config
 from digest.config import load_settings
 from digest.models import Delivery, Edition, Post, Subscriber
 from digest.store import make_engine, session
@@ -300,3 +301,72 @@ def test_non_ascii_addresses_are_imported_and_counted_as_needing_smtputf8(config
     assert "josé@exämple.org" in export and "bob@exämple.org" in export
     added = run_digest(config_path, "subscribers", "add", "zoë@example.org", check=True).stdout
     assert "Added zoë@example.org" in added and "SMTPUTF8" in added
+
+
+def test_an_unreachable_postgresql_server_is_one_line_naming_host_and_port(tmp_path):
+    port = free_port()  # nothing listens there: the connection is refused
+    config = write_config(tmp_path, database_url=f"postgresql+psycopg://digest:s3cret@127.0.0.1:{port}/digest")
+    proc = run_digest(config, "editions")
+    assert proc.returncode == 1
+    line = one_line_error(proc)
+    assert line.startswith(f"error: database postgresql+psycopg://digest:***@127.0.0.1:{port}/digest: connection failed")
+    assert f'"127.0.0.1", port {port} failed: Connection refused' in line and "s3cret" not in line
+    serve = run_digest(config, "serve", "--port", str(free_port()), timeout=30)
+    assert serve.returncode == 1 and one_line_error(serve) == line
+
+
+def test_a_read_only_database_is_one_line(tmp_path):
+    config = write_config(tmp_path, database_url=f"sqlite:///{tmp_path / 'ro.db'}")
+    run_digest(config, "editions", check=True)
+    (tmp_path / "ro.db").chmod(0o444)
+    command = [*DIGEST, "--config", str(config), "subscribers", "add", "ann@example.com"]
+    if os.geteuid() == 0:  # root writes to any file: drop the capability to ignore file modes
+        if not shutil.which("setpriv"):
+            pytest.skip("needs setpriv (util-linux) to run without CAP_DAC_OVERRIDE as root")
+        command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", *command]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 1
+    assert one_line_error(proc) == f"error: database sqlite:///{tmp_path / 'ro.db'}: attempt to write a readonly database"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MB tmpfs: a real full disk (ENOSPC). Mounting needs root."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_full_disk_is_one_line_and_loses_nothing(tmp_path, small_disk):
+    config = write_config(small_disk, database_url=f"sqlite:///{small_disk / 'digest.db'}")
+    run_digest(config, "subscribers", "add", "ann@example.com", check=True)
+    people = tmp_path / "people.csv"
+    # ~2.5 MB of rows and index for a 1 MB disk: the disk fills during the import.
+    people.write_text("".join(f"reader{i}@example.com,Reader number {i}\n" for i in range(30_000)))
+    proc = run_digest(config, "subscribers", "import", str(people))
+    assert proc.returncode == 1
+    assert one_line_error(proc) == f"error: database sqlite:///{small_disk / 'digest.db'}: database or disk is full"
+    listing = run_digest(config, "subscribers", "list", check=True).stdout
+    assert "ann@example.com" in listing and "1 subscriber" in listing  # the import was all or nothing
+
+
+def test_importing_a_file_that_is_not_utf8_imports_nothing(config_path, tmp_path):
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes("email,name\nann@example.com,Ann\nrene@example.com,René\n".encode("latin-1"))
+    proc = run_digest(config_path, "subscribers", "import", str(latin1))
+    assert proc.returncode == 1
+    assert one_line_error(proc).startswith(f"error: {latin1}:3: not UTF-8 (byte 0xe9); nothing imported")
+    huge = tmp_path / "huge.csv"
+    huge.write_text("ann@example.com,Ann\n" + "x" * 200_000 + "\n")
+    proc = run_digest(config_path, "subscribers", "import", str(huge))
+    assert one_line_error(proc) == f"error: {huge}:2: not readable as CSV: field larger than field limit (131072); nothing imported"
+    assert "0 subscribers" in run_digest(config_path, "subscribers", "list", check=True).stdout
+    latin1.write_bytes("\ufeffemail,name\nann@example.com,Ann\nrene@example.com,René\n".encode("utf-8"))
+    assert "Imported 2" in run_digest(config_path, "subscribers", "import", str(latin1), check=True).stdout

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from conftest import run_digest, write_config
+import pytest
+
+from conftest import one_line_error, run_digest, write_config
 from digest.config import load_settings
 
 
@@ -68,3 +70,98 @@ def test_init_writes_a_commented_config_with_a_fresh_secret(tmp_path):
     assert load_settings(other).newsletter.secret_key != cfg.newsletter.secret_key
     again = run_digest(path, "init", check=True)
     assert "left as it is" in again.stdout and path.read_text() == text
+
+
+def line_of(path, text: str) -> int:
+    """The number of the config file's line that starts with `text`."""
+    lines = path.read_text().splitlines()
+    return next(n for n, line in enumerate(lines, 1) if line.startswith(text))
+
+
+@pytest.mark.parametrize(
+    "variable, value, message",
+    [
+        ("DIGEST_SMTP__PORT", "70000", "invalid setting 'smtp.port': Input should be less than or equal to 65535"),
+        ("DIGEST_SMTP__TIMEOUT", "0", "invalid setting 'smtp.timeout': Input should be greater than 0"),
+        ("DIGEST_SMTP__LOCAL_HOSTNAME", "my host", "invalid setting 'smtp.local_hostname': must be one host name"),
+        ("DIGEST_FEEDS__TIMEOUT", "-1", "invalid setting 'feeds.timeout': Input should be greater than 0"),
+        ("DIGEST_FEEDS__MAX_BYTES", "-5", "invalid setting 'feeds.max_bytes': Input should be greater than or equal to 1"),
+        ("DIGEST_FEEDS__URLS", '["a.atom", ', "invalid setting 'feeds.urls': not a JSON list"),
+        ("DIGEST_NEWSLETTER__SUBJECT", "{name}: {count} posts", "invalid setting 'newsletter.subject': unknown field {count}: use {name}, {n}, {number}, {date}"),
+        ("DIGEST_NEWSLETTER__SUBJECT", "{name} {", "invalid setting 'newsletter.subject': Single '{' encountered"),
+        ("DIGEST_DATABASE__URL", "notadb://x", "invalid setting 'database.url': unknown kind of database 'notadb'"),
+        ("DIGEST_DATABASE__URL", "digest.db", "invalid setting 'database.url': not a database URL"),
+        ("DIGEST_DELIVERY__JOURNAL_DIR", "digest.toml", "invalid setting 'delivery.journal_dir': {dir}/digest.toml is a file, not a directory"),
+        ("DIGEST_DIGEST__TEMPLATES_DIR", "mytemplates", "invalid setting 'digest.templates_dir': {dir}/mytemplates does not exist"),
+        ("DIGEST_SMTPP__HOST", "mail.example.com", "not a digest setting: there is no section [smtpp] (did you mean DIGEST_SMTP__HOST?)"),
+        ("DIGEST_SMTP__PROT", "2525", "not a digest setting: [smtp] has no key 'prot' (did you mean DIGEST_SMTP__PORT?)"),
+        ("DIGEST_SMTP", '{"port": 2525}', "not a digest setting: set each key of [smtp] as DIGEST_SMTP__<KEY>"),
+    ],
+)
+def test_a_bad_environment_variable_is_one_line_naming_it(tmp_path, variable, value, message):
+    path = write_config(tmp_path)
+    proc = run_digest(path, "editions", env={variable: value})
+    assert proc.returncode == 2
+    assert one_line_error(proc).startswith(f"error: {variable}: " + message.replace("{dir}", str(tmp_path)))
+
+
+@pytest.mark.parametrize(
+    "line, replacement, message",
+    [
+        ("port = 25", "port = 65536", "invalid setting 'smtp.port': Input should be less than or equal to 65535"),
+        ("# rate_limit = 0", "timeout = 0", "invalid setting 'smtp.timeout': Input should be greater than 0"),
+        ('host = "127.0.0.1"', 'local_hostname = "mail example com"', "invalid setting 'smtp.local_hostname': must be one host name"),
+        ("# timeout = 20        # seconds", "timeout = -1", "invalid setting 'feeds.timeout': Input should be greater than 0"),
+        ("# max_bytes", "max_bytes = -1", "invalid setting 'feeds.max_bytes': Input should be greater than or equal to 1"),
+        ("# subject =", 'subject = "{name} #{nummer}"', "invalid setting 'newsletter.subject': unknown field {nummer}"),
+        ("# subject =", 'subject = "{number:03d}"', "invalid setting 'newsletter.subject': cannot be filled in"),
+        ("port = 25", "prot = 25", "unknown setting 'smtp.prot' (did you mean 'smtp.port'?)"),
+        ("[smtp]", "[smpt]", "unknown section [smpt] (did you mean [smtp]?)"),
+        ("# templates_dir", 'templates_dir = "digest.toml"', "invalid setting 'digest.templates_dir': {dir}/digest.toml is not a directory"),
+        ("# journal_dir", 'journal_dir = "digest.toml"', "invalid setting 'delivery.journal_dir': {dir}/digest.toml is a file, not a directory"),
+    ],
+)
+def test_a_bad_setting_in_the_file_is_one_line_naming_file_line_and_key(tmp_path, line, replacement, message):
+    """What used to fail only at send time (or never) is refused when the settings load."""
+    path = write_config(tmp_path)
+    number = line_of(path, line)
+    lines = path.read_text().splitlines()
+    lines[number - 1] = replacement
+    path.write_text("\n".join(lines) + "\n")
+    proc = run_digest(path, "editions")
+    assert proc.returncode == 2
+    assert one_line_error(proc).startswith(f"error: {path}:{number}: " + message.replace("{dir}", str(tmp_path)))
+
+
+def test_a_login_needs_both_username_and_password(tmp_path):
+    path = write_config(tmp_path)
+    proc = run_digest(path, "editions", env={"DIGEST_SMTP__USERNAME": "digest"})
+    assert proc.returncode == 2
+    assert one_line_error(proc) == (f"error: {path}: missing required setting 'smtp.password' (smtp.username is set;"
+                                    " set it in the file or as DIGEST_SMTP__PASSWORD)")
+    path.write_text(path.read_text().replace('# password = ""', 'password = "s3cret"'))
+    proc = run_digest(path, "editions")
+    assert "missing required setting 'smtp.username' (smtp.password is set;" in one_line_error(proc)
+    path.write_text(path.read_text().replace('# username = ""', 'username = "digest"'))
+    assert run_digest(path, "editions").returncode == 0
+
+
+def test_feed_urls_from_the_environment_are_comma_separated_or_json(tmp_path, monkeypatch):
+    path = write_config(tmp_path)
+    monkeypatch.setenv("DIGEST_FEEDS__URLS", "feed.atom")
+    assert load_settings(path).feeds.urls == ["feed.atom"]
+    monkeypatch.setenv("DIGEST_FEEDS__URLS", "https://a.example/feed, https://b.example/feed?tags=x")
+    assert load_settings(path).feeds.urls == ["https://a.example/feed", "https://b.example/feed?tags=x"]
+    monkeypatch.setenv("DIGEST_FEEDS__URLS", '["https://a.example/feed?tags=x,y"]')
+    assert load_settings(path).feeds.urls == ["https://a.example/feed?tags=x,y"]
+    monkeypatch.setenv("DIGEST_DIGEST__SECTIONS", "Architecture,In Focus")
+    assert load_settings(path).digest.sections == ["Architecture", "In Focus"]
+    proc = run_digest(path, "fetch", env={"DIGEST_FEEDS__URLS": "feed.atom"})
+    assert proc.returncode == 1 and "feed.atom" in one_line_error(proc)
+
+
+def test_digest_variables_that_are_not_settings_are_left_alone(tmp_path):
+    path = write_config(tmp_path)
+    env = {"DIGEST_COPY_TO": "sqlite:///copy.db", "DIGEST_TEST_DATABASE_URL": "postgresql+psycopg://x@127.0.0.1/y",
+           "DIGEST_CONFIG": str(path), "digest_smtp__port": "2525"}
+    assert run_digest(path, "editions", env=env).returncode == 0

@@ -29,7 +29,7 @@ try:
     from .errors import DigestError
     from .mailer import SMTPMailer
     from .models import SubscriberStatus
-    from .store import display_url, make_engine, ready, session
+    from .store import database_error, display_url, make_engine, ready, session
 finally:
     if _collecting:
         gc.enable()
@@ -121,11 +121,23 @@ def smtp_mailer(cfg: Settings) -> SMTPMailer:
 
 
 @contextmanager
+def database_errors(url: str):
+    """A database that cannot be reached or written (down, read-only, disk full) is a one-line error."""
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        yield
+    except OperationalError as exc:
+        raise database_error(url, exc) from None
+
+
+@contextmanager
 def engine_for(cfg: Settings):
     """An engine on the configured database, disposed at the end."""
     engine = make_engine(cfg.database_url)
     try:
-        yield engine
+        with database_errors(cfg.database_url):
+            yield engine
     finally:
         engine.dispose()
 
@@ -316,7 +328,9 @@ def serve(
     cfg = settings()
     setup_logging(log_level or state.log_level or "info")
     warn_plaintext_credentials(cfg.smtp)  # the schedule and the confirmation mails both send
-    raise typer.Exit(scheduler.serve(cfg, scheduler=not no_scheduler, web=lambda stop: web.serve(cfg, host=host, port=port, stop=stop)))
+    with database_errors(cfg.database_url):
+        code = scheduler.serve(cfg, scheduler=not no_scheduler, web=lambda stop: web.serve(cfg, host=host, port=port, stop=stop))
+    raise typer.Exit(code)
 
 
 @app.command("schedule")
@@ -489,13 +503,12 @@ def subscribers_add(email: str, name: Annotated[Optional[str], typer.Option(help
 @subscribers_app.command("import")
 def subscribers_import(file: Annotated[Path, typer.Argument(help="CSV with columns email[,name].")]) -> None:
     """Import confirmed subscribers from CSV; bad rows are reported, the rest imported."""
+    import io
+
     cfg = settings()
-    try:
-        stream = file.open(encoding="utf-8-sig", newline="")
-    except OSError as exc:
-        raise DigestError(f"cannot read {file}: {exc.strerror}") from None
-    with stream, db(cfg) as s:
-        report = subs.import_csv(s, stream, jobs.utc_now)
+    text = subs.read_csv(file)
+    with db(cfg) as s:
+        report = subs.import_csv(s, io.StringIO(text, newline=""), jobs.utc_now, source=str(file))
     for line, reason in report.errors:
         err.print(f"{file}:{line}: {reason}")
     out.print(f"Imported {report.imported}, skipped {report.skipped} already subscribed, {len(report.errors)} bad rows")

@@ -7,18 +7,23 @@ Settings come from a TOML file (``--config PATH``, else ``$DIGEST_CONFIG``, else
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import json
 import logging
 import os
+import re
 import secrets
 import tomllib
+from collections.abc import Mapping
 from email.utils import parseaddr
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -27,6 +32,27 @@ from .cron import Cron, zone
 from .errors import ConfigError
 
 DEFAULT_CONFIG_NAME = "digest.toml"
+ENV_PREFIX = "DIGEST_"
+# Variables named DIGEST_* that are not settings: where the config file is, the target of
+# `digest db copy`, and the PostgreSQL server of the test suite.
+OTHER_VARIABLES = frozenset({"DIGEST_CONFIG", "DIGEST_COPY_TO", "DIGEST_TEST_DATABASE_URL"})
+
+
+def _env_list(value: Any) -> Any:
+    """A list setting given as one string (from the environment): a JSON list when it starts
+    with "[", else comma-separated (DIGEST_FEEDS__URLS=https://a/feed,https://b/feed)."""
+    if not isinstance(value, str):
+        return value
+    if value.lstrip().startswith("["):
+        try:
+            return json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"not a JSON list: {exc}") from None
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+# A list of strings that can also be set from one environment variable (see _env_list).
+StrList = Annotated[list[str], NoDecode, BeforeValidator(_env_list)]
 
 log = logging.getLogger("digest")
 
@@ -40,7 +66,7 @@ class NewsletterSettings(_Section):
     from_: str = Field(alias="from")
     public_url: str = "http://127.0.0.1:8000"
     secret_key: str = Field(min_length=16)
-    subject: str = "{name}: {n} new posts"
+    subject: str = "{name}: {n} new posts"  # fields: editions.SUBJECT_FIELDS
     reply_to: str | None = None
     list_id: str | None = None  # defaults to "<slug>.<from domain>"
     # Feedback-ID header (Gmail feedback loop), e.g. "weekly:codelooru"; unset = no header.
@@ -54,6 +80,14 @@ class NewsletterSettings(_Section):
         _, addr = parseaddr(value)
         if "@" not in addr or any(c in value for c in "\r\n"):
             raise ValueError("must be an address such as 'Name <news@example.com>'")
+        return value
+
+    @field_validator("subject")
+    @classmethod
+    def _subject(cls, value: str) -> str:
+        from .editions import check_subject  # ValueError naming the unknown field
+
+        check_subject(value)
         return value
 
     @field_validator("public_url")
@@ -75,22 +109,38 @@ class NewsletterSettings(_Section):
 class DatabaseSettings(_Section):
     url: str = "sqlite:///digest.db"
 
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        from sqlalchemy import make_url
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError("not a database URL (e.g. sqlite:///digest.db or postgresql+psycopg://user@host/dbname)") from None
+        try:
+            url.get_dialect()  # loads SQLAlchemy's module for the dialect, not the driver
+        except NoSuchModuleError:
+            raise ValueError(f"unknown kind of database {url.drivername!r} (sqlite or postgresql+psycopg)") from None
+        return value
+
 
 class FeedsSettings(_Section):
-    urls: list[str] = Field(min_length=1)
-    timeout: float = 20.0
-    max_bytes: int = 10 * 1024 * 1024
+    urls: StrList = Field(min_length=1)
+    timeout: float = Field(default=20.0, gt=0)
+    max_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     user_agent: str = "digest/0.1 (+self-hosted newsletter digest)"
 
 
 class SMTPSettings(_Section):
     host: str = "127.0.0.1"
-    port: int = 25
+    port: int = Field(default=25, ge=1, le=65535)
     security: Literal["none", "starttls", "tls"] = "none"
-    username: str | None = None
+    username: str | None = None  # both or neither: load_settings checks
     password: str | None = None
-    timeout: float = 20.0
-    local_hostname: str = "localhost"
+    timeout: float = Field(default=20.0, gt=0)
+    local_hostname: str = "localhost"  # the EHLO name: one word
     # Parallel SMTP connections, one sender process each (1 = send from the calling process).
     connections: int = Field(default=4, ge=1, le=64)
     # Messages per second over all connections; 0 = unlimited (for relays with quotas).
@@ -99,6 +149,18 @@ class SMTPSettings(_Section):
     max_attempts: int = Field(default=8, ge=1, le=100)
     # Envelope sender domain: bounces go to bounce+<token>@<bounce_domain>. Unset = the From domain.
     bounce_domain: str | None = None
+
+    @field_validator("username", "password")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        return value if value else None  # `username = ""` from the commented template: no login
+
+    @field_validator("local_hostname")
+    @classmethod
+    def _hostname(cls, value: str) -> str:
+        if not value or any(c.isspace() or not c.isprintable() for c in value):
+            raise ValueError("must be one host name such as 'mail.example.com' (no spaces)")
+        return value
 
     @field_validator("bounce_domain")
     @classmethod
@@ -125,7 +187,7 @@ class DKIMSettings(_Section):
 
 class DigestSettings(_Section):
     category_from: Literal["title", "feed"] = "title"
-    sections: list[str] = []
+    sections: StrList = []
     excerpt_words: int = Field(default=60, ge=5)
     first_edition_days: int = Field(default=7, ge=0)
     templates_dir: Path | None = None
@@ -187,7 +249,7 @@ class Settings(BaseSettings):
     dkim: DKIMSettings = DKIMSettings()
 
     model_config = SettingsConfigDict(
-        env_prefix="DIGEST_",
+        env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
         extra="forbid",
     )
@@ -302,30 +364,149 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 
 def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
-    """Load settings; any problem is a ConfigError with a one-line message naming the key."""
+    """Load settings; any problem is a ConfigError with a one-line message naming the key and
+    where it was set: the environment variable, else the file and line."""
     cfg = config_path(path)
     if not cfg.is_file():
         raise ConfigError(
             f"config file not found: {cfg} (run 'digest init' to create one, or pass --config)"
         )
     try:
-        data = tomllib.loads(cfg.read_text(encoding="utf-8"))
+        text = cfg.read_text(encoding="utf-8")
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{cfg}: not valid TOML: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{cfg}: cannot read: {exc}") from None
+    _check_environment(os.environ)
     for section, values in overrides.items():
         data.setdefault(section, {}).update(values)
+    origin = _Origin(cfg, text, os.environ)
     try:
         settings = Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, cfg)) from None
+        raise ConfigError(_describe(exc, origin)) from None
     settings._config_path = cfg.resolve()
-    _check_dkim(settings, cfg)
+    _check_login(settings, origin)
+    _check_directories(settings, origin)
+    _check_dkim(settings, origin)
     return settings
 
 
-def _check_dkim(settings: Settings, cfg: Path) -> None:
+def env_name(section: str, key: str | None = None) -> str:
+    """The environment variable of a setting: DIGEST_SMTP__PORT for smtp.port."""
+    return ENV_PREFIX + section.upper() + (f"__{key.upper()}" if key else "")
+
+
+def _keys(model: type[BaseModel]) -> list[str]:
+    """The names a model's settings are written as (newsletter.from, not from_)."""
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+def _section_keys(section: str) -> list[str]:
+    return _keys(Settings.model_fields[section].annotation)  # type: ignore[arg-type]
+
+
+def _closest(word: str, choices: list[str]) -> str | None:
+    match = difflib.get_close_matches(word, choices, n=1)
+    return match[0] if match else None
+
+
+def _check_environment(environ: Mapping[str, str]) -> None:
+    """Every DIGEST_* variable must name a setting: a misspelt one is refused, not ignored."""
+    sections = _keys(Settings)
+    for name in environ:
+        upper = name.upper()  # pydantic-settings reads the names case-insensitively
+        if not upper.startswith(ENV_PREFIX) or upper in OTHER_VARIABLES:
+            continue
+        section, _, key = upper[len(ENV_PREFIX):].lower().partition("__")
+        if section not in sections:
+            guess = _closest(section, sections)
+            hint = f" (did you mean {env_name(guess, key)}?)" if guess else f" (sections: {', '.join(sections)})"
+            raise ConfigError(f"{name}: not a digest setting: there is no section [{section}]{hint}")
+        if not key:
+            raise ConfigError(f"{name}: not a digest setting: set each key of [{section}] as {env_name(section)}__<KEY>")
+        keys = _section_keys(section)
+        if key not in keys:
+            guess = _closest(key, keys)
+            hint = f"did you mean {env_name(section, guess)}?" if guess else f"its keys: {', '.join(keys)}"
+            raise ConfigError(f"{name}: not a digest setting: [{section}] has no key '{key}' ({hint})")
+
+
+class _Origin:
+    """Where a setting was given, for messages: its environment variable, else the config file
+    and the key's line."""
+
+    def __init__(self, path: Path, text: str, environ: Mapping[str, str]):
+        self.path = path
+        self._lines = text.splitlines()
+        self._env = {name.upper() for name in environ}
+
+    def of(self, section: str, key: str | None = None) -> str:
+        name = env_name(section, key)
+        if key is not None and name in self._env:
+            return name
+        line = self._line(section, key)
+        return f"{self.path}:{line}" if line else str(self.path)
+
+    def _line(self, section: str, key: str | None) -> int | None:
+        """The line of `key = ` under `[section]` (of the header when key is None). None for what
+        this simple reading does not find (dotted keys, inline tables): the message names the key."""
+        header = re.compile(r"\[\s*" + re.escape(section) + r"\s*\]")
+        assignment = re.compile(r"""["']?""" + re.escape(key or "") + r"""["']?\s*=""")
+        inside = False
+        for number, line in enumerate(self._lines, 1):
+            stripped = line.strip()
+            if stripped.startswith("["):
+                inside = header.match(stripped) is not None
+                if inside and key is None:
+                    return number
+            elif inside and key is not None and assignment.match(stripped):
+                return number
+        return None
+
+
+def _describe(exc: ValidationError, origin: _Origin) -> str:
+    err = exc.errors()[0]
+    parts = ["from" if str(p) == "from_" else str(p) for p in err["loc"]]
+    key = ".".join(parts)
+    section, name = parts[0], (parts[1] if len(parts) > 1 else None)
+    if err["type"] == "missing":
+        return f"{origin.path}: missing required setting '{key}' (set it in the file or as {env_name(section, name)})"
+    where = origin.of(section, name)
+    if err["type"] == "extra_forbidden" and name is None:
+        guess = _closest(section, _keys(Settings))
+        return f"{where}: unknown section [{section}]" + (f" (did you mean [{guess}]?)" if guess else "")
+    if err["type"] == "extra_forbidden":
+        guess = _closest(name, _section_keys(section))
+        return f"{where}: unknown setting '{key}'" + (f" (did you mean '{section}.{guess}'?)" if guess else "")
+    return f"{where}: invalid setting '{key}': {err['msg'].removeprefix('Value error, ')}"
+
+
+def _check_login(settings: Settings, origin: _Origin) -> None:
+    """SMTP AUTH needs both the user name and the password (today's failure would come at send time)."""
+    smtp = settings.smtp
+    if (smtp.username is None) == (smtp.password is None):
+        return
+    missing, given = ("password", "username") if smtp.password is None else ("username", "password")
+    raise ConfigError(
+        f"{origin.path}: missing required setting 'smtp.{missing}' (smtp.{given} is set;"
+        f" set it in the file or as {env_name('smtp', missing)})"
+    )
+
+
+def _check_directories(settings: Settings, origin: _Origin) -> None:
+    """The templates folder must exist and the journal's must be able to: found now, not at send time."""
+    templates = settings.templates_dir
+    if templates is not None and not templates.is_dir():
+        reason = "is not a directory" if templates.exists() else "does not exist"
+        raise ConfigError(f"{origin.of('digest', 'templates_dir')}: invalid setting 'digest.templates_dir': {templates} {reason}")
+    journal = settings.journal_dir
+    if journal.exists() and not journal.is_dir():
+        raise ConfigError(f"{origin.of('delivery', 'journal_dir')}: invalid setting 'delivery.journal_dir': {journal} is a file, not a directory")
+
+
+def _check_dkim(settings: Settings, origin: _Origin) -> None:
     """DKIM is all or nothing, and the key must be readable: a one-line error naming the key."""
     d = settings.dkim
     given = {"domain": d.domain, "selector": d.selector, "private_key_file": d.private_key_file}
@@ -334,8 +515,8 @@ def _check_dkim(settings: Settings, cfg: Path) -> None:
     for key, value in given.items():
         if value is None or (isinstance(value, str) and not value.strip()):
             raise ConfigError(
-                f"{cfg}: missing required setting 'dkim.{key}' (DKIM needs domain, selector and"
-                f" private_key_file; set it in the file or as DIGEST_DKIM__{key.upper()})"
+                f"{origin.path}: missing required setting 'dkim.{key}' (DKIM needs domain, selector and"
+                f" private_key_file; set it in the file or as {env_name('dkim', key)})"
             )
     from .dkim_signer import load_private_key  # here: only configs that sign pay for the import
 
@@ -344,19 +525,9 @@ def _check_dkim(settings: Settings, cfg: Path) -> None:
         load_private_key(path)
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError(f"{cfg}: invalid setting 'dkim.private_key_file': cannot use {path}: {reason}") from None
-
-
-def _describe(exc: ValidationError, cfg: Path) -> str:
-    err = exc.errors()[0]
-    loc = [str(p) for p in err["loc"]]
-    key = ".".join("from" if p == "from_" else p for p in loc)
-    if err["type"] == "missing":
-        msg = f"missing required setting '{key}'"
-    else:
-        msg = f"invalid setting '{key}': {err['msg'].removeprefix('Value error, ')}"
-    env = "DIGEST_" + "__".join(p.upper() for p in loc)
-    return f"{cfg}: {msg} (set it in the file or as {env})"
+        raise ConfigError(
+            f"{origin.of('dkim', 'private_key_file')}: invalid setting 'dkim.private_key_file': cannot use {path}: {reason}"
+        ) from None
 
 
 def new_secret_key() -> str:

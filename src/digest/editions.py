@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -102,16 +103,30 @@ def edition_view(session: Session, edition: Edition, order: Sequence[str] = ()) 
     return view(posts, edition.number, edition.created_at, order)
 
 
+SUBJECT_FIELDS = ("name", "n", "number", "date")  # what newsletter.subject can say, e.g. "{name} #{number}"
+
+
 def subject_for(template: str, name: str, n: int, number: int | None, date: datetime) -> str:
-    subject = template.format_map(
-        _Lenient(name=name, n=n, number=number if number is not None else "", date=date.strftime("%B %-d, %Y"))
-    )
+    """The subject: the template (checked by check_subject when the settings load) filled in."""
+    subject = template.format(name=name, n=n, number=number if number is not None else "", date=date.strftime("%B %-d, %Y"))
     return " ".join(subject.split())  # one line, whatever the config says
 
 
-class _Lenient(dict):
-    def __missing__(self, key: str) -> str:
-        return "{" + key + "}"
+def check_subject(template: str) -> None:
+    """ValueError naming the problem when subject_for() could not fill the template in."""
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        raise ValueError(f"{exc} (write {{{{ or }}}} for a literal brace)") from None
+    for f in fields:
+        if f not in SUBJECT_FIELDS:
+            raise ValueError(f"unknown field {{{f}}}: use " + ", ".join(f"{{{k}}}" for k in SUBJECT_FIELDS))
+    sample = datetime(2026, 1, 1)
+    for number in (1, None):  # a preview of the newest posts has no edition number
+        try:
+            subject_for(template, "Name", 1, number, sample)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"cannot be filled in: {exc}") from None
 
 
 def unfinished(session: Session) -> list[Edition]:

@@ -21,6 +21,10 @@ class DeliveryError(DigestError):
     """The SMTP server could not be reached or refused us as a whole."""
 
 
+class DatabaseError(DigestError):
+    """The database cannot be reached, read or written (down, read-only, disk full)."""
+
+
 class NotFound(DigestError):
     """A subscriber, edition or other record does not exist."""
 

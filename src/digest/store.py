@@ -9,10 +9,11 @@ from pathlib import Path
 
 from sqlalchemy import event, make_url
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, create_engine
 
 from . import models  # noqa: F401  (registers the tables)
-from .errors import ConfigError
+from .errors import ConfigError, DatabaseError
 
 
 def make_engine(url: str, *, echo: bool = False) -> Engine:
@@ -36,12 +37,23 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
     connect_args = {}
     if url.startswith("postgresql") and "application_name" not in url:
         connect_args["application_name"] = "digest"  # shows in pg_stat_activity
-    return create_engine(url, echo=echo, pool_pre_ping=True, connect_args=connect_args)
+    try:
+        return create_engine(url, echo=echo, pool_pre_ping=True, connect_args=connect_args)
+    except ImportError as exc:  # the URL names a driver that is not installed
+        raise ConfigError(f"database.url: no driver for {make_url(url).drivername}: {exc}") from None
 
 
 def display_url(url: str) -> str:
     """The URL without its password, for messages."""
     return make_url(url).render_as_string(hide_password=True)
+
+
+def database_error(url: str, exc: OperationalError) -> DatabaseError:
+    """One line for a database that cannot be reached, read or written: the URL (without its
+    password) and the driver's first line, e.g. 'attempt to write a readonly database' or
+    'connection to server at "127.0.0.1", port 5432 failed: Connection refused'."""
+    reason = str(exc.orig or exc).strip().splitlines()[0]
+    return DatabaseError(f"database {display_url(url)}: {reason}")
 
 
 def create_schema(engine: Engine) -> None:

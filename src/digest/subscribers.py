@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
-from .errors import InvalidAddress, NotFound
+from .errors import DigestError, InvalidAddress, NotFound
 from .models import Delivery, Subscriber, SubscriberStatus, as_utc, topics_text
 from .plaintext import NAME_LIMIT, clean, shorten
 
@@ -85,15 +87,33 @@ class ImportReport:
     errors: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason)
 
 
-def import_csv(session: Session, stream: io.TextIOBase, clock: Clock) -> ImportReport:
-    """Rows `email[,name]`, an optional header row. Bad rows are reported by line; the rest imported."""
+def read_csv(path: Path) -> str:
+    """The text of a CSV file to import. One that is not UTF-8 (a spreadsheet's Latin-1 or
+    Windows-1252 export, say) is refused whole, naming the line, rather than imported with
+    misread names: guessing the encoding would be wrong for some files."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DigestError(f"cannot read {path}: {exc.strerror}") from None
+    data = data.removeprefix(codecs.BOM_UTF8)  # Excel's "CSV UTF-8" starts with one
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DigestError(
+            f"{path}:{line}: not UTF-8 (byte 0x{data[exc.start]:02x}); nothing imported:"
+            f" save it as UTF-8 (e.g. iconv -f latin1 -t utf-8 {path.name} > utf8.csv)"
+        ) from None
+
+
+def import_csv(session: Session, stream: io.TextIOBase, clock: Clock, *, source: str = "CSV") -> ImportReport:
+    """Rows `email[,name]`, an optional header row. Bad rows are reported by line; the rest imported,
+    in one transaction: a file that cannot be read to its end (or a full disk) imports nothing.
+    `source` (the file) goes into the message of such an error."""
     now = as_utc(clock())
     report = ImportReport()
     existing = set(session.exec(select(Subscriber.email)).all())
-    reader = csv.reader(stream)
-    pending = []
-    for row in reader:
-        line = reader.line_num
+    for line, row in _rows(stream, source):
         if not row or not any(cell.strip() for cell in row):
             continue
         raw = row[0].strip()
@@ -109,18 +129,24 @@ def import_csv(session: Session, stream: io.TextIOBase, clock: Clock) -> ImportR
             continue
         existing.add(address)
         name = clean_name(row[1]) if len(row) > 1 else None
-        pending.append(
-            Subscriber(email=address, name=name, status=SubscriberStatus.active, created_at=now, confirmed_at=now)
-        )
+        session.add(Subscriber(email=address, name=name, status=SubscriberStatus.active, created_at=now, confirmed_at=now))
         report.imported += 1
         report.smtputf8 += needs_smtputf8(address)
-        if len(pending) >= 1000:
-            session.add_all(pending)
-            session.commit()
-            pending = []
-    session.add_all(pending)
+        if report.imported % 1000 == 0:  # written, and let go of, a thousand rows at a time
+            session.flush()
+            session.expunge_all()
     session.commit()
     return report
+
+
+def _rows(stream: io.TextIOBase, source: str) -> Iterator[tuple[int, list[str]]]:
+    """(line number, cells); a file the csv module gives up on is a DigestError naming the line."""
+    reader = csv.reader(stream)
+    try:
+        for row in reader:
+            yield reader.line_num, row
+    except csv.Error as exc:
+        raise DigestError(f"{source}:{reader.line_num}: not readable as CSV: {exc}; nothing imported") from None
 
 
 def export_rows(session: Session, status: SubscriberStatus | None = None) -> Iterator[list[str]]:
