@@ -277,14 +277,14 @@ def test_credentials_in_clear_to_another_host_are_warned_about_once(tmp_path):
     text = config.read_text()
     # relay.invalid is never looked up or connected to: with --no-fetch and no posts stored, there is
     # nothing to send (the reserved .invalid name would fail anyway).
-    remote = text.replace('host = "127.0.0.1"', 'host = "relay.invalid"').replace('# username = ""', 'username = "u"')
+    remote = text.replace('host = "127.0.0.1"', 'host = "relay.invalid"').replace('# username = ""', 'username = "u"\npassword = "p"')
     config.write_text(remote)
     proc = run_digest(config, "send", "--no-fetch", check=True)
     assert "Nothing new to send" in proc.stdout
     warnings = [line for line in proc.stderr.splitlines() if "WARNING" in line]
     assert len(warnings) == 1 and "relay.invalid" in warnings[0] and 'security = "none"' in warnings[0]
     for safe in (remote.replace('security = "none"', 'security = "starttls"'),  # encrypted
-                 text.replace('# username = ""', 'username = "u"'),  # loopback
+                 text.replace('# username = ""', 'username = "u"\npassword = "p"'),  # loopback
                  text.replace('host = "127.0.0.1"', 'host = "relay.invalid"')):  # no credentials
         config.write_text(safe)
         proc = run_digest(config, "send", "--no-fetch", check=True)
