@@ -8,11 +8,13 @@ Settings come from a TOML file (``--config PATH``, else ``$DIGEST_CONFIG``, else
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import tomllib
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -74,9 +76,44 @@ class DatabaseSettings(_Section):
 
 class FeedsSettings(_Section):
     urls: list[str] = Field(min_length=1)
-    timeout: float = 20.0
+    timeout: float = 20.0  # seconds for a whole fetch: connect, headers and body
     max_bytes: int = 10 * 1024 * 1024
     user_agent: str = "digest/0.1 (+self-hosted newsletter digest)"
+
+    @field_validator("urls")
+    @classmethod
+    def _locations(cls, value: list[str]) -> list[str]:
+        for url in value:
+            problem = feed_location_problem(url)
+            if problem:
+                raise ValueError(f"{url!r}: {problem}")
+        return value
+
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+
+
+def feed_location_problem(url: str) -> str | None:
+    """Why `url` is neither an http(s) URL nor a local path (None if it is one). A value with a
+    scheme is a URL, so `htps://…` or `ftp://…` is a mistake here, not a file of that name; a
+    `file:///abs/path` URL is the local path it names."""
+    if not url.strip():
+        return "empty"
+    m = _SCHEME.match(url)
+    if not m:
+        return None  # a local path
+    scheme = m.group(1).lower()
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. "http://[::1/feed": Invalid IPv6 URL
+        return f"not a valid URL ({exc})"
+    if scheme in ("http", "https"):
+        return None if parts.hostname else "no host name"
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            return "a file: URL must name an absolute path on this machine (file:///path/to/feed.xml)"
+        return None
+    return f"scheme {scheme!r} is not supported (http://, https:// or a local file path)"
 
 
 class SMTPSettings(_Section):
