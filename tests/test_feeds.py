@@ -110,7 +110,7 @@ def test_values_longer_than_their_columns_are_stored_on_every_database(tmp_path,
     cfg = load_settings(write_config(tmp_path, feeds=[str(path)]))
     cfg.digest.category_from = "feed"
 
-    def fetch(location, **_kw):
+    async def fetch(location, **_kw):
         return feeds.FetchResult(path.read_bytes(), '"' + "e" * 600 + '"', "x" * 200)
 
     report = sources.poll(db, cfg, clock, fetch=fetch)[0]

@@ -11,10 +11,11 @@ import os
 import re
 import secrets
 import tomllib
+from dataclasses import dataclass
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -72,6 +73,19 @@ class NewsletterSettings(_Section):
 
 class DatabaseSettings(_Section):
     url: str = "sqlite:///digest.db"
+
+
+@dataclass(frozen=True)
+class FeedLocation:
+    """One entry of feeds.urls."""
+
+    # Source.url: the URL as written; a local path relative to the config file's folder when it
+    # is inside it (so moving that folder with its feeds keeps every source and its posts).
+    key: str
+    location: str  # what is fetched: the URL, or the absolute path
+    # The key a local feed had before keys were relative (the path resolved to absolute, or a
+    # file:// URL as written): a Source row still under it is re-keyed on the next poll.
+    former_key: str
 
 
 class FeedsSettings(_Section):
@@ -254,14 +268,24 @@ class Settings(BaseSettings):
     def templates_dir(self) -> Path | None:
         return self._beside_config(self.digest.templates_dir)
 
-    def feed_locations(self) -> list[str]:
-        """Feed URLs, with relative local paths resolved against the config file."""
+    def feed_locations(self) -> list[FeedLocation]:
+        """feeds.urls, each with its key and where to fetch it."""
         out = []
         for url in self.feeds.urls:
-            if url.startswith(("http://", "https://", "file://")) or Path(url).is_absolute():
-                out.append(url)
+            if url.startswith(("http://", "https://")):
+                out.append(FeedLocation(url, url, url))
+                continue
+            path = unquote(urlsplit(url).path) if url.startswith("file:") else url
+            absolute = Path(os.path.abspath(self.config_dir / path))  # an absolute `path` stays as it is
+            try:
+                key = absolute.relative_to(self.config_dir).as_posix()
+            except ValueError:  # outside the config file's folder
+                key = str(absolute)
+            if url.startswith("file://") or Path(url).is_absolute():
+                former_key = url
             else:
-                out.append(str((self.config_dir / url).resolve()))
+                former_key = str((self.config_dir / url).resolve())
+            out.append(FeedLocation(key, str(absolute), former_key))
         return out
 
     @property
@@ -397,7 +421,7 @@ url = {q(database_url)}   # any SQLAlchemy URL; relative SQLite paths are relati
 
 [feeds]
 urls = [{feed_list}]   # http(s) URLs or local file paths
-# timeout = 20        # seconds per HTTP request
+# timeout = 20        # seconds for a whole feed fetch (connect, headers and body)
 # max_bytes = 10485760
 
 [smtp]

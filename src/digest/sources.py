@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from . import feeds, locks
-from .config import Settings
+from .config import FeedLocation, Settings
 from .errors import FeedError
 from .models import EditionPost, Post, Source, as_utc
 
@@ -35,41 +35,73 @@ def poll(
     session: Session,
     settings: Settings,
     clock: Clock,
-    fetch=feeds.fetch,
+    fetch=feeds.fetch_one,
     stop: Callable[[], bool] = lambda: False,
 ) -> list[SourceReport]:
-    """Fetch and store every configured feed. One failing source never stops the others;
-    `stop()` (checked between sources) does."""
+    """Fetch every configured feed (concurrently, each within feeds.timeout) and store its posts.
+    One failing source never stops the others; `stop()` does, at once: feeds not fetched by then
+    get no report and nothing is recorded for them."""
+    if stop():
+        return []
+    configured = settings.feed_locations()
+    found = [_source_for(session, feed, as_utc(clock())) for feed in configured]
+    requests = [feeds.FetchRequest(feed.location, source.etag, source.last_modified) for feed, source in zip(configured, found)]
+    session.rollback()  # no transaction left open while the feeds are fetched (up to feeds.timeout)
+    outcomes = feeds.fetch_all(
+        requests,
+        timeout=settings.feeds.timeout,
+        max_bytes=settings.feeds.max_bytes,
+        user_agent=settings.feeds.user_agent,
+        stop=stop,
+        fetch=fetch,
+    )
     reports = []
-    for location in settings.feed_locations():
-        if stop():
-            break
-        reports.append(poll_one(session, location, settings, clock, fetch))
+    for feed, source, outcome in zip(configured, found, outcomes):
+        if outcome is not None:  # None: stopped before it was fetched
+            reports.append(_record(session, source, feed.location, outcome, settings, as_utc(clock())))
     return reports
 
 
-def poll_one(session: Session, location: str, settings: Settings, clock: Clock, fetch=feeds.fetch) -> SourceReport:
-    now = as_utc(clock())
+def _source_for(session: Session, feed: FeedLocation, now: datetime) -> Source:
+    """The Source row of a configured feed: found by its key, else by the key it had before local
+    paths were relative to the config file (and re-keyed), else added."""
+    source = session.exec(select(Source).where(Source.url == feed.key)).first()
+    if source is not None:
+        return source
+    if feed.former_key != feed.key:
+        source = session.exec(select(Source).where(Source.url == feed.former_key)).first()
+        if source is not None:
+            source.url = feed.key
+            session.add(source)
+            try:
+                session.commit()
+                return source
+            except IntegrityError:  # another process re-keyed it first
+                session.rollback()
+                return session.exec(select(Source).where(Source.url == feed.key)).one()
+    return _add_source(session, feed.key, now)
+
+
+def _record(
+    session: Session,
+    source: Source,
+    location: str,
+    outcome: feeds.FetchResult | FeedError,
+    settings: Settings,
+    now: datetime,
+) -> SourceReport:
+    """Store one fetched feed: its posts, validators and error; report what changed."""
     report = SourceReport(location)
-    source = session.exec(select(Source).where(Source.url == location)).first()
-    first_fetch = source is None or source.last_fetched_at is None
-    if source is None:
-        source = _add_source(session, location, now)
+    first_fetch = source.last_fetched_at is None
     try:
-        result = fetch(
-            location,
-            etag=source.etag,
-            last_modified=source.last_modified,
-            timeout=settings.feeds.timeout,
-            max_bytes=settings.feeds.max_bytes,
-            user_agent=settings.feeds.user_agent,
-        )
-        if result.body is None:
+        if isinstance(outcome, FeedError):
+            raise outcome
+        if outcome.body is None:
             report.not_modified = True
             parsed = None
         else:
             parsed = feeds.parse(
-                result.body,
+                outcome.body,
                 location,
                 category_from=settings.digest.category_from,
                 excerpt_words=settings.digest.excerpt_words,
@@ -92,8 +124,8 @@ def poll_one(session: Session, location: str, settings: Settings, clock: Clock, 
         _store_posts(session, source, parsed.posts, now, cutoff, report)
         source.title = parsed.title or source.title
         # A validator too long for its column is dropped, not cut (a cut one would never match).
-        source.etag = _fits(result.etag, 500)
-        source.last_modified = _fits(result.last_modified, 100)
+        source.etag = _fits(outcome.etag, 500)
+        source.last_modified = _fits(outcome.last_modified, 100)
     source.last_fetched_at = now
     source.last_error = None
     session.add(source)
@@ -101,14 +133,14 @@ def poll_one(session: Session, location: str, settings: Settings, clock: Clock, 
     return report
 
 
-def _add_source(session: Session, location: str, now) -> Source:
-    source = Source(url=location, created_at=now)
+def _add_source(session: Session, key: str, now) -> Source:
+    source = Source(url=key, created_at=now)
     session.add(source)
     try:
         session.commit()
     except IntegrityError:  # another process added it first
         session.rollback()
-        source = session.exec(select(Source).where(Source.url == location)).one()
+        source = session.exec(select(Source).where(Source.url == key)).one()
     return source
 
 
