@@ -272,10 +272,10 @@ class Settings(BaseSettings):
         """feeds.urls, each with its key and where to fetch it."""
         out = []
         for url in self.feeds.urls:
-            if url.startswith(("http://", "https://")):
+            if url.lower().startswith(("http://", "https://")):
                 out.append(FeedLocation(url, url, url))
                 continue
-            path = unquote(urlsplit(url).path) if url.startswith("file:") else url
+            path = unquote(urlsplit(url).path) if url.lower().startswith("file:") else url
             absolute = Path(os.path.abspath(self.config_dir / path))  # an absolute `path` stays as it is
             try:
                 key = absolute.relative_to(self.config_dir).as_posix()

@@ -56,7 +56,7 @@ class ParsedFeed:
 
 
 def is_http(location: str) -> bool:
-    return location.startswith(("http://", "https://"))
+    return location.lower().startswith(("http://", "https://"))  # a scheme's case does not matter
 
 
 # Feeds fetched at once by one poll: enough that a few slow servers don't hold up the rest,

@@ -42,7 +42,8 @@ def poll(
 ) -> list[SourceReport]:
     """Fetch every configured feed (concurrently, each within feeds.timeout) and store its posts.
     One failing source never stops the others; `stop()` does, at once: feeds not fetched by then
-    get no report and nothing is recorded for them."""
+    get no report and nothing is recorded for them. `fetch` is an async function called like
+    feeds.fetch_one (the seam a test swaps)."""
     if stop():
         return []
     configured = settings.feed_locations()
