@@ -298,7 +298,7 @@ def test_sigterm_stops_digest_send_during_a_poll_at_once(tmp_path, smtp_server):
         time.sleep(1)  # a byte or two has arrived: the fetch is reading the body
         proc.send_signal(signal.SIGTERM)
         try:
-            out, errors = proc.communicate(timeout=15)
+            _, errors = proc.communicate(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
             raise AssertionError("digest send kept running after SIGTERM")

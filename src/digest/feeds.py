@@ -92,7 +92,9 @@ def fetch_all(
     Why asyncio: httpx's timeouts are per operation (connect, each read), so a server trickling
     one byte a second never trips a 20 s read timeout and held a poll for minutes. A task can be
     cancelled wherever it waits, which gives a real total deadline per feed (`asyncio.timeout`)
-    and lets SIGTERM end a poll at once, with no thread left blocked in a read.
+    and lets SIGTERM end a poll at once, with no thread left blocked in a read. Not covered: a
+    DNS lookup runs in a thread that the end of the poll waits for; the system resolver bounds it
+    (resolv.conf: 5 s a try, 2 tries, by default).
     """
     return asyncio.run(_fetch_all(requests, timeout, max_bytes, user_agent, stop, fetch or fetch_one))
 
