@@ -62,7 +62,8 @@ def test_init_writes_a_commented_config_with_a_fresh_secret(tmp_path):
     assert "DIGEST_<SECTION>__<KEY>" in text and "secret_key" in text
     cfg = load_settings(path)
     assert cfg.newsletter.name == "Codelooru Weekly" and len(cfg.newsletter.secret_key) >= 32
-    assert cfg.feed_locations() == [str(tmp_path / "feed.xml")]
+    [feed] = cfg.feed_locations()
+    assert feed.location == str(tmp_path / "feed.xml") and feed.key == "feed.xml"
     assert (tmp_path / "digest.db").exists()
     other = tmp_path / "b" / "digest.toml"
     other.parent.mkdir()

@@ -7,10 +7,11 @@ from datetime import timedelta
 
 from sqlmodel import select
 
-from conftest import FIXTURES, write_config
+from conftest import FIXTURES, ON_POSTGRES, database_url, run_digest, write_config
 from digest import editions, sources
 from digest.config import load_settings
-from digest.models import EditionPost, Post
+from digest.models import EditionPost, Post, Source
+from digest.store import make_engine, session
 
 ENTRY = """<entry><id>tag:test,2026:{id}</id><published>{date}</published><updated>{date}</updated>
 <title type='text'>{title}</title><content type='html'>&lt;p&gt;{body}&lt;/p&gt;</content>
@@ -109,3 +110,110 @@ def test_a_failing_source_does_not_stop_the_others(tmp_path, db, clock):
     assert [r.ok for r in reports] == [False, True, False]
     assert "not a valid feed" in reports[0].error and "no such file" in reports[2].error
     assert reports[1].new == 5
+
+
+# --- a post keeps its identity when its GUID or its feed's path changes ------------------------
+
+
+def _entries(items: list[tuple]) -> str:
+    """An Atom feed of (guid, link or None, title, date) entries."""
+    entries = "".join(
+        f"<entry><id>{guid}</id><published>{date}</published><updated>{date}</updated><title>{title}</title>"
+        + (f"<link rel='alternate' href='{link}'/>" if link else "")
+        + f"<content type='html'>{title} body.</content></entry>"
+        for guid, link, title, date in items
+    )
+    return ("<?xml version='1.0' encoding='UTF-8'?><feed xmlns='http://www.w3.org/2005/Atom'><id>tag:t</id>"
+            f"<title>Test blog</title><updated>2026-11-26T00:00:00Z</updated>{entries}</feed>")
+
+
+def _site(folder, smtp_server):
+    """A config folder as a user keeps it: digest.toml, the feed beside it (a relative path in
+    feeds.urls), and, on SQLite, the database beside it too."""
+    folder.mkdir()
+    db_url = database_url(folder) if ON_POSTGRES else "sqlite:///digest.db"
+    config = write_config(folder, feeds=["blog.atom"], smtp_port=smtp_server.port, database_url=db_url)
+    (folder / "blog.atom").write_text(_entries([
+        ("urn:old:1", "https://blog.test/1", "One", "2026-11-20T10:00:00Z"),
+        ("urn:old:2", "https://blog.test/2", "Two", "2026-11-21T10:00:00Z"),
+    ]))
+    run_digest(config, "subscribers", "add", "reader@example.com", check=True)
+    return config
+
+
+def test_a_feed_that_changes_every_guid_does_not_send_its_posts_again(tmp_path, smtp_server):
+    config = _site(tmp_path / "site", smtp_server)
+    assert "Edition 1: 2 posts, 1 delivered" in run_digest(config, "send", check=True).stdout
+    # Every GUID rewritten (and post 1's link with tracking and http://www.), one post really new.
+    (config.parent / "blog.atom").write_text(_entries([
+        ("urn:new:1", "http://www.blog.test/1/?utm_source=rss", "One", "2026-11-20T10:00:00Z"),
+        ("urn:new:2", "https://blog.test/2", "Two", "2026-11-21T10:00:00Z"),
+        ("urn:new:3", "https://blog.test/3", "Three", "2026-11-22T10:00:00Z"),
+    ]))
+    second = run_digest(config, "send", check=True).stdout
+    assert "blog.atom: 1 new, 0 updated, 2 unchanged" in second
+    assert "Edition 2: 1 posts, 1 delivered" in second
+    text = smtp_server.received[-1].message.get_body(("plain",)).get_content()
+    assert "Three" in text and "One" not in text and "Two" not in text
+    (config.parent / "blog.atom").write_text(_entries([
+        ("urn:newer:1", "https://blog.test/1", "One", "2026-11-20T10:00:00Z"),
+        ("urn:newer:2", "https://blog.test/2", "Two", "2026-11-21T10:00:00Z"),
+        ("urn:newer:3", "https://blog.test/3", "Three", "2026-11-22T10:00:00Z"),
+    ]))
+    assert "Nothing new to send." in run_digest(config, "send", check=True).stdout
+    assert len(smtp_server.received) == 2  # one edition each time, never a post twice
+
+
+def test_without_links_a_post_is_known_by_title_and_date(tmp_path, db, clock):
+    path = tmp_path / "feed.atom"
+    path.write_text(_entries([("urn:a:1", None, "One", "2026-11-20T10:00:00Z")]))
+    cfg = load_settings(write_config(tmp_path, feeds=[str(path)]))
+    sources.poll(db, cfg, clock)
+    assert edition_titles(db, new_edition(db, clock, cfg)) == ["One"]
+    path.write_text(_entries([("urn:b:1", None, "One", "2026-11-20T10:00:00Z"),
+                              ("urn:b:2", None, "One", "2026-11-27T10:00:00Z")]))  # same title, new date
+    assert sources.poll(db, cfg, clock)[0].new == 1
+    assert [p.published_at.day for p in editions.unsent_posts(db)] == [27]
+
+
+def test_a_link_many_entries_share_is_no_identity(tmp_path, db, clock):
+    """Some feeds link every entry to the blog's home page: a new post must not be taken for the
+    one that just dropped off the feed."""
+    path = tmp_path / "feed.atom"
+    home = "https://blog.test/"
+    path.write_text(_entries([("urn:1", home, "One", "2026-11-20T10:00:00Z"), ("urn:2", home, "Two", "2026-11-21T10:00:00Z")]))
+    cfg = load_settings(write_config(tmp_path, feeds=[str(path)]))
+    sources.poll(db, cfg, clock)
+    new_edition(db, clock, cfg)
+    path.write_text(_entries([("urn:2", home, "Two", "2026-11-21T10:00:00Z"), ("urn:3", home, "Three", "2026-11-22T10:00:00Z")]))
+    assert sources.poll(db, cfg, clock)[0].new == 1
+    assert edition_titles(db, new_edition(db, clock, cfg)) == ["Three"]
+
+
+def test_moving_the_config_folder_with_its_feeds_sends_nothing_again(tmp_path, smtp_server):
+    config = _site(tmp_path / "site", smtp_server)
+    run_digest(config, "send", check=True)
+    moved = tmp_path / "elsewhere" / "site"
+    shutil.copytree(config.parent, moved)
+    assert "Nothing new to send." in run_digest(moved / "digest.toml", "send", check=True).stdout
+    assert len(smtp_server.received) == 1
+
+
+def test_a_source_keyed_by_its_absolute_path_is_re_keyed_not_sent_again(tmp_path, smtp_server):
+    """Sources stored by an earlier version under the absolute path keep their posts."""
+    config = _site(tmp_path / "site", smtp_server)
+    run_digest(config, "send", check=True)
+    settings = load_settings(config)
+    engine = make_engine(settings.database_url)
+    absolute = str((config.parent / "blog.atom").resolve())
+    with session(engine) as s:
+        source = s.exec(select(Source)).one()
+        source.url = absolute  # what the earlier version stored
+        s.add(source)
+        s.commit()
+    out = run_digest(config, "send", check=True).stdout
+    assert "0 new" in out and "Nothing new to send." in out
+    with session(engine) as s:
+        assert [src.url for src in s.exec(select(Source)).all()] == ["blog.atom"]
+    engine.dispose()
+    assert len(smtp_server.received) == 1

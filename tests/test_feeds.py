@@ -110,7 +110,7 @@ def test_values_longer_than_their_columns_are_stored_on_every_database(tmp_path,
     cfg = load_settings(write_config(tmp_path, feeds=[str(path)]))
     cfg.digest.category_from = "feed"
 
-    def fetch(location, **_kw):
+    async def fetch(location, **_kw):
         return feeds.FetchResult(path.read_bytes(), '"' + "e" * 600 + '"', "x" * 200)
 
     report = sources.poll(db, cfg, clock, fetch=fetch)[0]
@@ -120,3 +120,23 @@ def test_values_longer_than_their_columns_are_stored_on_every_database(tmp_path,
     assert post.category == "c" * 199 + "…"  # cut to the column, visibly
     source = db.exec(select(Source)).one()
     assert len(source.title) == 500 and source.etag is None and source.last_modified is None
+
+
+@pytest.mark.parametrize("url", ["ftp://blog.test/feed.xml", "htps://blog.test/feed", "file://blog.test/feed.xml"])
+def test_a_feed_url_that_is_not_http_or_a_local_path_is_a_one_line_config_error(tmp_path, url):
+    """Before, `htps://…` was taken for a local file of that name: "no such file" at fetch time."""
+    from conftest import run_digest, write_config
+
+    proc = run_digest(write_config(tmp_path, feeds=[url]), "fetch")
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert "invalid setting 'feeds.urls'" in proc.stderr and repr(url) in proc.stderr
+
+
+def test_a_file_url_is_the_local_path_it_names(tmp_path):
+    from conftest import run_digest, write_config
+    from feedgen import write_feed
+
+    feed = write_feed(tmp_path / "my feed.atom", [1, 2])
+    proc = run_digest(write_config(tmp_path, feeds=[feed.as_uri()]), "fetch", check=True)
+    assert f"{feed}: 2 new, 0 updated, 0 unchanged" in proc.stdout

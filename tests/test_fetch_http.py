@@ -8,9 +8,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import FIXTURES, write_config
+from conftest import FIXTURES, run_digest, write_config
 from digest import sources
 from digest.config import load_settings
+from feedserver import TRICKLE_SECONDS, FeedServer
 
 BODY = (FIXTURES / "blogger.atom").read_bytes()
 
@@ -77,3 +78,36 @@ def test_http_failures_are_reported_with_url_and_reason(tmp_path, db, clock, htt
     assert huge.error == f"{http_base}/huge.atom: feed is larger than {len(BODY) * 2} bytes"
     assert slow.error == f"{http_base}/slow.atom: timed out after 1 s"
     assert good.ok and good.new == 5
+
+
+# --- the deadline is per feed, in total; feeds are fetched at once; SIGTERM stops a poll ------
+
+
+def test_a_trickling_server_is_cut_off_at_the_deadline_with_a_one_line_error(tmp_path):
+    """One byte a second never trips a per-read timeout: before, `digest fetch` ran for minutes."""
+    with FeedServer() as server:
+        url = f"{server.base}/trickle/feed.atom"
+        config = write_config(tmp_path, feeds=[url])
+        started = time.monotonic()
+        proc = run_digest(config, "fetch", env={"DIGEST_FEEDS__TIMEOUT": "2"}, timeout=60)
+        took = time.monotonic() - started
+    assert proc.returncode == 1  # every source failed
+    assert proc.stderr.strip() == f"failed {url}: timed out after 2 s"
+    assert took < 30, f"took {took:.1f} s; the body alone trickles for {TRICKLE_SECONDS} s"
+
+
+def test_feeds_are_fetched_at_once_so_slow_ones_cost_one_deadline_not_the_sum(tmp_path, db, clock):
+    with FeedServer() as server:
+        urls = [f"{server.base}/trickle/{n}.atom" for n in range(3)] + [f"{server.base}/good.atom"]
+        cfg = load_settings(write_config(tmp_path, feeds=urls), feeds={"timeout": 3})
+        started = time.monotonic()
+        *slow, good = sources.poll(db, cfg, clock)
+        took = time.monotonic() - started
+        arrivals = [at for _, at in server.requests]
+    assert [r.error for r in slow] == [f"{url}: timed out after 3 s" for url in urls[:3]]
+    assert good.ok and good.new == 5
+    # All four requests went out before the first deadline, so the poll took about one deadline
+    # (3 s), not three of them one after another (9 s). Generous margins: the machine is shared.
+    assert max(arrivals) - min(arrivals) < 3
+    assert took < 8, f"took {took:.1f} s"
+

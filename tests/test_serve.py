@@ -26,6 +26,7 @@ from digest.store import create_schema, make_engine, session
 
 from conftest import DIGEST, FixedClock, free_port, run_digest, write_config
 from feedgen import write_feed
+from feedserver import FeedServer
 
 UTC = timezone.utc
 
@@ -256,3 +257,56 @@ def test_no_scheduler_serves_the_web_app_and_never_sends(tmp_path, smtp_server, 
     time.sleep(3)  # three slots pass
     assert serve.stop() == 0
     assert "scheduler started" not in serve.text() and smtp_server.received == []
+
+
+# --- SIGTERM during a feed poll: the poll is cut off at once, not after the feed's deadline -----
+
+
+def test_sigterm_during_a_poll_stops_digest_serve_at_once(tmp_path, smtp_server, procs):
+    """Before, a server trickling one byte a second held `digest serve` for as long as it trickled
+    (70 s in a trial, past systemd's 60 s stop timeout)."""
+    with FeedServer() as server:
+        config = make_config(tmp_path, smtp_server, cron="0 9 * * mon")
+        config.write_text(config.read_text().replace("urls = [", f'urls = ["{server.base}/trickle/feed.atom", ', 1)
+                          .replace("[feeds]\n", "[feeds]\ntimeout = 100\n", 1))  # not the deadline: SIGTERM ends it
+        serve = Serve(config)
+        procs.append(serve)
+        server.wait_requests(1)  # the start job is polling
+        time.sleep(1)  # reading the trickling body
+        started = time.monotonic()
+        assert serve.stop(timeout=15) == 0
+        took = time.monotonic() - started
+    log = serve.text()
+    assert "SIGTERM: stopping" in log and log.rstrip().endswith("stopped")
+    assert "Traceback" not in log
+    assert took < 10, f"took {took:.1f} s"
+    assert smtp_server.received == []
+
+
+def test_sigterm_stops_digest_send_during_a_poll_at_once(tmp_path, smtp_server):
+    with FeedServer() as server:
+        feed = tmp_path / "blog.atom"
+        write_feed(feed, [1])
+        config = write_config(tmp_path, feeds=[str(feed), f"{server.base}/trickle/feed.atom"], smtp_port=smtp_server.port)
+        with database(config) as s:
+            subs.add(s, "reader@example.com", jobs.utc_now)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
+        env["DIGEST_FEEDS__TIMEOUT"] = "100"  # the deadline is not what ends it
+        proc = subprocess.Popen([*DIGEST, "--config", str(config), "send"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+        server.wait_requests(1)
+        time.sleep(1)  # a byte or two has arrived: the fetch is reading the body
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, errors = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError("digest send kept running after SIGTERM")
+    assert proc.returncode == 143, errors
+    assert "Stopped by SIGTERM" in errors and "Traceback" not in errors
+    assert smtp_server.received == []  # no edition is built by a stopped send
+    # Nothing half-done: the next send (the trickling feed gone) sends the post once.
+    write_config(tmp_path, feeds=[str(feed)], smtp_port=smtp_server.port)
+    again = run_digest(config, "send", check=True)
+    assert "Edition 1: 1 posts, 1 delivered" in again.stdout
+    assert len(smtp_server.received) == 1

@@ -185,9 +185,13 @@ def init(
 def fetch() -> None:
     """Poll every source and store new and updated posts."""
     cfg = settings()
+    stop = _stop_on_sigterm()
     with db(cfg) as s:
-        reports = sources.poll(s, cfg, jobs.utc_now)
+        reports = sources.poll(s, cfg, jobs.utc_now, stop=stop)
     _print_poll(reports)
+    if stop():
+        err.print("Stopped by SIGTERM; feeds not fetched yet are fetched on the next run.")
+        raise typer.Exit(143)
     if reports and all(not r.ok for r in reports):
         raise typer.Exit(1)
 

@@ -16,9 +16,11 @@ import re
 import secrets
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -126,11 +128,59 @@ class DatabaseSettings(_Section):
         return value
 
 
+@dataclass(frozen=True)
+class FeedLocation:
+    """One entry of feeds.urls."""
+
+    # Source.url: the URL as written; a local path relative to the config file's folder when it
+    # is inside it (so moving that folder with its feeds keeps every source and its posts).
+    key: str
+    location: str  # what is fetched: the URL, or the absolute path
+    # The key a local feed had before keys were relative (the path resolved to absolute, or a
+    # file:// URL as written): a Source row still under it is re-keyed on the next poll.
+    former_key: str
+
+
 class FeedsSettings(_Section):
     urls: StrList = Field(min_length=1)
-    timeout: float = Field(default=20.0, gt=0)
+    timeout: float = Field(default=20.0, gt=0)  # seconds for a whole fetch: connect, headers and body
     max_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     user_agent: str = "digest/0.1 (+self-hosted newsletter digest)"
+
+    @field_validator("urls")
+    @classmethod
+    def _locations(cls, value: list[str]) -> list[str]:
+        for url in value:
+            problem = feed_location_problem(url)
+            if problem:
+                raise ValueError(f"{url!r}: {problem}")
+        return value
+
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+
+
+def feed_location_problem(url: str) -> str | None:
+    """Why `url` is neither an http(s) URL nor a local path (None if it is one). A value with a
+    scheme is a URL, so `htps://…` or `ftp://…` is a mistake here, not a file of that name; a
+    `file:///abs/path` URL is the local path it names."""
+    if not url.strip():
+        return "empty"
+    m = _SCHEME.match(url)
+    if not m:
+        return None  # a local path
+    scheme = m.group(1).lower()
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. "http://[::1/feed": Invalid IPv6 URL
+        return f"not a valid URL ({exc})"
+    if scheme in ("http", "https"):
+        return None if parts.hostname else "no host name"
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            return "a file: URL must name an absolute path on this machine (file:///path/to/feed.xml)"
+        return None
+    return f"scheme {scheme!r} is not supported (http://, https:// or a local file path)"
 
 
 class SMTPSettings(_Section):
@@ -283,14 +333,24 @@ class Settings(BaseSettings):
     def templates_dir(self) -> Path | None:
         return self._beside_config(self.digest.templates_dir)
 
-    def feed_locations(self) -> list[str]:
-        """Feed URLs, with relative local paths resolved against the config file."""
+    def feed_locations(self) -> list[FeedLocation]:
+        """feeds.urls, each with its key and where to fetch it."""
         out = []
         for url in self.feeds.urls:
-            if url.startswith(("http://", "https://", "file://")) or Path(url).is_absolute():
-                out.append(url)
+            if url.lower().startswith(("http://", "https://")):
+                out.append(FeedLocation(url, url, url))
+                continue
+            path = unquote(urlsplit(url).path) if url.lower().startswith("file:") else url
+            absolute = Path(os.path.abspath(self.config_dir / path))  # an absolute `path` stays as it is
+            try:
+                key = absolute.relative_to(self.config_dir).as_posix()
+            except ValueError:  # outside the config file's folder
+                key = str(absolute)
+            if url.startswith("file://") or Path(url).is_absolute():
+                former_key = url
             else:
-                out.append(str((self.config_dir / url).resolve()))
+                former_key = str((self.config_dir / url).resolve())
+            out.append(FeedLocation(key, str(absolute), former_key))
         return out
 
     @property
@@ -570,7 +630,7 @@ url = {q(database_url)}   # any SQLAlchemy URL; relative SQLite paths are relati
 
 [feeds]
 urls = [{feed_list}]   # http(s) URLs or local file paths
-# timeout = 20        # seconds per HTTP request
+# timeout = 20        # seconds for a whole feed fetch (connect, headers and body)
 # max_bytes = 10485760
 
 [smtp]

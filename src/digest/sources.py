@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from . import feeds, locks
-from .config import Settings
+from .config import FeedLocation, Settings
 from .errors import FeedError
 from .models import EditionPost, Post, Source, as_utc
 
@@ -35,41 +37,74 @@ def poll(
     session: Session,
     settings: Settings,
     clock: Clock,
-    fetch=feeds.fetch,
+    fetch=feeds.fetch_one,
     stop: Callable[[], bool] = lambda: False,
 ) -> list[SourceReport]:
-    """Fetch and store every configured feed. One failing source never stops the others;
-    `stop()` (checked between sources) does."""
+    """Fetch every configured feed (concurrently, each within feeds.timeout) and store its posts.
+    One failing source never stops the others; `stop()` does, at once: feeds not fetched by then
+    get no report and nothing is recorded for them. `fetch` is an async function called like
+    feeds.fetch_one (the seam a test swaps)."""
+    if stop():
+        return []
+    configured = settings.feed_locations()
+    found = [_source_for(session, feed, as_utc(clock())) for feed in configured]
+    requests = [feeds.FetchRequest(feed.location, source.etag, source.last_modified) for feed, source in zip(configured, found)]
+    session.rollback()  # no transaction left open while the feeds are fetched (up to feeds.timeout)
+    outcomes = feeds.fetch_all(
+        requests,
+        timeout=settings.feeds.timeout,
+        max_bytes=settings.feeds.max_bytes,
+        user_agent=settings.feeds.user_agent,
+        stop=stop,
+        fetch=fetch,
+    )
     reports = []
-    for location in settings.feed_locations():
-        if stop():
-            break
-        reports.append(poll_one(session, location, settings, clock, fetch))
+    for feed, source, outcome in zip(configured, found, outcomes):
+        if outcome is not None:  # None: stopped before it was fetched
+            reports.append(_record(session, source, feed.location, outcome, settings, as_utc(clock())))
     return reports
 
 
-def poll_one(session: Session, location: str, settings: Settings, clock: Clock, fetch=feeds.fetch) -> SourceReport:
-    now = as_utc(clock())
+def _source_for(session: Session, feed: FeedLocation, now: datetime) -> Source:
+    """The Source row of a configured feed: found by its key, else by the key it had before local
+    paths were relative to the config file (and re-keyed), else added."""
+    source = session.exec(select(Source).where(Source.url == feed.key)).first()
+    if source is not None:
+        return source
+    if feed.former_key != feed.key:
+        source = session.exec(select(Source).where(Source.url == feed.former_key)).first()
+        if source is not None:
+            source.url = feed.key
+            session.add(source)
+            try:
+                session.commit()
+                return source
+            except IntegrityError:  # another process re-keyed it first
+                session.rollback()
+                return session.exec(select(Source).where(Source.url == feed.key)).one()
+    return _add_source(session, feed.key, now)
+
+
+def _record(
+    session: Session,
+    source: Source,
+    location: str,
+    outcome: feeds.FetchResult | FeedError,
+    settings: Settings,
+    now: datetime,
+) -> SourceReport:
+    """Store one fetched feed: its posts, validators and error; report what changed."""
     report = SourceReport(location)
-    source = session.exec(select(Source).where(Source.url == location)).first()
-    first_fetch = source is None or source.last_fetched_at is None
-    if source is None:
-        source = _add_source(session, location, now)
+    first_fetch = source.last_fetched_at is None
     try:
-        result = fetch(
-            location,
-            etag=source.etag,
-            last_modified=source.last_modified,
-            timeout=settings.feeds.timeout,
-            max_bytes=settings.feeds.max_bytes,
-            user_agent=settings.feeds.user_agent,
-        )
-        if result.body is None:
+        if isinstance(outcome, FeedError):
+            raise outcome
+        if outcome.body is None:
             report.not_modified = True
             parsed = None
         else:
             parsed = feeds.parse(
-                result.body,
+                outcome.body,
                 location,
                 category_from=settings.digest.category_from,
                 excerpt_words=settings.digest.excerpt_words,
@@ -92,8 +127,8 @@ def poll_one(session: Session, location: str, settings: Settings, clock: Clock, 
         _store_posts(session, source, parsed.posts, now, cutoff, report)
         source.title = parsed.title or source.title
         # A validator too long for its column is dropped, not cut (a cut one would never match).
-        source.etag = _fits(result.etag, 500)
-        source.last_modified = _fits(result.last_modified, 100)
+        source.etag = _fits(outcome.etag, 500)
+        source.last_modified = _fits(outcome.last_modified, 100)
     source.last_fetched_at = now
     source.last_error = None
     session.add(source)
@@ -101,14 +136,14 @@ def poll_one(session: Session, location: str, settings: Settings, clock: Clock, 
     return report
 
 
-def _add_source(session: Session, location: str, now) -> Source:
-    source = Source(url=location, created_at=now)
+def _add_source(session: Session, key: str, now) -> Source:
+    source = Source(url=key, created_at=now)
     session.add(source)
     try:
         session.commit()
     except IntegrityError:  # another process added it first
         session.rollback()
-        source = session.exec(select(Source).where(Source.url == location)).one()
+        source = session.exec(select(Source).where(Source.url == key)).one()
     return source
 
 
@@ -117,9 +152,8 @@ def _fits(value: str | None, length: int) -> str | None:
 
 
 def _store_posts(session, source, posts, now, cutoff, report) -> None:
-    existing = {
-        p.guid: p for p in session.exec(select(Post).where(Post.source_id == source.id)).all()
-    }
+    stored = session.exec(select(Post).where(Post.source_id == source.id)).all()
+    existing = {p.guid: p for p in stored}
     sent_ids = set(
         session.exec(
             select(EditionPost.post_id).join(Post, Post.id == EditionPost.post_id).where(
@@ -127,23 +161,87 @@ def _store_posts(session, source, posts, now, cutoff, report) -> None:
             )
         ).all()
     )
-    seen: set[str] = set()
+    entries, listed = [], set()
     for fp in posts:
-        if fp.guid in seen:  # a feed listing one entry twice
-            continue
-        seen.add(fp.guid)
-        post = existing.get(fp.guid)
+        if fp.guid not in listed:  # a feed listing one entry twice: the first one counts
+            listed.add(fp.guid)
+            entries.append(fp)
+    renamed = _renamed(stored, entries)
+    for fp in entries:
+        post = existing.get(fp.guid) or renamed.get(fp.guid)
         if post is None:
             # On a source's first fetch, posts older than first_edition_days count as seen.
             eligible = cutoff is None or fp.published_at is None or fp.published_at >= cutoff
             session.add(Post(source_id=source.id, first_seen_at=now, updated_at=now, eligible=eligible, **asdict(fp)))
             report.new += 1
-        elif post.content_hash != fp.content_hash and post.id not in sent_ids:
-            # An unsent post picks up the edit; a sent one is history and is not sent again.
+            continue
+        edited = post.content_hash != fp.content_hash
+        if post.id in sent_ids:
+            # A sent post is history and is not sent again, edited or not; a new GUID is noted.
+            post.guid = fp.guid
+        elif edited or post.guid != fp.guid:
+            # An unsent post picks up the edit (and a new GUID).
             for key, value in asdict(fp).items():
                 setattr(post, key, value)
             post.updated_at = now
-            session.add(post)
+        if edited and post.id not in sent_ids:
             report.updated += 1
         else:
             report.unchanged += 1
+
+
+def _renamed(stored: list[Post], entries: list[feeds.FeedPost]) -> dict[str, Post]:
+    """Stored posts back under a new GUID: {new guid: post}.
+
+    Some feeds rewrite every GUID (a new blog engine, http to https, a per-request id), which would
+    make every post new and send it again. A post whose GUID is no longer in the feed is the entry
+    with a new GUID and the same identity: its canonical link, else (no link) its title and date.
+    Only an identity that one stored post and one entry have counts: a feed that gives every entry
+    the blog's home page as its link must not fold new posts into old ones.
+    """
+    stored_ids = Counter(_identity(p.url, p.title, p.published_at) for p in stored)
+    guids = {p.guid for p in stored}
+    new_entries = [fp for fp in entries if fp.guid not in guids]
+    entry_ids = Counter(_identity(fp.url, fp.title, fp.published_at) for fp in entries)
+    fetched = {fp.guid for fp in entries}
+    gone = {
+        identity: p
+        for p in stored
+        if p.guid not in fetched
+        and (identity := _identity(p.url, p.title, p.published_at)) is not None
+        and stored_ids[identity] == 1
+    }
+    renamed = {}
+    for fp in new_entries:
+        identity = _identity(fp.url, fp.title, fp.published_at)
+        if identity in gone and entry_ids[identity] == 1:
+            renamed[fp.guid] = gone.pop(identity)
+    return renamed
+
+
+def _identity(url: str, title: str, published_at: datetime | None) -> tuple | None:
+    """What names a post when its GUID changed: its canonical link, else its title and date."""
+    if url:
+        return ("link", canonical_link(url))
+    if published_at is not None:
+        return ("title", title, as_utc(published_at))
+    return None  # no link, no date: nothing safe to match on
+
+
+_TRACKING = ("utm_", "fbclid", "gclid", "mc_cid", "mc_eid")
+
+
+def canonical_link(url: str) -> str:
+    """A post's link as an identity: scheme, "www.", letter case of the host, a trailing slash,
+    the fragment and tracking parameters (utm_*, fbclid, ...) left out, as feeds change them for
+    the same page."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:  # "https://blog.test:99999/": out of range; then the link as it is
+        return url
+    host = (parts.hostname or "").removeprefix("www.")
+    if port is not None and port not in (80, 443):
+        host += f":{port}"
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not k.lower().startswith(_TRACKING)]
+    return urlunsplit(("", host, parts.path.rstrip("/"), urlencode(query), ""))
