@@ -170,6 +170,12 @@ def seed(config: Path, count: int) -> list[str]:
     return [links.subscriber_token(r.id, r.email) for r in ids]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_until_up(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -217,11 +223,16 @@ def main() -> None:
         )
         try:
             wait_until_up(port, proc, log)
+            load = os.getloadavg()  # other work on the machine slows every figure below
+            cpu_before = cpu_seconds(proc.pid)
             signups, unsubscribes, health, elapsed = asyncio.run(burst(f"http://{HOST}:{port}", args, tokens))
+            cpu = cpu_seconds(proc.pid) - cpu_before
             expected = args.clients * args.signups_per_client
             print(f"burst: {expected} sign-ups from {args.clients} clients + {args.unsubscribes} one-click "
                   f"unsubscribes ({args.unsubscribe_connections} at a time), relay {args.relay_seconds:g} s/message, "
                   f"{elapsed:.1f} s")
+            print(f"server CPU {cpu:.1f} s ({cpu / (expected + args.unsubscribes) * 1000:.1f} ms per request); "
+                  f"load average before / after {load[0]:.1f} / {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
             print(signups.line("sign-up"))
             print(unsubscribes.line("unsubscribe"))
             print(health.line("healthz"))

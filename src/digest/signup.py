@@ -113,7 +113,7 @@ def subscribe(
         )
         session.add(sub)
         try:
-            session.commit()
+            session.flush()  # committed with the outbox row, in _due: one write transaction
         except IntegrityError:  # the same address, posted twice at once
             session.rollback()
             sub = _find(session, address)

@@ -18,6 +18,7 @@ from pathlib import Path as FilePath
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
+import anyio.to_thread
 from fastapi import Depends, FastAPI, Form, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -50,6 +51,9 @@ ARCHIVE_CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' https: data:; script-src 'none'; "
     "form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
 )
+# Threads that run the (sync) handlers: anyio's default, set here so the pool can match it.
+REQUEST_THREADS = 40
+
 # Pages reached through a personal link: not cached, not indexed, and the token never logged.
 TOKEN_PATHS = ("/confirm/", "/unsubscribe/", "/preferences/")
 _TOKEN_IN_PATH = re.compile(r"(/(?:confirm|unsubscribe|preferences)/)[^\s/?#\"']+")
@@ -115,7 +119,10 @@ def create_app(
     clock = clock or utc_now
     mailer_factory = mailer_factory or (lambda: SMTPMailer(settings.smtp))
     own_engine = engine is None
-    engine = engine or make_engine(settings.database_url)
+    # One connection for every thread that may want one (handlers, relay threads), so a request
+    # never waits for the pool, let alone fails on it: none holds one across anything slow.
+    connections = REQUEST_THREADS + max(1, settings.smtp.connections)
+    engine = engine or make_engine(settings.database_url, connections=connections)
     ready(engine)
     env = environment(settings.templates_dir)
     links = Links(settings.newsletter.secret_key, settings.newsletter.public_url, clock)
@@ -134,6 +141,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        anyio.to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
         relay.start()
         yield
         relay.close(timeout=settings.smtp.timeout + 5)  # after the message in flight
