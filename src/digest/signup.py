@@ -1,6 +1,8 @@
 """Service: readers joining (double opt-in), confirming, choosing topics, pausing and leaving.
 
-What `digest serve` does for a reader, with the session, the mailer and the clock passed in.
+What `digest serve` does for a reader, with the session and the clock passed in. Mail is never
+sent from here: a confirmation is queued in the outbox, and `ConfirmationMail` is how the outbox
+(digest.outbox) sends it.
 The web app answers a subscribe form the same way whatever the address's state; the outcome
 returned here is for the caller's logs and tests, never for the reader.
 """
@@ -122,9 +124,9 @@ def subscribe(
             return _due(session, sub, Outcome.created, now, resend_after)
 
     if sub.status == SubscriberStatus.active:
-        return SubscribeResult(Outcome.active, None)
+        return SubscribeResult(Outcome.active, False)
     if sub.status in (SubscriberStatus.bounced, SubscriberStatus.suspended):
-        return SubscribeResult(Outcome.blocked, None)
+        return SubscribeResult(Outcome.blocked, False)
     if sub.status == SubscriberStatus.unsubscribed:
         return _due(session, sub, Outcome.returning, now, resend_after)
     return _due(session, sub, Outcome.resent, now, resend_after)
@@ -138,6 +140,8 @@ def _due(session: Session, sub: Subscriber, outcome: Outcome, now: datetime, res
     """Take the right to send a confirmation now (one atomic UPDATE, so two posts at once cannot
     both send) and queue the mail in the same transaction. A confirmation still waiting in the
     outbox (the relay is down) is not queued twice: it goes out when the relay is back."""
+    if outbox.waiting(session, CONFIRMATION, sub.email):
+        return SubscribeResult(Outcome.throttled, False)
     cutoff = now - resend_after
     taken = session.execute(
         update(Subscriber)
@@ -147,8 +151,6 @@ def _due(session: Session, sub: Subscriber, outcome: Outcome, now: datetime, res
         )
         .values(confirmation_sent_at=now)
     ).rowcount
-    if taken and outbox.waiting(session, CONFIRMATION, sub.email):
-        taken = 0
     if taken:
         outbox.enqueue(session, CONFIRMATION, sub.email, {"subscriber_id": sub.id}, now)
     session.commit()

@@ -20,7 +20,7 @@ def make_engine(url: str, *, echo: bool = False, connections: int | None = None)
     `connections`: the most the pool opens at once (SQLAlchemy's default is 15: 5 kept, 10 more
     under load); a caller with more threads than that sizes it to them, so none waits for one."""
     pool = {}
-    if connections is not None:
+    if connections is not None and ":memory:" not in url:  # (an in-memory SQLite has one connection)
         pool = {"pool_size": min(5, connections), "max_overflow": max(0, connections - 5)}
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]

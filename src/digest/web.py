@@ -144,7 +144,8 @@ def create_app(
         anyio.to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
         relay.start()
         yield
-        relay.close(timeout=settings.smtp.timeout + 5)  # after the message in flight
+        # after the message in flight; waited for off the event loop
+        await anyio.to_thread.run_sync(lambda: relay.close(timeout=settings.smtp.timeout + 5))
         if own_engine:
             engine.dispose()
 
