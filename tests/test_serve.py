@@ -310,3 +310,84 @@ def test_sigterm_stops_digest_send_during_a_poll_at_once(tmp_path, smtp_server):
     again = run_digest(config, "send", check=True)
     assert "Edition 1: 1 posts, 1 delivered" in again.stdout
     assert len(smtp_server.received) == 1
+
+
+# --- the web app under load, and its log ------------------------------------------------------
+
+
+def web_only(tmp_path: Path, smtp_server, name: str = "web") -> Serve:
+    config = make_config(tmp_path, smtp_server, cron="0 9 1 1 *", readers=0)
+    serve = Serve(config, name, "--no-scheduler")
+    serve.wait_log("Uvicorn running")
+    return serve
+
+
+def test_a_burst_of_sign_ups_with_a_slow_relay_gets_answers_and_every_mail_once(tmp_path, smtp_server, procs):
+    import httpx
+    from concurrent.futures import ThreadPoolExecutor
+
+    smtp_server.on_message = lambda _got: time.sleep(1.0)  # a relay taking one message a second, one at a time
+    serve = web_only(tmp_path, smtp_server)
+    procs.append(serve)
+    base = f"http://127.0.0.1:{serve.port}"
+    addresses = [f"reader{i}@example.com" for i in range(40)]
+
+    def sign_up(i: int) -> int:
+        # 8 readers behind the proxy (127.0.0.1 is trusted for X-Forwarded-For), 5 each: the rate limit.
+        # Each gets its answer long before the relay has sent the 40 s of mail (a bound 100 times
+        # what it takes, not a speed test: on a request that waits for SMTP it is a timeout).
+        headers = {"X-Forwarded-For": f"192.0.2.{i % 8 + 1}"}
+        try:
+            return httpx.post(f"{base}/subscribe", data={"email": addresses[i]}, headers=headers, timeout=15).status_code
+        except httpx.TimeoutException:
+            return 0
+
+    def health() -> int:
+        time.sleep(2)  # while the relay works
+        try:
+            return httpx.get(f"{base}/healthz", timeout=15).status_code
+        except httpx.TimeoutException:
+            return 0
+
+    with ThreadPoolExecutor(41) as pool:
+        probe = pool.submit(health)
+        answers = list(pool.map(sign_up, range(40)))
+    assert answers == [200] * 40
+    assert probe.result() == 200
+    wait_for(lambda: len(smtp_server.received) >= 40, 120, lambda: f"40 mails, got {len(smtp_server.received)}")
+    time.sleep(1.5)  # a duplicate would arrive now
+    assert recipients(smtp_server) == Counter({a: 1 for a in addresses})
+    assert serve.stop() == 0
+    log = serve.text()
+    assert "Traceback" not in log and " ERROR " not in log
+
+
+def test_tokens_of_personal_links_never_reach_the_log(tmp_path, smtp_server, procs):
+    import httpx
+
+    from digest.links import Links
+
+    serve = web_only(tmp_path, smtp_server)
+    procs.append(serve)
+    settings = load_settings(tmp_path / "digest.toml")
+    links = Links(settings.newsletter.secret_key, settings.newsletter.public_url)
+    with database(tmp_path / "digest.toml") as s:
+        ann, _ = subs.add(s, "ann@example.com", jobs.utc_now)
+        pending, _ = subs.add(s, "pat@example.com", jobs.utc_now)
+    personal = links.subscriber_token(ann.id, ann.email)
+    confirm = links.confirm_token(pending.id, pending.email)
+    tokens = [personal, confirm, personal[:-3] + "xyz", "forged-token-0123456789"]
+    base = f"http://127.0.0.1:{serve.port}"
+    with httpx.Client(base_url=base, timeout=10) as c:
+        for token in tokens:
+            for path in (f"/unsubscribe/{token}", f"/preferences/{token}", f"/confirm/{token}", f"/unsubscribe/{token}/more?x=1"):
+                c.get(path)
+                c.post(path, data={"List-Unsubscribe": "One-Click"})
+        assert c.post(f"/unsubscribe/{personal}", data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    assert serve.stop() == 0
+    log = serve.text()
+    assert '"POST /unsubscribe/[redacted] HTTP/1.1" 200' in log  # the access log is still there
+    assert '"GET /confirm/[redacted] HTTP/1.1" 200' in log
+    for token in tokens:
+        assert token not in log
+        assert token[:12] not in log

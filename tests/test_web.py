@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 import warnings
 from datetime import timedelta
 
@@ -21,7 +22,7 @@ from digest import subscribers as subs
 from digest.config import load_settings
 from digest.links import Links
 from digest.mailer import SMTPMailer
-from digest.models import Post, Subscriber, SubscriberStatus, as_utc
+from digest.models import Outbox, OutboxStatus, Post, Subscriber, SubscriberStatus, as_utc
 from digest.store import create_schema, make_engine, session
 from digest.web import create_app
 
@@ -58,7 +59,23 @@ def subscriber(db, email: str) -> Subscriber | None:
     return db.exec(select(Subscriber).where(Subscriber.email == email)).first()
 
 
-def confirmation_mails(smtp_server, address: str):
+def settled(db, timeout: float = 30) -> None:
+    """Wait until the app's outbox relay has done what it can now: no mail waiting for its first
+    attempt or in flight (a retry waits for the test's clock)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        db.expire_all()
+        busy = db.exec(select(Outbox).where(Outbox.status == OutboxStatus.pending,
+                                            (Outbox.attempts == 0) | (Outbox.claimed_by.is_not(None)))).all()
+        db.rollback()
+        if not busy:
+            return
+        assert time.monotonic() < deadline, f"outbox still busy after {timeout} s: {busy}"
+        time.sleep(0.02)
+
+
+def confirmation_mails(db, smtp_server, address: str):
+    settled(db)
     return [r.message for r in smtp_server.to(address)]
 
 
@@ -68,6 +85,13 @@ def confirm_link(message) -> str:
     in_text, in_html = CONFIRM_LINK.findall(text), CONFIRM_LINK.findall(html)
     assert in_text and in_html and in_text[0] == in_html[0]
     return in_text[0]
+
+
+def wait_until(predicate, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
 
 
 def path_of(url: str, settings) -> str:
@@ -138,7 +162,7 @@ def test_subscribe_stores_a_pending_subscriber_and_mails_a_confirmation(client, 
     assert sub.topics == ["Explained", "In Focus"]
     assert as_utc(sub.confirmation_sent_at) == clock.now
 
-    [mail] = confirmation_mails(smtp_server, "ann@example.com")
+    [mail] = confirmation_mails(db, smtp_server, "ann@example.com")
     assert mail["Subject"] == "Confirm your subscription to Test Weekly"
     assert mail["From"] == "Test Weekly <news@digest.test>"
     assert mail["To"] == "ann@example.com"  # the name typed into a public form is not mailed
@@ -180,6 +204,7 @@ def test_the_answer_is_the_same_for_new_pending_active_and_honeypot(client, db, 
 
     answers = [(r.status_code, r.text) for r in (new, pending, already, honeypot)]
     assert all(a == answers[0] for a in answers), "the answer must not tell who subscribes"
+    settled(db)
     assert len(smtp_server.received) == 1  # only the first post mailed anything
 
 
@@ -195,18 +220,35 @@ def test_a_pending_address_gets_at_most_one_confirmation_per_ten_minutes(client,
     client.post("/subscribe", data=form)
     clock.now += timedelta(minutes=9, seconds=59)
     client.post("/subscribe", data=form)
-    assert len(confirmation_mails(smtp_server, "ann@example.com")) == 1
+    assert len(confirmation_mails(db, smtp_server, "ann@example.com")) == 1
     clock.now += timedelta(seconds=1)
     client.post("/subscribe", data=form)
-    mails = confirmation_mails(smtp_server, "ann@example.com")
+    mails = confirmation_mails(db, smtp_server, "ann@example.com")
     assert len(mails) == 2
 
 
-def test_a_pending_address_can_change_its_name_and_topics_by_posting_again(client, db, posts):
-    client.post("/subscribe", data={"email": "ann@example.com", "name": "A", "categories": ["Explained"]})
-    client.post("/subscribe", data={"email": "ann@example.com", "name": "Ann", "categories": ["In Focus"]})
+def test_posting_the_form_again_never_changes_a_pending_subscribers_name_or_topics(client, db, posts, smtp_server, settings, clock):
+    client.post("/subscribe", data={"email": "ann@example.com", "name": "Ann", "categories": ["Explained"]})
+    settled(db)
+    clock.now += timedelta(minutes=11)  # past the resend limit: the repeat gets a mail of its own
+    r = client.post("/subscribe", data={"email": "ann@example.com", "name": "Click evil.example now",
+                                        "categories": ["In Focus"]})
+    assert r.status_code == 200 and "Check your inbox" in r.text
     sub = subscriber(db, "ann@example.com")
-    assert (sub.name, sub.topics) == ("Ann", ["In Focus"])
+    assert (sub.status, sub.name, sub.topics) == (SubscriberStatus.pending, "Ann", ["Explained"])
+    mails = confirmation_mails(db, smtp_server, "ann@example.com")
+    assert len(mails) == 2
+    assert all("evil" not in m.get_body(("plain",)).get_content() for m in mails)
+
+    # Confirmed, Ann's first digest greets her by her own name, with her own topics.
+    client.post(path_of(confirm_link(mails[-1]), settings))
+    smtp_server.received.clear()
+    with SMTPMailer(settings.smtp) as mailer:
+        jobs.send(db, settings, mailer, clock, fetch=False)
+    [digest] = [r.message for r in smtp_server.to("ann@example.com")]
+    text = digest.get_body(("plain",)).get_content()
+    assert "Hi Ann," in text and "evil" not in text
+    assert re.findall(r"^== (.+) ==\r?$", text, re.M) == ["EXPLAINED"]
 
 
 def test_a_name_from_the_form_is_stored_without_invisible_characters_and_capped(client, db):
@@ -246,6 +288,7 @@ def test_too_many_posts_from_one_client_get_429(client, db, smtp_server, clock):
     assert r.headers["Retry-After"] == "60"
     assert "Too many tries" in r.text and "Test Weekly" in title(r.text)
     assert subscriber(db, "u5@example.com") is None
+    settled(db)
     assert len(smtp_server.received) == 5
 
     # Other clients are not affected, and a minute later this one may post again.
@@ -266,25 +309,58 @@ def test_a_refused_confirmation_can_be_asked_for_again_at_once(client, db, smtp_
     smtp_server.refuse["ann@example.com"] = "550 5.1.1 no such user"
     r = client.post("/subscribe", data={"email": "ann@example.com"})
     assert r.status_code == 200 and "Check your inbox" in r.text
+    settled(db)
     assert subscriber(db, "ann@example.com").confirmation_sent_at is None
+    assert db.exec(select(Outbox)).one().status == OutboxStatus.failed  # refused: not retried
     del smtp_server.refuse["ann@example.com"]
     client.post("/subscribe", data={"email": "ann@example.com"})
-    assert len(confirmation_mails(smtp_server, "ann@example.com")) == 1
+    assert len(confirmation_mails(db, smtp_server, "ann@example.com")) == 1
 
 
-def test_when_the_smtp_server_is_down_the_reader_may_try_again_at_once(tmp_path, clock):
-    from conftest import free_port
+def test_a_relay_that_answers_4xx_once_gets_the_mail_again_and_it_arrives_once(client, app, db, smtp_server, clock):
+    smtp_server.data_hook = lambda n: "451 4.3.0 try again later" if n == 1 else None
+    client.post("/subscribe", data={"email": "ann@example.com"})
+    settled(db)
+    [row] = db.exec(select(Outbox)).all()
+    assert (row.status, row.attempts, row.last_error) == (OutboxStatus.pending, 1, "451 4.3.0 try again later")
+    assert smtp_server.to("ann@example.com") == []
 
-    cfg = write_config(tmp_path, smtp_port=free_port())  # nothing listens there
+    clock.now += timedelta(minutes=1)  # the retry is due (after 10 s)
+    app.state.relay.wake()
+    wait_until(lambda: len(smtp_server.to("ann@example.com")) == 1)
+    settled(db)
+    assert len(confirmation_mails(db, smtp_server, "ann@example.com")) == 1
+    db.expire_all()
+    assert db.exec(select(Outbox)).one().status == OutboxStatus.sent
+
+
+def test_when_the_smtp_server_is_down_the_mail_waits_and_goes_out_when_it_is_back(tmp_path, clock):
+    from aiosmtpd.controller import Controller
+
+    from conftest import SMTPServer, _Handler, free_port
+
+    port = free_port()
+    cfg = write_config(tmp_path, smtp_port=port)  # nothing listens there yet
     settings = load_settings(cfg)
-    with TestClient(create_app(settings, clock=clock)) as c:
+    app = create_app(settings, clock=clock)
+    engine = app.state.engine
+    with TestClient(app) as c, session(engine) as s:
         r = c.post("/subscribe", data={"email": "ann@example.com"})
-    assert r.status_code == 200 and "Check your inbox" in r.text
-    engine = make_engine(settings.database_url)
-    with session(engine) as s:
-        sub = s.exec(select(Subscriber)).one()
-        assert sub.status == SubscriberStatus.pending and sub.confirmation_sent_at is None
-    engine.dispose()
+        assert r.status_code == 200 and "Check your inbox" in r.text
+        settled(s)
+        row = s.exec(select(Outbox)).one()
+        assert row.status == OutboxStatus.pending and f"127.0.0.1:{port}" in row.last_error
+
+        server = SMTPServer("127.0.0.1", port)
+        controller = Controller(_Handler(server), hostname=server.host, port=port, decode_data=False)
+        controller.start()
+        try:
+            clock.now += timedelta(seconds=10)
+            app.state.relay.wake()
+            wait_until(lambda: len(server.to("ann@example.com")) == 1)
+        finally:
+            controller.stop()
+    assert len(server.received) == 1
 
 
 # --- confirm ----------------------------------------------------------------------------------
@@ -292,7 +368,7 @@ def test_when_the_smtp_server_is_down_the_reader_may_try_again_at_once(tmp_path,
 
 def test_confirm_link_shows_a_button_and_only_the_post_activates(client, db, smtp_server, settings, clock):
     client.post("/subscribe", data={"email": "ann@example.com"})
-    path = path_of(confirm_link(confirmation_mails(smtp_server, "ann@example.com")[0]), settings)
+    path = path_of(confirm_link(confirmation_mails(db, smtp_server, "ann@example.com")[0]), settings)
 
     page = client.get(path)  # what a link scanner does
     assert page.status_code == 200
@@ -350,7 +426,7 @@ def test_a_confirm_link_for_another_address_with_a_reused_id_fails(client, db, l
 
 def test_an_old_confirm_link_does_not_undo_an_unsubscribe(client, db, links, smtp_server, settings, clock):
     client.post("/subscribe", data={"email": "ann@example.com"})
-    path = path_of(confirm_link(confirmation_mails(smtp_server, "ann@example.com")[0]), settings)
+    path = path_of(confirm_link(confirmation_mails(db, smtp_server, "ann@example.com")[0]), settings)
     client.post(path)
     sub = subscriber(db, "ann@example.com")
     clock.now += timedelta(days=1)
@@ -366,7 +442,7 @@ def test_a_former_subscriber_comes_back_only_by_confirming(client, db, links, sm
 
     client.post("/subscribe", data={"email": "ann@example.com"})
     assert subscriber(db, "ann@example.com").status == SubscriberStatus.unsubscribed  # a form changes nothing
-    [mail] = confirmation_mails(smtp_server, "ann@example.com")
+    [mail] = confirmation_mails(db, smtp_server, "ann@example.com")
     assert client.post(path_of(confirm_link(mail), settings)).status_code == 200
     sub = subscriber(db, "ann@example.com")
     assert sub.status == SubscriberStatus.active and sub.unsubscribed_at is None
@@ -711,6 +787,8 @@ def test_links_follow_a_public_url_with_a_path(tmp_path, smtp_server, clock):
         home = c.get("/")
         assert 'action="/news/subscribe"' in home.text and 'href="/news/static/style.css"' in home.text
         c.post("/subscribe", data={"email": "ann@example.com"})
+        with session(engine) as s:
+            settled(s)
     [mail] = [r.message for r in smtp_server.to("ann@example.com")]
     assert confirm_link(mail).startswith("https://blog.example.org/news/confirm/")
     with session(engine) as s:

@@ -406,8 +406,12 @@ def worker(
             progress=(lambda r: None) if once else _print_progress,
             on_error=lambda message: err.print(f"error: {message} (retrying in {cfg.delivery.poll_seconds:g} s)"),
         )
-    if not report.editions:
+    if not report.editions and not report.mails.claimed:
         out.print("Nothing to send.")
+    if report.mails.claimed:
+        m = report.mails
+        out.print(f"Confirmation mails: {m.sent} sent, {m.failed} failed, {m.retrying} to retry"
+                  + (f", {m.skipped} no longer needed" if m.skipped else ""))
     for r in report.editions.values():
         out.print(f"Edition {r.edition_number}: {r.sent} delivered, {r.failed} failed"
                   + (f", {r.skipped} skipped" if r.skipped else "") + f", {r.deferred} pending")

@@ -1,4 +1,4 @@
-"""The tables: Source, Post, Subscriber, Edition, EditionPost, Delivery; ScheduleRun, Lock.
+"""The tables: Source, Post, Subscriber, Edition, EditionPost, Delivery; Outbox; ScheduleRun, Lock.
 
 Datetimes are timezone-aware UTC in Python (``as_utc()``); SQLModel stores them as UTC.
 Status enums are stored by name in a VARCHAR on every database (no native ENUM type, no CHECK):
@@ -87,6 +87,13 @@ class DeliveryStatus(str, Enum):
     sent = "sent"
     failed = "failed"
     skipped = "skipped"  # the subscriber left (or was erased) before it went out
+
+
+class OutboxStatus(str, Enum):
+    pending = "pending"  # waiting for its first attempt or a retry
+    sent = "sent"
+    failed = "failed"  # refused for good, or out of attempts
+    skipped = "skipped"  # no longer wanted when its turn came (e.g. the reader had confirmed)
 
 
 class Source(SQLModel, table=True):
@@ -190,6 +197,38 @@ class Delivery(SQLModel, table=True):
     sent_at: datetime | None = None
     next_attempt_at: datetime | None = None
     # Claim: a sender process takes a batch by writing its id and a lease end.
+    claimed_by: str | None = Field(default=None, max_length=100)
+    claimed_until: datetime | None = None
+
+
+class Outbox(SQLModel, table=True):
+    """Something a request decided to send (a confirmation mail; later other mail and webhooks),
+    written in the request's own transaction and sent by a background loop (digest.outbox), so a
+    request never waits on SMTP. Claimed like a delivery: a sender writes its id and a lease end,
+    so two processes never send one row."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        # What claim() scans: pending rows by due time; sent ones leave the index.
+        Index(
+            "ix_outbox_due",
+            "next_attempt_at",
+            sqlite_where=text("status = 'pending'"),
+            postgresql_where=text("status = 'pending'"),
+        ),
+        Index("ix_outbox_recipient", "recipient"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=50)  # what to send, e.g. "confirmation"; names the handler
+    recipient: str = Field(max_length=2000)  # an address (or, for a webhook, a URL)
+    payload: str = Field(default="{}", sa_column=Column(Text, nullable=False))  # JSON, per kind
+    status: OutboxStatus = Field(default=OutboxStatus.pending, sa_type=_status(OutboxStatus))
+    created_at: datetime
+    next_attempt_at: datetime
+    attempts: int = 0
+    sent_at: datetime | None = None
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
     claimed_by: str | None = Field(default=None, max_length=100)
     claimed_until: datetime | None = None
 

@@ -1,6 +1,8 @@
 """Service: readers joining (double opt-in), confirming, choosing topics, pausing and leaving.
 
-What `digest serve` does for a reader, with the session, the mailer and the clock passed in.
+What `digest serve` does for a reader, with the session and the clock passed in. Mail is never
+sent from here: a confirmation is queued in the outbox, and `ConfirmationMail` is how the outbox
+(digest.outbox) sends it.
 The web app answers a subscribe form the same way whatever the address's state; the outcome
 returned here is for the caller's logs and tests, never for the reader.
 """
@@ -21,12 +23,13 @@ from sqlalchemy import or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from . import outbox
 from . import subscribers as subs
 from .config import Settings
-from .errors import BadToken, DeliveryError
+from .errors import BadToken
 from .links import CONFIRM_MAX_AGE, Links
-from .mailer import Envelope, Mailer
-from .models import Post, Subscriber, SubscriberStatus, as_utc
+from .mailer import Envelope
+from .models import Outbox, Post, Subscriber, SubscriberStatus, as_utc
 from .plaintext import clean
 from .render import compile_mjml, environment
 
@@ -45,17 +48,9 @@ class Outcome(str, Enum):
 
 
 @dataclass(frozen=True)
-class Confirmation:
-    """A confirmation mail to send (after the reader has had their answer)."""
-
-    subscriber_id: int
-    email: str
-
-
-@dataclass(frozen=True)
 class SubscribeResult:
     outcome: Outcome
-    confirmation: Confirmation | None
+    mailed: bool  # a confirmation mail was queued in the outbox
 
 
 # --- categories -------------------------------------------------------------------------------
@@ -98,11 +93,11 @@ def subscribe(
 ) -> SubscribeResult:
     """Record a sign-up. Raises InvalidAddress for an address that cannot be mailed.
 
-    New address: a pending subscriber. Pending: the form's name and topics replace the old
-    ones. Unsubscribed: the record stays as it is until the reader confirms (a form anyone can
-    post changes nothing about a former subscriber). Each of these gets a confirmation unless
-    one went out less than `resend_after` ago. Active, bounced or suspended: nothing changes and
-    no mail is due.
+    New address: a pending subscriber. Pending or unsubscribed: the record stays as it is (a
+    form anyone can post changes nothing about someone else's address: not the name a digest
+    greets them by, not their topics) until the reader confirms. Each of these gets a
+    confirmation mail, queued in the outbox in this transaction, unless one was queued less than
+    `resend_after` ago. Active, bounced or suspended: nothing changes and no mail is due.
     """
     address = subs.normalize_email(email, check_deliverability=check_deliverability)
     now = as_utc(clock())
@@ -118,7 +113,7 @@ def subscribe(
         )
         session.add(sub)
         try:
-            session.commit()
+            session.flush()  # committed with the outbox row, in _due: one write transaction
         except IntegrityError:  # the same address, posted twice at once
             session.rollback()
             sub = _find(session, address)
@@ -127,15 +122,11 @@ def subscribe(
             return _due(session, sub, Outcome.created, now, resend_after)
 
     if sub.status == SubscriberStatus.active:
-        return SubscribeResult(Outcome.active, None)
+        return SubscribeResult(Outcome.active, False)
     if sub.status in (SubscriberStatus.bounced, SubscriberStatus.suspended):
-        return SubscribeResult(Outcome.blocked, None)
+        return SubscribeResult(Outcome.blocked, False)
     if sub.status == SubscriberStatus.unsubscribed:
         return _due(session, sub, Outcome.returning, now, resend_after)
-    sub.name = subs.clean_name(name)
-    sub.topics = choice
-    session.add(sub)
-    session.commit()
     return _due(session, sub, Outcome.resent, now, resend_after)
 
 
@@ -144,8 +135,11 @@ def _find(session: Session, address: str) -> Subscriber | None:
 
 
 def _due(session: Session, sub: Subscriber, outcome: Outcome, now: datetime, resend_after: timedelta) -> SubscribeResult:
-    """Take the right to send a confirmation now: one atomic UPDATE, so two posts at once
-    cannot both send."""
+    """Take the right to send a confirmation now (one atomic UPDATE, so two posts at once cannot
+    both send) and queue the mail in the same transaction. A confirmation still waiting in the
+    outbox (the relay is down) is not queued twice: it goes out when the relay is back."""
+    if outbox.waiting(session, CONFIRMATION, sub.email):
+        return SubscribeResult(Outcome.throttled, False)
     cutoff = now - resend_after
     taken = session.execute(
         update(Subscriber)
@@ -155,58 +149,54 @@ def _due(session: Session, sub: Subscriber, outcome: Outcome, now: datetime, res
         )
         .values(confirmation_sent_at=now)
     ).rowcount
+    if taken:
+        outbox.enqueue(session, CONFIRMATION, sub.email, {"subscriber_id": sub.id}, now)
     session.commit()
     session.refresh(sub)
     if not taken:
-        return SubscribeResult(Outcome.throttled, None)
-    return SubscribeResult(outcome, Confirmation(sub.id, sub.email))
+        return SubscribeResult(Outcome.throttled, False)
+    return SubscribeResult(outcome, True)
 
 
 # --- the confirmation mail --------------------------------------------------------------------
 
 
-def send_confirmation(
-    session: Session,
-    mailer: Mailer,
-    clock: Clock,
-    settings: Settings,
-    confirmation: Confirmation,
-    *,
-    env: jinja2.Environment | None = None,
-) -> None:
-    """Mail the confirmation link. On failure the send is forgotten (so the reader's next try
-    sends again) and DeliveryError is raised."""
-    links = Links(settings.newsletter.secret_key, settings.newsletter.public_url, clock)
-    token = links.confirm_token(confirmation.subscriber_id, confirmation.email)
-    data = confirmation_email(
-        settings,
-        confirmation.email,
-        links.confirm_url(token),
-        clock(),
-        env=env or environment(settings.templates_dir),
-    )
-    envelope = Envelope(settings.newsletter.from_address, confirmation.email, data)
-    try:
-        mailer.open()
-        replies = list(mailer.send([envelope]))
-    except DeliveryError:
-        _forget_send(session, confirmation)
-        raise
-    except Exception as exc:  # a dropped connection, a protocol error: the mail did not go
-        _forget_send(session, confirmation)
-        raise DeliveryError(f"confirmation mail to {confirmation.email} not sent: {exc}") from exc
-    reply = replies[0][1] if replies else None
-    if reply is None or not reply.ok:
-        _forget_send(session, confirmation)
-        detail = f"{reply.code} {reply.text}" if reply else "no reply"
-        raise DeliveryError(f"confirmation mail to {confirmation.email} refused: {detail}")
+CONFIRMATION = "confirmation"  # the outbox kind
 
 
-def _forget_send(session: Session, confirmation: Confirmation) -> None:
-    session.execute(
-        update(Subscriber).where(col(Subscriber.id) == confirmation.subscriber_id).values(confirmation_sent_at=None)
-    )
-    session.commit()
+class ConfirmationMail:
+    """The outbox kind "confirmation": the mail with the confirmation link, made when it is sent
+    (so the link's 7 days start then). Not sent to an address that was erased or changed, or that
+    is active, bounced or suspended by then."""
+
+    def __init__(self, settings: Settings, clock: Clock, env: jinja2.Environment | None = None):
+        self.settings = settings
+        self.links = Links(settings.newsletter.secret_key, settings.newsletter.public_url, clock)
+        self.clock = clock
+        self.env = env or environment(settings.templates_dir)
+
+    def envelope(self, session: Session, row: Outbox) -> Envelope | None:
+        sub = session.get(Subscriber, outbox.payload(row)["subscriber_id"], populate_existing=True)
+        if sub is None or sub.email != row.recipient:
+            return None
+        if sub.status not in (SubscriberStatus.pending, SubscriberStatus.unsubscribed):
+            return None
+        token = self.links.confirm_token(sub.id, sub.email)
+        data = confirmation_email(self.settings, sub.email, self.links.confirm_url(token), self.clock(), env=self.env)
+        return Envelope(self.settings.newsletter.from_address, sub.email, data, tag=row.id)
+
+    def failed(self, session: Session, row: Outbox) -> None:
+        """Forget the send, so the reader's next try queues a new mail at once."""
+        session.execute(
+            update(Subscriber)
+            .where(col(Subscriber.id) == outbox.payload(row)["subscriber_id"], col(Subscriber.email) == row.recipient)
+            .values(confirmation_sent_at=None)
+        )
+
+
+def outbox_kinds(settings: Settings, clock: Clock, env: jinja2.Environment | None = None) -> dict[str, outbox.Kind]:
+    """Every kind of outbox row and how to send it."""
+    return {CONFIRMATION: ConfirmationMail(settings, clock, env)}
 
 
 def confirmation_email(

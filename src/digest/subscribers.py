@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from sqlmodel import Session, col, select
 
 from .errors import DigestError, InvalidAddress, NotFound
-from .models import Delivery, Subscriber, SubscriberStatus, as_utc, topics_text
+from .models import Delivery, Outbox, Subscriber, SubscriberStatus, as_utc, topics_text
 from .plaintext import NAME_LIMIT, clean, shorten
 
 Clock = Callable[[], datetime]
@@ -192,5 +192,6 @@ def unsubscribe(session: Session, sub: Subscriber, clock: Clock) -> bool:
 def erase(session: Session, sub: Subscriber) -> None:
     """Erase a person's data: the subscriber row goes; their deliveries stay, anonymous."""
     session.execute(update(Delivery).where(Delivery.subscriber_id == sub.id).values(subscriber_id=None, last_error=None))
+    session.execute(delete(Outbox).where(Outbox.recipient == sub.email))  # queued mail names the address
     session.delete(sub)
     session.commit()

@@ -3,9 +3,13 @@
 Thin: each handler reads the request, calls a service (signup, archive) and renders a template
 from templates/web/. Plain HTML forms, no JavaScript, no sessions, no cookies: every action on a
 subscriber is authorised by the signed token in its URL.
+
+No request waits on SMTP: a sign-up queues its confirmation mail in the outbox (digest.outbox) in
+its own transaction, and the app's Relay threads send it.
 """
 
 import logging
+import re
 import threading
 from contextlib import asynccontextmanager
 from collections.abc import Callable, Iterator
@@ -14,7 +18,8 @@ from pathlib import Path as FilePath
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from fastapi import BackgroundTasks, Depends, FastAPI, Form, Path, Request
+import anyio.to_thread
+from fastapi import Depends, FastAPI, Form, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy import text
@@ -23,9 +28,9 @@ from sqlmodel import Session
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import archive, signup
+from . import archive, outbox, signup
 from .config import Settings
-from .errors import BadToken, DigestError, InvalidAddress
+from .errors import BadToken, InvalidAddress
 from .jobs import renderer_for, utc_now
 from .links import Links
 from .mailer import Mailer, SMTPMailer
@@ -46,8 +51,33 @@ ARCHIVE_CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' https: data:; script-src 'none'; "
     "form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
 )
-# Pages reached through a personal link: not cached, not indexed.
+# Threads that run the (sync) handlers: anyio's default, set here so the pool can match it.
+REQUEST_THREADS = 40
+
+# Pages reached through a personal link: not cached, not indexed, and the token never logged.
 TOKEN_PATHS = ("/confirm/", "/unsubscribe/", "/preferences/")
+_TOKEN_IN_PATH = re.compile(r"(/(?:confirm|unsubscribe|preferences)/)[^\s/?#\"']+")
+
+
+def redact(text: str) -> str:
+    """`text` with the token of every personal link replaced: /unsubscribe/TOKEN -> /unsubscribe/[redacted]"""
+    return _TOKEN_IN_PATH.sub(r"\1[redacted]", text)
+
+
+class RedactTokens(logging.Filter):
+    """A log handler filter: no log line (uvicorn's access log, an error with a URL in it, a
+    traceback) carries the token of an unsubscribe, preferences or confirmation link. A token is
+    as good as the reader's password for those pages, and logs are read and kept more widely."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(p in message for p in TOKEN_PATHS):
+            record.msg, record.args = redact(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text and any(p in record.exc_text for p in TOKEN_PATHS):
+            record.exc_text = redact(record.exc_text)
+        return True
 
 
 class SecurityHeaders:
@@ -89,7 +119,10 @@ def create_app(
     clock = clock or utc_now
     mailer_factory = mailer_factory or (lambda: SMTPMailer(settings.smtp))
     own_engine = engine is None
-    engine = engine or make_engine(settings.database_url)
+    # One connection for every thread that may want one (handlers, relay threads), so a request
+    # never waits for the pool, let alone fails on it: none holds one across anything slow.
+    connections = REQUEST_THREADS + max(1, settings.smtp.connections)
+    engine = engine or make_engine(settings.database_url, connections=connections)
     ready(engine)
     env = environment(settings.templates_dir)
     links = Links(settings.newsletter.secret_key, settings.newsletter.public_url, clock)
@@ -100,9 +133,19 @@ def create_app(
     base = urlsplit(settings.newsletter.public_url).path.rstrip("/")  # pages' links work under a path prefix
     resend_after = timedelta(minutes=settings.web.confirm_resend_minutes)
 
+    relay = outbox.Relay(
+        engine, signup.outbox_kinds(settings, clock, env), mailer_factory, clock,
+        connections=settings.smtp.connections, max_attempts=settings.smtp.max_attempts,
+        rate_limit=settings.smtp.rate_limit,
+    )
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        anyio.to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
+        relay.start()
         yield
+        # after the message in flight; waited for off the event loop
+        await anyio.to_thread.run_sync(lambda: relay.close(timeout=settings.smtp.timeout + 5))
         if own_engine:
             engine.dispose()
 
@@ -110,6 +153,7 @@ def create_app(
     app.add_middleware(SecurityHeaders)
     app.state.engine = engine
     app.state.limiter = limiter
+    app.state.relay = relay
 
     def db() -> Iterator[Session]:
         with session(engine) as s:
@@ -133,18 +177,6 @@ def create_app(
     def prefs_path(sub) -> str:
         return f"{base}/preferences/{links.subscriber_token(sub.id, sub.email)}"
 
-    def send_confirmation(confirmation: signup.Confirmation) -> None:
-        mailer = mailer_factory()
-        try:
-            with session(engine) as s:
-                signup.send_confirmation(s, mailer, clock, settings, confirmation, env=env)
-        except DigestError as exc:
-            log.warning("confirmation mail not sent: %s", exc)
-        except Exception:  # the reader has had their answer; the log must say what broke
-            log.exception("confirmation mail not sent")
-        finally:
-            mailer.close()
-
     # --- subscribe ----------------------------------------------------------------------------
 
     @app.get("/", response_class=HTMLResponse)
@@ -154,7 +186,6 @@ def create_app(
     @app.post("/subscribe", response_class=HTMLResponse)
     def subscribe(
         request: Request,
-        background: BackgroundTasks,
         s: DB,
         email: Annotated[str, Form()] = "",
         name: Annotated[str, Form()] = "",
@@ -175,9 +206,8 @@ def create_app(
         except InvalidAddress:
             values = {"email": email.strip(), "name": name.strip(), "categories": categories}
             return subscribe_form(s, 400, error="That doesn't look like an email address. Please check it.", values=values)
-        if result.confirmation is not None:
-            # After the answer has gone out: the answer takes as long whatever the address's state.
-            background.add_task(send_confirmation, result.confirmation)
+        if result.mailed:
+            relay.wake()  # the mail is committed in the outbox; a relay thread sends it now
         return answer
 
     # --- confirm ------------------------------------------------------------------------------
@@ -351,9 +381,12 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None, 
             proxy_headers=True,
             forwarded_allow_ips=settings.web.forwarded_allow_ips,
             server_header=False,
-            log_level="info",
+            # uvicorn's loggers (the access log too) go through ours, whose handlers redact tokens
+            log_config=None,
         )
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactTokens())
     if stop is not None:
 
         def watch() -> None:

@@ -17,7 +17,7 @@ from datetime import datetime
 
 from sqlmodel import Session
 
-from . import editions
+from . import editions, outbox, signup
 from .config import Settings
 from .delivery import DeliveryReport, deliver, new_worker_id
 from .errors import DeliveryError
@@ -32,6 +32,7 @@ class WorkerReport:
     worker: str
     editions: dict[int, DeliveryReport] = field(default_factory=dict)  # by edition number
     errors: list[str] = field(default_factory=list)  # SMTP trouble met while polling
+    mails: outbox.Pass = field(default_factory=outbox.Pass)  # the outbox's confirmation mails
 
     @property
     def sent(self) -> int:
@@ -56,7 +57,8 @@ def run(
     on_error: Callable[[str], None] = lambda message: None,
     worker: str | None = None,
 ) -> WorkerReport:
-    """Deliver pending deliveries of every unfinished edition. With `once`, return after one pass,
+    """Deliver pending deliveries of every unfinished edition, and the mail waiting in the outbox
+    (confirmation mails, which `digest serve` sends too). With `once`, return after one pass,
     when nothing is left that this worker can claim now (deliveries held by other workers, or
     waiting for a retry, are theirs or later's); otherwise poll every `delivery.poll_seconds` until
     `stop()`. `wait(seconds)` sleeps between polls (and should return early on a stop).
@@ -71,6 +73,7 @@ def run(
         public_url=settings.newsletter.public_url,
         templates_dir=settings.templates_dir,
     )
+    kinds = signup.outbox_kinds(settings, clock)
     if wait is None:
         idle = threading.Event()
         wait = lambda seconds: idle.wait(seconds)  # noqa: E731
@@ -85,6 +88,13 @@ def run(
                     busy = True
                     report.add(r)
                     progress(r)
+            if not stop():
+                mails = outbox.drain(session, mailer, kinds, clock, worker=worker,
+                                     max_attempts=settings.smtp.max_attempts, stop=stop)
+                report.mails.add(mails)
+                if mails.error:
+                    raise DeliveryError(mails.error)
+                busy = busy or mails.claimed > 0
         except DeliveryError as exc:
             if once:
                 raise

@@ -1,0 +1,337 @@
+"""The outbox: mail that a request decided to send, sent in the background with retries.
+
+A request never waits on SMTP. It writes a row with `enqueue()` in its own transaction (so the row
+exists exactly when what it belongs to was committed) and answers at once. A `Relay` (threads of
+`digest serve`) and `digest worker` take due rows with `send_due()`, send them, and record what
+became of each:
+
+- accepted (2xx): sent;
+- refused (5xx): failed at once, and the kind's `failed()` runs (a confirmation: the reader may
+  ask again at once);
+- temporary (4xx, a dropped connection, an unreachable relay): tried again after BACKOFF, up to
+  `smtp.max_attempts` attempts, then failed as above.
+
+Claims work like the delivery ledger's: one UPDATE writes the sender's id and a lease end on up to
+BATCH due rows that nobody holds (FOR UPDATE SKIP LOCKED on PostgreSQL; SQLite's single writer
+makes the UPDATE atomic), so two processes never send one row, and a sender that dies leaves its
+rows to the others when the lease ends. No database transaction is open while SMTP talks: a slow
+relay never holds a pooled connection.
+
+What a row is for is its `kind`; each kind (a `Kind`, given by the caller: see
+`signup.outbox_kinds`) turns a row into an envelope. Another kind of mail, or a webhook, adds one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from .delivery import new_worker_id
+from .errors import DeliveryError
+from .mailer import Envelope, Mailer, Pacer, Reply
+from .models import Outbox, OutboxStatus, as_utc
+from .store import session as new_session
+
+Clock = Callable[[], datetime]
+log = logging.getLogger(__name__)
+
+# Wait before the next attempt after a temporary failure, by attempts so far. The first retry comes
+# soon (a reader is waiting for this mail; a relay's 4xx is mostly a brief overload), later ones
+# spread out like the delivery ledger's.
+BACKOFF = (timedelta(seconds=10), timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=30), timedelta(hours=2))
+BACKOFF_LATER = timedelta(hours=6)
+BATCH = 10  # rows a sender claims at a time: a few seconds of a slow relay, far inside LEASE
+LEASE = timedelta(minutes=10)  # a sender that stops answering loses its claims after this
+POLL_SECONDS = 5.0  # an idle Relay looks for due rows this often (retries, other processes' rows)
+
+
+class Kind(Protocol):
+    """How rows of one kind are sent."""
+
+    def envelope(self, session: Session, row: Outbox) -> Envelope | None:
+        """The envelope to send for `row` (tag it with row.id), or None when it is no longer
+        wanted (the row is then `skipped`)."""
+
+    def failed(self, session: Session, row: Outbox) -> None:
+        """The row failed for good; undo what queuing it promised (the caller commits)."""
+
+
+def backoff(attempts: int) -> timedelta:
+    return BACKOFF[attempts - 1] if 0 < attempts <= len(BACKOFF) else BACKOFF_LATER
+
+
+def enqueue(session: Session, kind: str, recipient: str, payload: Mapping[str, Any], now: datetime) -> Outbox:
+    """Add a row to the session's transaction (the caller commits), due at once."""
+    row = Outbox(kind=kind, recipient=recipient, payload=json.dumps(dict(payload)), created_at=now, next_attempt_at=now)
+    session.add(row)
+    return row
+
+
+def waiting(session: Session, kind: str, recipient: str) -> bool:
+    """Whether a row of `kind` for `recipient` is still waiting to be sent."""
+    return session.exec(
+        select(Outbox.id).where(Outbox.recipient == recipient, Outbox.kind == kind, Outbox.status == OutboxStatus.pending).limit(1)
+    ).first() is not None
+
+
+def payload(row: Outbox) -> dict[str, Any]:
+    return json.loads(row.payload)
+
+
+def claim(session: Session, worker: str, now: datetime, limit: int = BATCH, lease: timedelta = LEASE) -> list[Outbox]:
+    """Atomically take up to `limit` due pending rows that nobody holds; commits."""
+    until = now + lease
+    due = (
+        select(Outbox.id)
+        .where(
+            Outbox.status == OutboxStatus.pending,
+            col(Outbox.next_attempt_at) <= now,
+            (col(Outbox.claimed_until).is_(None)) | (col(Outbox.claimed_until) < now),
+        )
+        .order_by(Outbox.next_attempt_at)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    taken = session.execute(
+        update(Outbox).where(col(Outbox.id).in_(due.scalar_subquery())).values(claimed_by=worker, claimed_until=until),
+        execution_options={"synchronize_session": False},
+    ).rowcount
+    session.commit()
+    if not taken:
+        return []
+    rows = list(session.exec(
+        select(Outbox).where(Outbox.claimed_by == worker, Outbox.claimed_until == until, Outbox.status == OutboxStatus.pending)
+        .order_by(Outbox.id).execution_options(populate_existing=True)
+    ).all())
+    session.commit()
+    return rows
+
+
+@dataclass
+class Pass:
+    """What one `send_due()` did."""
+
+    claimed: int = 0
+    sent: int = 0
+    retrying: int = 0
+    failed: int = 0
+    skipped: int = 0
+    error: str | None = None  # the relay could not be reached
+
+    def add(self, other: Pass) -> None:
+        self.claimed += other.claimed
+        self.sent += other.sent
+        self.retrying += other.retrying
+        self.failed += other.failed
+        self.skipped += other.skipped
+        self.error = other.error or self.error
+
+
+def send_due(
+    session: Session,
+    mailer: Mailer,
+    kinds: Mapping[str, Kind],
+    clock: Clock,
+    *,
+    worker: str,
+    max_attempts: int,
+    limit: int = BATCH,
+    stop: Callable[[], bool] = lambda: False,
+    pace: Callable[[], bool] = lambda: True,
+) -> Pass:
+    """Claim due rows, send them over `mailer`, record each outcome as its reply comes. `pace()`
+    is called before each message (a rate limit; False stops like `stop()`)."""
+    result = Pass()
+    rows = claim(session, worker, as_utc(clock()), limit)
+    result.claimed = len(rows)
+    if not rows:
+        return result
+    by_id: dict[int, Outbox] = {}
+    envelopes: list[Envelope] = []
+    for row in rows:
+        kind = kinds.get(row.kind)
+        if kind is None:  # a newer digest's kind: left claimed, so another sender takes it after the lease
+            log.warning("outbox row %d: unknown kind %r, left for another sender", row.id, row.kind)
+            continue
+        try:
+            env = kind.envelope(session, row)
+        except Exception as exc:  # noqa: BLE001 - a broken template: retried later, the others still go
+            log.error("outbox row %d (%s): cannot build the message: %s: %s", row.id, row.kind, type(exc).__name__, exc)
+            _retry(session, kinds, row, f"cannot build the message: {exc}", clock, max_attempts, result)
+            continue
+        if env is None:
+            _finish(session, row, OutboxStatus.skipped, clock)
+            result.skipped += 1
+            continue
+        by_id[row.id] = row
+        envelopes.append(env)
+    session.commit()  # nothing open while SMTP talks
+
+    def feed() -> Iterator[Envelope]:
+        for env in envelopes:
+            if stop() or not pace():
+                return
+            yield env
+
+    try:
+        if envelopes:
+            mailer.open()
+            for env, reply in mailer.send(feed()):
+                _record(session, kinds, by_id.pop(env.tag), reply, clock, max_attempts, result)
+                session.commit()
+    except DeliveryError as exc:
+        result.error = str(exc)
+        log.warning("outbox: %s; %d message(s) will be tried again", exc, len(by_id))
+        for row in by_id.values():
+            _retry(session, kinds, row, str(exc), clock, max_attempts, result)
+        by_id.clear()
+    finally:
+        for row in by_id.values():  # not tried (stopping): back to the queue as they were
+            row.claimed_by = row.claimed_until = None
+            session.add(row)
+        session.commit()
+    return result
+
+
+def _record(session: Session, kinds: Mapping[str, Kind], row: Outbox, reply: Reply, clock: Clock, max_attempts: int, result: Pass) -> None:
+    if reply.ok:
+        row.attempts += 1
+        _finish(session, row, OutboxStatus.sent, clock)
+        result.sent += 1
+    elif reply.permanent:
+        row.attempts += 1
+        row.last_error = str(reply)
+        _fail(session, kinds, row, clock, result)
+    else:
+        _retry(session, kinds, row, str(reply), clock, max_attempts, result)
+
+
+def _retry(session: Session, kinds: Mapping[str, Kind], row: Outbox, error: str, clock: Clock, max_attempts: int, result: Pass) -> None:
+    row.attempts += 1
+    row.last_error = error
+    if row.attempts >= max_attempts:
+        _fail(session, kinds, row, clock, result)
+        return
+    row.next_attempt_at = as_utc(clock()) + backoff(row.attempts)
+    row.claimed_by = row.claimed_until = None
+    session.add(row)
+    result.retrying += 1
+
+
+def _fail(session: Session, kinds: Mapping[str, Kind], row: Outbox, clock: Clock, result: Pass) -> None:
+    log.warning("outbox: %s to %s failed after %d attempt(s): %s", row.kind, row.recipient, row.attempts, row.last_error)
+    _finish(session, row, OutboxStatus.failed, clock)
+    kind = kinds.get(row.kind)
+    if kind is not None:
+        kind.failed(session, row)
+    result.failed += 1
+
+
+def _finish(session: Session, row: Outbox, status: OutboxStatus, clock: Clock) -> None:
+    row.status = status
+    if status == OutboxStatus.sent:
+        row.sent_at = as_utc(clock())
+    row.claimed_by = row.claimed_until = None
+    session.add(row)
+
+
+class Relay:
+    """The outbox's senders in `digest serve`: `connections` threads, each with its own SMTP
+    connection (closed while idle), sending due rows as soon as `wake()` says a request queued
+    one, and every POLL_SECONDS anyway (retries, rows queued by other processes)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        kinds: Mapping[str, Kind],
+        mailer_factory: Callable[[], Mailer],
+        clock: Clock,
+        *,
+        connections: int = 1,
+        max_attempts: int = 8,
+        rate_limit: float = 0,
+        poll_seconds: float = POLL_SECONDS,
+    ):
+        self.engine = engine
+        self.kinds = kinds
+        self.mailer_factory = mailer_factory
+        self.clock = clock
+        self.connections = max(1, connections)
+        self.max_attempts = max_attempts
+        self.poll_seconds = poll_seconds
+        self._pacer = Pacer(rate_limit)
+        self._pace_lock = threading.Lock()  # one Pacer for all threads: the limit is over all of them
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for i in range(self.connections):
+            t = threading.Thread(target=self._run, name=f"outbox-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def close(self, timeout: float = 30) -> None:
+        """Stop after the message in flight; what is left stays queued for the next start."""
+        self._stop.set()
+        self._wake.set()
+        for t in self._threads:
+            t.join(timeout)
+        self._threads.clear()
+
+    def _pace(self) -> bool:
+        with self._pace_lock:
+            return self._pacer.wait(self._stop.is_set)
+
+    def _run(self) -> None:
+        worker = new_worker_id()
+        mailer = self.mailer_factory()
+        try:
+            while not self._stop.is_set():
+                self._wake.clear()
+                try:
+                    with new_session(self.engine) as s:
+                        done = send_due(s, mailer, self.kinds, self.clock, worker=worker, max_attempts=self.max_attempts,
+                                        stop=self._stop.is_set, pace=self._pace)
+                except Exception as exc:  # noqa: BLE001 - the relay keeps running; the rows stay queued
+                    log.error("outbox: %s: %s", type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+                    done = Pass()
+                if done.claimed and not done.error:
+                    continue  # more may be due
+                mailer.close()  # no idle SMTP connection between polls
+                self._wake.wait(self.poll_seconds)
+        finally:
+            mailer.close()
+
+
+def drain(
+    session: Session,
+    mailer: Mailer,
+    kinds: Mapping[str, Kind],
+    clock: Clock,
+    *,
+    worker: str,
+    max_attempts: int,
+    stop: Callable[[], bool] = lambda: False,
+) -> Pass:
+    """Send everything due now, batch after batch (`digest worker`); the sums of the passes."""
+    total = Pass()
+    while not stop():
+        done = send_due(session, mailer, kinds, clock, worker=worker, max_attempts=max_attempts, stop=stop)
+        total.add(done)
+        if not done.claimed or done.error:
+            break
+    return total
