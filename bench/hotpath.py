@@ -25,14 +25,14 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa  # noqa: E402
 
-from digest import delivery as dl  # noqa: E402
+from digest.delivery import sender as dl  # noqa: E402
 from digest.config import load_settings, render_config  # noqa: E402
-from digest.dkim_signer import DKIMSigner  # noqa: E402
+from digest.mail.dkim import DKIMSigner  # noqa: E402
 from digest.links import Links  # noqa: E402
-from digest.message import Recipient  # noqa: E402
-from digest.models import DeliveryStatus  # noqa: E402
-from digest.smtp_client import Envelope, dot_stuff  # noqa: E402
-from digest.verp import VERP  # noqa: E402
+from digest.mail.message import Recipient  # noqa: E402
+from digest.store.models import DeliveryStatus  # noqa: E402
+from digest.mail.smtp import Envelope, dot_stuff  # noqa: E402
+from digest.mail.verp import VERP  # noqa: E402
 
 
 def per_call(fn, number: int = 2000) -> float:
@@ -40,8 +40,9 @@ def per_call(fn, number: int = 2000) -> float:
 
 
 def main() -> None:
-    from digest import jobs, sources
-    from digest.store import create_schema, make_engine, session
+    from digest.content import sources
+    from digest.service import pipeline as jobs
+    from digest.store.database import create_schema, make_engine, session
 
     tmp = Path(tempfile.mkdtemp())
     config = tmp / "digest.toml"
@@ -78,7 +79,7 @@ def main() -> None:
 
     # ledger: record 200 results (journal + executemany + commit), as `deliver` does per batch
     with session(engine) as db:
-        from digest import editions
+        from digest.content import editions
         ed = editions.create(db, jobs.utc_now, subject_template="x", newsletter_name="x")
         from sqlalchemy import text
         db.execute(text("INSERT INTO subscriber (email, status, paused, created_at) VALUES ('a@bench.example', 'active', 0, '2026-01-01 00:00:00')"))

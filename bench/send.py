@@ -107,7 +107,7 @@ class TreeMemory(threading.Thread):
 
 
 def write_key(path: Path, kind: str) -> None:
-    from digest.dkim_signer import new_private_key, write_private_key
+    from digest.mail.dkim import new_private_key, write_private_key
 
     write_private_key(new_private_key(kind), path)
 
@@ -169,15 +169,15 @@ def run_digest_send(config: Path, n: int, sink_pid: int) -> dict:
 
 
 def sample_message(config: Path) -> tuple[str, bytes]:
-    from digest import jobs
-    from digest.delivery import build_message  # noqa: F401  (same code path as digest send)
-    from digest.store import make_engine, session
+    from digest.service import pipeline as jobs
+    from digest.delivery.sender import build_message  # noqa: F401  (same code path as digest send)
+    from digest.store.database import make_engine, session
 
     settings = load_settings(config)
     with session(make_engine(settings.database_url)) as db:
         p = jobs.preview(db, settings, latest=5, fetch=False)
         # a message exactly as `digest send` builds it (DKIM-signed if configured)
-        from digest.delivery import message_from, signer_for
+        from digest.delivery.sender import message_from, signer_for
         m = message_from(p.message.rendered, settings, datetime.now(timezone.utc), signer_for(settings))
     return settings.newsletter.from_address, m.for_recipient(jobs.preview_recipient(settings))
 

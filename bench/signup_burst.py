@@ -43,7 +43,7 @@ from aiosmtpd.controller import Controller
 
 from digest.config import load_settings, render_config
 from digest.links import Links
-from digest.store import create_schema, make_engine
+from digest.store.database import create_schema, make_engine
 
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,7 +160,7 @@ def seed(config: Path, count: int) -> list[str]:
     now = datetime.now(timezone.utc)
     rows = [{"email": f"old{i}@example.com", "status": "active", "paused": False, "created_at": now,
              "confirmed_at": now} for i in range(count)]
-    from digest.models import Subscriber
+    from digest.store.models import Subscriber
 
     with engine.begin() as conn:
         conn.execute(Subscriber.__table__.insert(), rows)

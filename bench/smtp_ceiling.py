@@ -29,10 +29,10 @@ import time
 from pathlib import Path
 
 try:
-    from digest.smtp_client import Envelope, SMTPConnection
+    from digest.mail.smtp import Envelope, SMTPConnection
 except ImportError:  # running from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from digest.smtp_client import Envelope, SMTPConnection
+    from digest.mail.smtp import Envelope, SMTPConnection
 
 HOST = "127.0.0.1"
 SENDER = "digest@bench.example"

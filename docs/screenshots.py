@@ -19,11 +19,12 @@ from pathlib import Path
 import httpx
 from playwright.sync_api import sync_playwright
 
-from digest import jobs, sources
-from digest import subscribers as subs
+from digest.content import sources
+from digest.service import pipeline as jobs
+from digest.service import subscribers as subs
 from digest.config import load_settings, render_config
-from digest.mailer import MemoryMailer
-from digest.store import create_schema, make_engine, session
+from digest.mail.mailer import MemoryMailer
+from digest.store.database import create_schema, make_engine, session
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

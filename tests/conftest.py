@@ -27,7 +27,7 @@ from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
 from digest.config import load_settings, render_config
-from digest.store import create_schema, make_engine, session
+from digest.store.database import create_schema, make_engine, session
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).parent.parent

@@ -11,10 +11,12 @@ import pytest
 from sqlmodel import select
 
 from conftest import run_digest
-from digest import bounces, dsn, jobs, subscribers
-from digest.mailer import SMTPMailer
-from digest.models import Delivery, DeliveryStatus, Edition, EditionStatus, SubscriberStatus
-from digest.verp import VERP
+from digest.delivery import bounces
+from digest.mail import dsn
+from digest.service import pipeline as jobs, subscribers
+from digest.mail.mailer import SMTPMailer
+from digest.store.models import Delivery, DeliveryStatus, Edition, EditionStatus, SubscriberStatus
+from digest.mail.verp import VERP
 
 
 def make_dsn(to: str, recipient: str, status: str, *, action: str = "failed", diagnostic: str | None = None,
@@ -113,7 +115,7 @@ def test_hard_bounce_marks_the_subscriber_bounced_and_they_get_no_next_edition(t
 
 def _new_post(db, clock):
     """A new post appears in the source, so the next `send` builds edition 2."""
-    from digest.models import Post, Source
+    from digest.store.models import Post, Source
     src = db.exec(select(Source)).first()
     now = clock()
     db.add(Post(source_id=src.id, guid="new-post", url="https://blog.example.com/new", title="News: A new post",

@@ -109,7 +109,7 @@ def test_bad_cron_is_a_one_line_config_error(tmp_path, expr, message):
 
 
 def test_the_apscheduler_trigger_moves_forward_through_the_repeated_hour():
-    from digest.scheduler import CronSlots
+    from digest.service.scheduler import CronSlots
 
     trigger = CronSlots(Cron.parse("*/30 * * * *", "Europe/Berlin"))
     now = utc(2026, 10, 25, 2, 45)  # as APScheduler asks after a pause: every run time up to now

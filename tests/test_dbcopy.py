@@ -10,12 +10,12 @@ from sqlalchemy import func, select as sa_select
 from sqlmodel import SQLModel, select
 
 from conftest import database_url, run_digest, write_config
-from digest import jobs, signup, subscribers
+from digest.service import pipeline as jobs, signup, subscribers
 from digest.config import load_settings
 from digest.links import Links
-from digest.mailer import SMTPMailer
-from digest.models import Delivery, DeliveryStatus, Edition, Subscriber, SubscriberStatus
-from digest.store import create_schema, make_engine, session
+from digest.mail.mailer import SMTPMailer
+from digest.store.models import Delivery, DeliveryStatus, Edition, Subscriber, SubscriberStatus
+from digest.store.database import create_schema, make_engine, session
 
 
 def counts(engine) -> dict[str, int]:

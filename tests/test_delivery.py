@@ -11,9 +11,10 @@ import threading
 from sqlmodel import select
 
 from conftest import DIGEST, free_port, run_digest
-from digest import jobs, render, subscribers
-from digest.mailer import SMTPMailer
-from digest.models import Delivery, DeliveryStatus, Edition, EditionStatus
+from digest.content import render
+from digest.service import pipeline as jobs, subscribers
+from digest.mail.mailer import SMTPMailer
+from digest.store.models import Delivery, DeliveryStatus, Edition, EditionStatus
 
 
 def add_subscribers(db, clock, n: int, domain: str = "example.com") -> list[str]:
@@ -74,7 +75,7 @@ def test_unreachable_server_is_a_clear_error_and_nothing_is_lost(tmp_path, smtp_
 
 
 def test_subscribers_who_join_after_the_edition_was_created_do_not_get_it(db, settings, clock, smtp_server):
-    from digest import editions
+    from digest.content import editions
     add_subscribers(db, clock, 2)
     jobs.sources.poll(db, settings, clock)
     edition = editions.create(db, clock, subject_template=settings.newsletter.subject, newsletter_name=settings.newsletter.name)
@@ -85,7 +86,7 @@ def test_subscribers_who_join_after_the_edition_was_created_do_not_get_it(db, se
 
 
 def test_unsubscribed_before_sending_is_skipped(db, settings, clock, smtp_server):
-    from digest import editions
+    from digest.content import editions
     addrs = add_subscribers(db, clock, 2)
     jobs.sources.poll(db, settings, clock)
     editions.create(db, clock, subject_template=settings.newsletter.subject, newsletter_name=settings.newsletter.name)

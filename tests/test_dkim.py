@@ -12,13 +12,13 @@ import dkim
 import pytest
 
 from conftest import run_digest, write_config
-from digest import jobs, subscribers
+from digest.service import pipeline as jobs, subscribers
 from digest.config import load_settings
-from digest.dkim_signer import DKIMSigner, canon_body, canon_lines, dns_record, new_private_key, write_private_key
+from digest.mail.dkim import DKIMSigner, canon_body, canon_lines, dns_record, new_private_key, write_private_key
 from digest.errors import ConfigError
-from digest.mailer import SMTPMailer
-from digest.message import Message, Recipient
-from digest.render import Rendered
+from digest.mail.mailer import SMTPMailer
+from digest.mail.message import Message, Recipient
+from digest.content.render import Rendered
 
 REQUIRED_IN_H = {"from", "to", "subject", "date", "message-id", "list-id", "list-unsubscribe", "list-unsubscribe-post"}
 
@@ -50,7 +50,7 @@ def test_sent_messages_carry_a_signature_dkimpy_verifies(tmp_path, smtp_server, 
     config = write_config(tmp_path, smtp_port=smtp_server.port,
                           dkim={"domain": "digest.test", "selector": "digest", "private_key_file": "dkim.pem"})
     settings = load_settings(config)
-    from digest.store import create_schema, make_engine, session
+    from digest.store.database import create_schema, make_engine, session
     engine = make_engine(settings.database_url)
     create_schema(engine)
     with session(engine) as db:

@@ -8,10 +8,10 @@ from datetime import timedelta
 from sqlmodel import select
 
 from conftest import FIXTURES, ON_POSTGRES, database_url, run_digest, write_config
-from digest import editions, sources
+from digest.content import editions, sources
 from digest.config import load_settings
-from digest.models import EditionPost, Post, Source
-from digest.store import make_engine, session
+from digest.store.models import EditionPost, Post, Source
+from digest.store.database import make_engine, session
 
 ENTRY = """<entry><id>tag:test,2026:{id}</id><published>{date}</published><updated>{date}</updated>
 <title type='text'>{title}</title><content type='html'>&lt;p&gt;{body}&lt;/p&gt;</content>

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import FIXTURES
-from digest import feeds
+from digest.content import feeds
 from digest.errors import FeedError
 
 
@@ -92,9 +92,9 @@ def test_split_category_ignores_long_prefixes():
 def test_values_longer_than_their_columns_are_stored_on_every_database(tmp_path, db, clock):
     """SQLite ignores VARCHAR lengths and PostgreSQL enforces them: feeds must fit either way."""
     from conftest import write_config
-    from digest import sources
+    from digest.content import sources
     from digest.config import load_settings
-    from digest.models import Post, Source
+    from digest.store.models import Post, Source
     from sqlmodel import select
 
     long_link = "https://blog.test/" + "a" * 2100

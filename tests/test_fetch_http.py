@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from conftest import FIXTURES, run_digest, write_config
-from digest import sources
+from digest.content import sources
 from digest.config import load_settings
 from feedserver import TRICKLE_SECONDS, FeedServer
 

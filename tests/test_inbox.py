@@ -16,10 +16,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from conftest import FIXTURES, write_config
-from digest import jobs, subscribers
+from digest.service import pipeline as jobs, subscribers
 from digest.config import load_settings
-from digest.mailer import SMTPMailer
-from digest.store import create_schema, make_engine, session
+from digest.mail.mailer import SMTPMailer
+from digest.store.database import create_schema, make_engine, session
 
 GMAIL_CLIP = 102 * 1024
 WORDS = ("replication partition consumer producer warehouse cluster network interface subnet latency "

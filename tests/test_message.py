@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
-from digest import jobs, subscribers
-from digest.models import Delivery
-from digest.verp import VERP
+from digest.service import pipeline as jobs, subscribers
+from digest.store.models import Delivery
+from digest.mail.verp import VERP
 from digest.links import Links
-from digest.mailer import SMTPMailer
-from digest.message import Message, Recipient
-from digest.render import Rendered
+from digest.mail.mailer import SMTPMailer
+from digest.mail.message import Message, Recipient
+from digest.content.render import Rendered
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -94,7 +94,7 @@ def test_nothing_a_subscriber_or_feed_controls_can_inject_a_header():
 def test_hostile_feed_is_inert_in_the_email(tmp_path, smtp_server, clock):
     from conftest import FIXTURES, write_config
     from digest.config import load_settings
-    from digest.store import create_schema, make_engine, session
+    from digest.store.database import create_schema, make_engine, session
     cfg = load_settings(write_config(tmp_path, feeds=[str(FIXTURES / "hostile.atom")], smtp_port=smtp_server.port))
     engine = make_engine(cfg.database_url)
     create_schema(engine)
@@ -152,7 +152,7 @@ def test_wire_bytes_are_exactly_the_dot_stuffed_message_and_tokens_match_itsdang
     from itsdangerous import URLSafeSerializer
 
     from digest.links import _fingerprint
-    from digest.smtp_client import dot_stuff
+    from digest.mail.smtp import dot_stuff
 
     html = "<style>\n.post a { color: red }\n</style>\n<p>100% sure</p>\n.\n..dots\n<a href=\"XDIGESTUNSUBSCRIBEURLX\">u</a>\n"
     rendered = Rendered("S", html, ".leading dot\nXDIGESTNAMEX\n%s %b %%\n")
@@ -194,8 +194,8 @@ def send_feed(tmp_path, smtp_server, clock, feed: str, people, *, max_bytes: int
     names are written to the database as they are, as a row stored by an older version would be."""
     from conftest import write_config
     from digest.config import load_settings
-    from digest.models import Subscriber, SubscriberStatus
-    from digest.store import create_schema, make_engine, session
+    from digest.store.models import Subscriber, SubscriberStatus
+    from digest.store.database import create_schema, make_engine, session
     path = tmp_path / "blog.atom"
     path.write_text(feed, encoding="utf-8")
     cfg = load_settings(write_config(tmp_path, feeds=[str(path)], smtp_port=smtp_server.port))

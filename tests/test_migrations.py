@@ -11,9 +11,9 @@ from sqlalchemy import inspect, text
 from sqlmodel import SQLModel, select
 
 from conftest import DIGEST, database_url, run_digest
-from digest import schema
-from digest.models import Subscriber
-from digest.store import make_engine, session
+from digest.store import schema
+from digest.store.models import Subscriber
+from digest.store.database import make_engine, session
 
 OUT_OF_DATE = "database schema is out of date: run `digest db upgrade`"
 
@@ -114,7 +114,7 @@ def test_create_schema_works_on_an_in_memory_sqlite_database():
     from sqlalchemy.pool import StaticPool
     from sqlmodel import create_engine
 
-    from digest.store import create_schema
+    from digest.store.database import create_schema
 
     engine = create_engine("sqlite://", poolclass=StaticPool)
     create_schema(engine)

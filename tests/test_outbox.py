@@ -10,11 +10,12 @@ from datetime import timedelta
 from sqlmodel import select
 
 from conftest import run_digest
-from digest import outbox, signup
-from digest import subscribers as subs
-from digest.mailer import SMTPMailer
-from digest.models import Outbox, OutboxStatus, Subscriber, SubscriberStatus
-from digest.store import make_engine, session
+from digest.delivery import outbox
+from digest.service import signup
+from digest.service import subscribers as subs
+from digest.mail.mailer import SMTPMailer
+from digest.store.models import Outbox, OutboxStatus, Subscriber, SubscriberStatus
+from digest.store.database import make_engine, session
 
 
 def sign_up(db, clock, email: str):

@@ -9,7 +9,7 @@ import unicodedata
 
 import pytest
 
-from digest.plaintext import TITLE_LIMIT, clean, excerpt, hides_characters, shorten
+from digest.content.plaintext import TITLE_LIMIT, clean, excerpt, hides_characters, shorten
 
 # Bidi embeddings and overrides (LRE RLE PDF LRO RLO), isolates (LRI RLI FSI PDI), marks (LRM RLM
 # ALM), zero-width space / non-joiner / joiner, word joiner, BOM, soft hyphen, Mongolian vowel

@@ -13,13 +13,14 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlmodel import select
 
-from digest import jobs, schedule, sources
-from digest import subscribers as subs
+from digest.content import sources
+from digest.service import pipeline as jobs, slots as schedule
+from digest.service import subscribers as subs
 from digest.config import load_settings
-from digest.mailer import MemoryMailer
+from digest.mail.mailer import MemoryMailer
 from digest.errors import DeliveryError
-from digest.models import Delivery, DeliveryStatus, Edition, EditionStatus, ScheduleRun
-from digest.store import create_schema, make_engine, session
+from digest.store.models import Delivery, DeliveryStatus, Edition, EditionStatus, ScheduleRun
+from digest.store.database import create_schema, make_engine, session
 
 from conftest import FixedClock, write_config
 from feedgen import write_feed

@@ -14,11 +14,12 @@ import pytest
 from sqlmodel import select
 
 from conftest import DIGEST, FixedClock, run_digest, write_config
-from digest import jobs, render, signup, subscribers
+from digest.content import render
+from digest.service import pipeline as jobs, signup, subscribers
 from digest.config import load_settings
-from digest.mailer import Pacer, SMTPMailer
-from digest.models import Delivery, DeliveryStatus, Edition, EditionStatus, SubscriberStatus
-from digest.store import create_schema, make_engine, session
+from digest.mail.mailer import Pacer, SMTPMailer
+from digest.store.models import Delivery, DeliveryStatus, Edition, EditionStatus, SubscriberStatus
+from digest.store.database import create_schema, make_engine, session
 
 
 def open_db(config):
@@ -40,7 +41,7 @@ def per_address(server) -> Counter:
 
 
 def test_a_small_edition_starts_no_sender_processes(tmp_path, smtp_server, clock, monkeypatch):
-    from digest import pool
+    from digest.delivery import pool
     monkeypatch.setattr(pool, "run", lambda *a, **k: pytest.fail("no sender process needed"))
     config = write_config(tmp_path, smtp_port=smtp_server.port, connections=4)  # batch_size 200
     settings, db = open_db(config)
@@ -290,7 +291,7 @@ def _slow_relay_setup(tmp_path, smtp_server, clock, n):
 
 def _rival_claim(rival, clock):
     from datetime import timedelta
-    from digest.delivery import claim
+    from digest.delivery.sender import claim
 
     edition = rival.exec(select(Edition)).one()
     return claim(rival, edition.id, "rival-host:1:abc", clock.now, timedelta(seconds=30), 100)

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
-from digest import jobs
-from digest import subscribers as subs
+from digest.service import pipeline as jobs
+from digest.service import subscribers as subs
 from digest.config import load_settings
-from digest.mailer import MemoryMailer
-from digest.models import Delivery, DeliveryStatus, Edition
-from digest.store import create_schema, make_engine, session
+from digest.mail.mailer import MemoryMailer
+from digest.store.models import Delivery, DeliveryStatus, Edition
+from digest.store.database import create_schema, make_engine, session
 
 from conftest import DIGEST, FixedClock, free_port, run_digest, write_config
 from feedgen import write_feed

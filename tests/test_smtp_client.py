@@ -13,7 +13,7 @@ import pytest
 aiosmtpd_controller = pytest.importorskip("aiosmtpd.controller")
 from aiosmtpd.smtp import AuthResult, LoginPassword  # noqa: E402
 
-from digest.smtp_client import (  # noqa: E402
+from digest.mail.smtp import (  # noqa: E402
     Envelope,
     Reply,
     SMTPAuthError,

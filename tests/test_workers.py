@@ -18,7 +18,7 @@ from sqlalchemy import text
 
 from conftest import DIGEST, run_digest, write_config
 from digest.config import load_settings
-from digest.store import make_engine
+from digest.store.database import make_engine
 
 
 def env(**extra: str) -> dict:

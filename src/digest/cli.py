@@ -21,15 +21,18 @@ try:
     from rich.console import Console
     from rich.text import Text
 
-    from . import editions as editions_svc
-    from . import jobs, schema, sources, workers
-    from . import schedule as schedule_svc
-    from . import subscribers as subs
-    from .config import Settings, config_path, load_settings, render_config, warn_plaintext_credentials, write_config_file
-    from .errors import DigestError
-    from .mailer import SMTPMailer
-    from .models import SubscriberStatus
-    from .store import database_error, display_url, make_engine, ready, session
+    from digest.content import editions as editions_svc
+    from digest.content import sources
+    from digest.service import pipeline as jobs
+    from digest.service import workers
+    from digest.store import schema
+    from digest.service import slots as schedule_svc
+    from digest.service import subscribers as subs
+    from digest.config import Settings, config_path, load_settings, render_config, warn_plaintext_credentials, write_config_file
+    from digest.errors import DigestError
+    from digest.mail.mailer import SMTPMailer
+    from digest.store.models import SubscriberStatus
+    from digest.store.database import database_error, display_url, make_engine, ready, session
 finally:
     if _collecting:
         gc.enable()
@@ -327,7 +330,7 @@ def serve(
     """Run the service: the web app readers use, the scheduled send and feed polling.
 
     Stops on SIGTERM or Ctrl-C after the message in flight; the next start resumes the edition."""
-    from . import scheduler, web  # the web stack loads only for this command
+    from digest.service import scheduler, web  # the web stack loads only for this command
 
     cfg = settings()
     setup_logging(log_level or state.log_level or "info")
@@ -342,7 +345,7 @@ def schedule_cmd(
     count: Annotated[int, typer.Option("--count", "-n", min=1, help="How many send times to show.")] = 5,
 ) -> None:
     """Show the next send times (in the configured zone and in UTC) and the last edition."""
-    from .scheduler import when
+    from digest.service.scheduler import when
 
     cfg = settings()
     sched = cfg.schedule
@@ -457,7 +460,7 @@ def db_copy(
     ids (links in sent emails keep working), posts, editions and the delivery ledger."""
     from sqlalchemy.exc import ArgumentError, OperationalError
 
-    from . import dbcopy
+    from digest.store import copy as dbcopy
 
     cfg = settings()
     try:
@@ -646,7 +649,7 @@ def retry(number: int) -> None:
 @bounces_app.command("process")
 def bounces_process(path: Annotated[Path, typer.Argument(help="A Maildir, an mbox file, a message file (.eml) or a directory of them.")]) -> None:
     """Read bounce messages (RFC 3464 DSNs): hard bounces mark the subscriber bounced, three soft bounces in a row suspended."""
-    from . import bounces as bounces_svc
+    from digest.delivery import bounces as bounces_svc
 
     cfg = settings()
     with db(cfg) as s:
@@ -678,7 +681,7 @@ def dkim_keygen(
     domain: Annotated[Optional[str], typer.Option(help="d=: default, the From address's domain.")] = None,
 ) -> None:
     """Make a signing key (never overwriting one) and print the DNS record and the [dkim] settings."""
-    from .dkim_signer import dns_record, new_private_key, txt_strings, write_private_key
+    from digest.mail.dkim import dns_record, new_private_key, txt_strings, write_private_key
 
     cfg = settings()
     path = out_path or cfg.config_dir / "dkim.pem"
@@ -705,7 +708,7 @@ def dkim_keygen(
 @dkim_app.command("record")
 def dkim_record() -> None:
     """Print the DNS TXT record for the configured [dkim] key."""
-    from .dkim_signer import dns_record, load_private_key, txt_strings
+    from digest.mail.dkim import dns_record, load_private_key, txt_strings
 
     cfg = settings()
     if not cfg.dkim.enabled:

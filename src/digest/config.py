@@ -30,8 +30,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from .cron import Cron, zone
-from .errors import ConfigError
+from digest.cron import Cron, zone
+from digest.errors import ConfigError
 
 DEFAULT_CONFIG_NAME = "digest.toml"
 ENV_PREFIX = "DIGEST_"
@@ -87,7 +87,7 @@ class NewsletterSettings(_Section):
     @field_validator("subject")
     @classmethod
     def _subject(cls, value: str) -> str:
-        from .editions import check_subject  # ValueError naming the unknown field
+        from digest.content.editions import check_subject  # ValueError naming the unknown field
 
         check_subject(value)
         return value
@@ -578,7 +578,7 @@ def _check_dkim(settings: Settings, origin: _Origin) -> None:
                 f"{origin.path}: missing required setting 'dkim.{key}' (DKIM needs domain, selector and"
                 f" private_key_file; set it in the file or as {env_name('dkim', key)})"
             )
-    from .dkim_signer import load_private_key  # here: only configs that sign pay for the import
+    from digest.mail.dkim import load_private_key  # here: only configs that sign pay for the import
 
     path = settings.dkim_key_path
     try:

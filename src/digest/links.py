@@ -17,7 +17,7 @@ from datetime import datetime
 
 from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeSerializer, URLSafeTimedSerializer
 
-from .errors import BadToken
+from digest.errors import BadToken
 
 CONFIRM_MAX_AGE = 7 * 24 * 3600
 

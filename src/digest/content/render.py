@@ -16,9 +16,9 @@ from pathlib import Path
 import jinja2
 from mjml import mjml2html
 
-from .editions import EditionView, Section
-from .models import Post
-from .plaintext import AUTHOR_LIMIT, CATEGORY_LIMIT, TITLE_LIMIT, clean, excerpt, hides_characters, shorten
+from digest.content.editions import EditionView, Section
+from digest.store.models import Post
+from digest.content.plaintext import AUTHOR_LIMIT, CATEGORY_LIMIT, TITLE_LIMIT, clean, excerpt, hides_characters, shorten
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +88,10 @@ def shown(sections: tuple[Section, ...], excerpt_words: int | None, limit: int |
 
 
 def bundled_templates_dir() -> Path:
-    """Templates shipped with the package (wheel), else the source checkout's templates/."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "templates", here.parents[1] / "templates"):
+    """Templates shipped with the package (the wheel's digest/templates), else the source
+    checkout's templates/ (this file is src/digest/content/render.py)."""
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package / "templates", package.parents[1] / "templates"):
         if (candidate / "edition.mjml.j2").is_file():
             return candidate
     raise FileNotFoundError("bundled templates not found")

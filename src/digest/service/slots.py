@@ -21,9 +21,10 @@ from datetime import datetime, timedelta
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from . import editions, locks
-from .cron import Cron
-from .models import Edition, ScheduleRun, as_utc
+from digest.content import editions
+from digest.store import locks
+from digest.cron import Cron
+from digest.store.models import Edition, ScheduleRun, as_utc
 
 Clock = Callable[[], datetime]
 

@@ -71,7 +71,7 @@ def run(target: Callable, jobs: Sequence, stop: Callable[[], bool], *, method: s
             raise CannotStart(f"cannot hand the job to a {method} process: {exc}") from None
     ctx = mp.get_context(method)
     if method == "forkserver":
-        ctx.set_forkserver_preload(["digest.delivery"])
+        ctx.set_forkserver_preload([target.__module__])  # the target's module, loaded once in the server
     procs: list[tuple[mp.Process, object]] = []
     frozen = method == "fork"
     if frozen:
@@ -189,7 +189,7 @@ def _child(target: Callable, job, conn) -> None:
     try:
         result = target(job, stop)
     except BaseException as exc:  # reported to the parent, which decides
-        from .errors import DigestError
+        from digest.errors import DigestError
 
         if isinstance(exc, DigestError):
             message = ("error", str(exc))

@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import re
 
-from .links import KeyedHMAC
+from digest.links import KeyedHMAC
 
 PREFIX = "bounce+"
 _TOKEN = re.compile(r"bounce\+([0-9a-f]{1,16})-([0-9a-f]{12})@", re.IGNORECASE)

@@ -17,12 +17,14 @@ from datetime import datetime
 
 from sqlmodel import Session
 
-from . import editions, outbox, signup
-from .config import Settings
-from .delivery import DeliveryReport, deliver, new_worker_id
-from .errors import DeliveryError
-from .mailer import Mailer
-from .render import Renderer
+from digest.content import editions
+from digest.delivery import outbox
+from digest.service import signup
+from digest.config import Settings
+from digest.delivery.sender import DeliveryReport, deliver, new_worker_id
+from digest.errors import DeliveryError
+from digest.mail.mailer import Mailer
+from digest.content.render import Renderer
 
 Clock = Callable[[], datetime]
 

@@ -12,8 +12,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, create_engine
 
-from . import models  # noqa: F401  (registers the tables)
-from .errors import ConfigError, DatabaseError
+from digest.store import models  # noqa: F401  (registers the tables)
+from digest.errors import ConfigError, DatabaseError
 
 
 def make_engine(url: str, *, echo: bool = False, connections: int | None = None) -> Engine:
@@ -63,14 +63,14 @@ def database_error(url: str, exc: OperationalError) -> DatabaseError:
 
 def create_schema(engine: Engine) -> None:
     """Bring the database to the newest schema revision (creating it when empty)."""
-    from . import schema
+    from digest.store import schema
 
     schema.upgrade(engine)
 
 
 def ready(engine: Engine) -> None:
     """Create an empty database; refuse (SchemaOutOfDate, exit 2) one that needs `digest db upgrade`."""
-    from . import schema
+    from digest.store import schema
 
     schema.ready(engine)
 

@@ -13,9 +13,9 @@ from pathlib import Path
 from sqlalchemy import delete, update
 from sqlmodel import Session, col, select
 
-from .errors import DigestError, InvalidAddress, NotFound
-from .models import Delivery, Outbox, Subscriber, SubscriberStatus, as_utc, topics_text
-from .plaintext import NAME_LIMIT, clean, shorten
+from digest.errors import DigestError, InvalidAddress, NotFound
+from digest.store.models import Delivery, Outbox, Subscriber, SubscriberStatus, as_utc, topics_text
+from digest.content.plaintext import NAME_LIMIT, clean, shorten
 
 Clock = Callable[[], datetime]
 

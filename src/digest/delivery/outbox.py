@@ -35,11 +35,11 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from .delivery import new_worker_id
-from .errors import DeliveryError
-from .mailer import Envelope, Mailer, Pacer, Reply
-from .models import Outbox, OutboxStatus, as_utc
-from .store import session as new_session
+from digest.delivery.sender import new_worker_id
+from digest.errors import DeliveryError
+from digest.mail.mailer import Envelope, Mailer, Pacer, Reply
+from digest.store.models import Outbox, OutboxStatus, as_utc
+from digest.store.database import session as new_session
 
 Clock = Callable[[], datetime]
 log = logging.getLogger(__name__)

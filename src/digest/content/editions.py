@@ -12,9 +12,9 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from . import locks
-from .errors import NotFound
-from .models import (
+from digest.store import locks
+from digest.errors import NotFound
+from digest.store.models import (
     Delivery,
     DeliveryStatus,
     Edition,

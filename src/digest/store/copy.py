@@ -24,9 +24,9 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
-from . import schema
-from .errors import DigestError
-from .models import Delivery, DeliveryStatus, as_utc
+from digest.store import schema
+from digest.errors import DigestError
+from digest.store.models import Delivery, DeliveryStatus, as_utc
 
 BATCH = 5000  # rows read and written at a time: memory stays flat whatever the size
 
@@ -46,8 +46,8 @@ def copy_database(source: Engine, target: Engine, now: datetime, *, journal_dir:
     schema.ready(source)
     report = CopyReport()
     if journal_dir is not None:
-        from .delivery import Journal, release_dead_claims
-        from .store import session
+        from digest.delivery.sender import Journal, release_dead_claims
+        from digest.store.database import session
 
         with session(source) as s:
             report.replayed = Journal.replay(s, journal_dir)

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from .errors import SchemaOutOfDate
+from digest.errors import SchemaOutOfDate
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The newest revision, so that `ready()` — run by every command — needs no Alembic (loading it
@@ -197,7 +197,7 @@ def revision(message: str, *, autogenerate: bool = True) -> Path:
     (and run the suite on PostgreSQL too) before committing."""
     from alembic import command
 
-    from .store import make_engine
+    from digest.store.database import make_engine
 
     with tempfile.TemporaryDirectory() as tmp:
         engine = make_engine(f"sqlite:///{Path(tmp) / 'scratch.db'}")

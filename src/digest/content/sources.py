@@ -11,10 +11,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from . import feeds, locks
-from .config import FeedLocation, Settings
-from .errors import FeedError
-from .models import EditionPost, Post, Source, as_utc
+from digest.content import feeds
+from digest.store import locks
+from digest.config import FeedLocation, Settings
+from digest.errors import FeedError
+from digest.store.models import EditionPost, Post, Source, as_utc
 
 Clock = Callable[[], datetime]
 

@@ -20,7 +20,7 @@ from sqlalchemy import insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from .models import Lock
+from digest.store.models import Lock
 
 EDITION = "edition"  # building an edition (and deciding a schedule slot)
 POSTS = "posts"  # storing a source's posts

@@ -23,15 +23,15 @@ from sqlalchemy import or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from . import outbox
-from . import subscribers as subs
-from .config import Settings
-from .errors import BadToken
-from .links import CONFIRM_MAX_AGE, Links
-from .mailer import Envelope
-from .models import Outbox, Post, Subscriber, SubscriberStatus, as_utc
-from .plaintext import clean
-from .render import compile_mjml, environment
+from digest.delivery import outbox
+from digest.service import subscribers as subs
+from digest.config import Settings
+from digest.errors import BadToken
+from digest.links import CONFIRM_MAX_AGE, Links
+from digest.mail.mailer import Envelope
+from digest.store.models import Outbox, Post, Subscriber, SubscriberStatus, as_utc
+from digest.content.plaintext import clean
+from digest.content.render import compile_mjml, environment
 
 Clock = Callable[[], datetime]
 

@@ -7,7 +7,7 @@ from alembic import context
 from sqlmodel import SQLModel
 from sqlmodel.sql.sqltypes import AutoString, UTCDateTime
 
-from digest import models  # noqa: F401  (registers the tables)
+from digest.store import models  # noqa: F401  (registers the tables)
 
 config = context.config
 connection = config.attributes.get("connection")

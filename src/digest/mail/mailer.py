@@ -15,9 +15,9 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
-from .config import SMTPSettings
-from .errors import DeliveryError
-from .smtp_client import Envelope, Reply, SMTPClientError, SMTPConnection
+from digest.config import SMTPSettings
+from digest.errors import DeliveryError
+from digest.mail.smtp import Envelope, Reply, SMTPClientError, SMTPConnection
 
 __all__ = ["Envelope", "Reply", "Mailer", "SMTPMailer", "MemoryMailer", "Pacer"]
 

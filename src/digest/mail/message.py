@@ -18,9 +18,9 @@ from datetime import datetime
 from email.header import Header
 from email.utils import format_datetime, formataddr, parseaddr
 
-from .dkim_signer import DKIMSigner, canon_lines
-from .plaintext import NAME_LIMIT, clean, shorten
-from .render import PLACEHOLDERS, Rendered
+from digest.mail.dkim import DKIMSigner, canon_lines
+from digest.content.plaintext import NAME_LIMIT, clean, shorten
+from digest.content.render import PLACEHOLDERS, Rendered
 
 _PLACEHOLDER_RE = re.compile("|".join(PLACEHOLDERS))
 _QP_MAX = 76

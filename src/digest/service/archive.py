@@ -5,10 +5,10 @@ from __future__ import annotations
 from sqlalchemy import exists, or_
 from sqlmodel import Session, col, select
 
-from .config import Settings
-from .editions import edition_view
-from .models import Delivery, DeliveryStatus, Edition, EditionStatus
-from .render import Renderer
+from digest.config import Settings
+from digest.content.editions import edition_view
+from digest.store.models import Delivery, DeliveryStatus, Edition, EditionStatus
+from digest.content.render import Renderer
 
 
 def _published():

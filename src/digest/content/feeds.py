@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 import feedparser
 import nh3
 
-from .errors import FeedError
-from .plaintext import (
+from digest.errors import FeedError
+from digest.content.plaintext import (
     AUTHOR_LIMIT,
     CATEGORY_LIMIT,
     SOURCE_TITLE_LIMIT,

@@ -10,14 +10,15 @@ from datetime import datetime, timedelta, timezone
 
 from sqlmodel import Session
 
-from . import editions, schedule, sources
-from .config import Settings
-from .delivery import DeliveryReport, build_message, deliver
-from .editions import EditionView
-from .links import Links
-from .mailer import Envelope, Mailer, Reply
-from .message import Message, Recipient
-from .render import Renderer
+from digest.content import editions, sources
+from digest.service import slots as schedule
+from digest.config import Settings
+from digest.delivery.sender import DeliveryReport, build_message, deliver
+from digest.content.editions import EditionView
+from digest.links import Links
+from digest.mail.mailer import Envelope, Mailer, Reply
+from digest.mail.message import Message, Recipient
+from digest.content.render import Renderer
 
 Clock = Callable[[], datetime]
 
@@ -203,7 +204,7 @@ def preview(
 
 def send_preview(preview: Preview, addresses: list[str], mailer: Mailer, settings: Settings, clock: Clock = utc_now) -> list[tuple[str, Reply]]:
     """Mail the preview to `addresses` only, subject prefixed "[Preview]". Records nothing."""
-    from .subscribers import normalize_email
+    from digest.service.subscribers import normalize_email
 
     now = clock()
     message = build_message(renderer_for(settings), preview.view, "[Preview] " + preview.subject, settings, now)
@@ -244,7 +245,7 @@ def retry(
     stop: Callable[[], bool] = lambda: False,
 ) -> RetryResult:
     """`digest retry N`: try edition N's failed and deferred deliveries again, now."""
-    from .delivery import reset_for_retry
+    from digest.delivery.sender import reset_for_retry
 
     edition = editions.get(session, number)
     retried = reset_for_retry(session, edition)

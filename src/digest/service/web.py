@@ -28,16 +28,17 @@ from sqlmodel import Session
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import archive, outbox, signup
-from .config import Settings
-from .errors import BadToken, InvalidAddress
-from .jobs import renderer_for, utc_now
-from .links import Links
-from .mailer import Mailer, SMTPMailer
-from .models import SubscriberStatus
-from .ratelimit import RateLimiter
-from .render import bundled_templates_dir, environment
-from .store import make_engine, ready, session
+from digest.delivery import outbox
+from digest.service import archive, signup
+from digest.config import Settings
+from digest.errors import BadToken, InvalidAddress
+from digest.service.pipeline import renderer_for, utc_now
+from digest.links import Links
+from digest.mail.mailer import Mailer, SMTPMailer
+from digest.store.models import SubscriberStatus
+from digest.service.ratelimit import RateLimiter
+from digest.content.render import bundled_templates_dir, environment
+from digest.store.database import make_engine, ready, session
 
 log = logging.getLogger("digest.web")
 

@@ -21,12 +21,12 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from . import jobs
-from .config import Settings
-from .cron import Cron
-from .errors import DigestError
-from .mailer import Mailer, SMTPMailer
-from .store import make_engine, ready, session
+from digest.service import pipeline as jobs
+from digest.config import Settings
+from digest.cron import Cron
+from digest.errors import DigestError
+from digest.mail.mailer import Mailer, SMTPMailer
+from digest.store.database import make_engine, ready, session
 
 log = logging.getLogger("digest")
 

@@ -35,18 +35,19 @@ from typing import NamedTuple
 from sqlalchemy import bindparam, text, update
 from sqlmodel import Session, select
 
-from . import dsn, pool
-from .config import Settings
-from .dkim_signer import DKIMSigner
-from .editions import EditionView, edition_view, pending_count
-from .errors import DeliveryError
-from .links import Links
-from .mailer import Envelope, Mailer, Pacer, Reply
-from .message import Message, Recipient
-from .models import Delivery, DeliveryStatus, Edition, EditionStatus, Subscriber, SubscriberStatus, as_utc, parse_topics
-from .plaintext import NAME_LIMIT
-from .render import Rendered, Renderer
-from .verp import VERP
+from digest.delivery import pool
+from digest.mail import dsn
+from digest.config import Settings
+from digest.mail.dkim import DKIMSigner
+from digest.content.editions import EditionView, edition_view, pending_count
+from digest.errors import DeliveryError
+from digest.links import Links
+from digest.mail.mailer import Envelope, Mailer, Pacer, Reply
+from digest.mail.message import Message, Recipient
+from digest.store.models import Delivery, DeliveryStatus, Edition, EditionStatus, Subscriber, SubscriberStatus, as_utc, parse_topics
+from digest.content.plaintext import NAME_LIMIT
+from digest.content.render import Rendered, Renderer
+from digest.mail.verp import VERP
 
 Clock = Callable[[], datetime]
 log = logging.getLogger(__name__)
@@ -804,7 +805,7 @@ def _deliver_in_pool(session: Session, edition: Edition, variants: Variants, fac
 
 def _pool_sender(job: _SenderJob, stop: Callable[[], bool]) -> DeliveryReport:
     """Runs in a sender process: its own engine, session, mailer and worker id."""
-    from .store import make_engine, session as new_session
+    from digest.store.database import make_engine, session as new_session
 
     settings = job.settings
     engine = make_engine(settings.database_url)

@@ -31,11 +31,11 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlmodel import Session
 
-from . import dsn
-from .config import Settings
-from .errors import DigestError
-from .models import Delivery, DeliveryStatus, Edition, Subscriber, SubscriberStatus, as_utc
-from .verp import VERP
+from digest.mail import dsn
+from digest.config import Settings
+from digest.errors import DigestError
+from digest.store.models import Delivery, DeliveryStatus, Edition, Subscriber, SubscriberStatus, as_utc
+from digest.mail.verp import VERP
 
 Clock = Callable[[], datetime]
 
