@@ -7,7 +7,7 @@ import io
 
 from sqlmodel import select
 
-from conftest import FIXTURES, run_digest, write_config
+from conftest import FIXTURES, run_digest, subscribe, write_config
 from digest.config import load_settings
 from digest.models import Delivery, Edition, Post, Subscriber
 from digest.store import make_engine, session
@@ -18,7 +18,7 @@ def db_for(config):
 
 
 def test_preview_writes_files_and_records_nothing(config_path, smtp_server, tmp_path):
-    run_digest(config_path, "subscribers", "add", "ann@example.com", check=True)
+    subscribe(config_path, "ann@example.com")
     out = tmp_path / "out"
     proc = run_digest(config_path, "send", "--preview", "--out", str(out), check=True)
     assert str(out / "preview.html") in proc.stdout and str(out / "preview.txt") in proc.stdout
@@ -41,7 +41,7 @@ def test_preview_writes_files_and_records_nothing(config_path, smtp_server, tmp_
 
 
 def test_preview_to_sends_only_to_those_addresses(config_path, smtp_server, tmp_path):
-    run_digest(config_path, "subscribers", "add", "ann@example.com", check=True)
+    subscribe(config_path, "ann@example.com")
     proc = run_digest(config_path, "send", "--preview", "--to", "me@example.com", "--out", str(tmp_path), check=True)
     assert "Sent preview to me@example.com" in proc.stdout
     assert [r.recipients for r in smtp_server.received] == [["me@example.com"]]

@@ -9,7 +9,7 @@ from email import policy
 from sqlalchemy import func, select as sa_select
 from sqlmodel import SQLModel, select
 
-from conftest import database_url, run_digest, write_config
+from conftest import database_url, run_digest, subscribe, write_config
 from digest import jobs, signup, subscribers
 from digest.config import load_settings
 from digest.links import Links
@@ -84,7 +84,7 @@ def test_copy_keeps_subscribers_links_history_and_the_ledger(tmp_path, smtp_serv
 
 def test_copy_refuses_a_target_with_data_itself_and_a_bad_url(tmp_path, smtp_server, clock):
     config = write_config(tmp_path, smtp_port=smtp_server.port, database_url=f"sqlite:///{tmp_path / 'old.db'}")
-    run_digest(config, "subscribers", "add", "ann@example.com", check=True)
+    subscribe(config, "ann@example.com")
     target = target_url(tmp_path)
     run_digest(config, "db", "copy", target, check=True)
     dst = make_engine(target)

@@ -10,7 +10,7 @@ import threading
 
 from sqlmodel import select
 
-from conftest import DIGEST, free_port, run_digest
+from conftest import DIGEST, free_port, run_digest, subscribe
 from digest import jobs, render, subscribers
 from digest.mailer import SMTPMailer
 from digest.models import Delivery, DeliveryStatus, Edition, EditionStatus
@@ -59,8 +59,7 @@ def test_unreachable_server_is_a_clear_error_and_nothing_is_lost(tmp_path, smtp_
     from conftest import write_config
     port = free_port()  # nothing listens here
     config = write_config(tmp_path, smtp_port=port)
-    for a in ("ann@example.com", "bob@example.com"):
-        run_digest(config, "subscribers", "add", a, check=True)
+    subscribe(config, "ann@example.com", "bob@example.com")
     proc = run_digest(config, "send")
     assert proc.returncode != 0
     assert f"127.0.0.1:{port}" in proc.stderr and "Traceback" not in proc.stderr
@@ -108,9 +107,7 @@ def test_sigkill_mid_send_then_resume_mails_everyone_and_duplicates_at_most_in_f
     n = 300
     config = write_config(tmp_path, smtp_port=smtp_server.port)
     config.write_text(config.read_text().replace("# batch_size = 200", "batch_size = 100"))
-    lines = "\n".join(f"reader{i:04d}@example.com" for i in range(n))
-    (tmp_path / "list.csv").write_text("email\n" + lines + "\n")
-    run_digest(config, "subscribers", "import", str(tmp_path / "list.csv"), check=True)
+    subscribe(config, *(f"reader{i:04d}@example.com" for i in range(n)))
 
     killed = threading.Event()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}

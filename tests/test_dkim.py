@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 import dkim
 import pytest
 
-from conftest import run_digest, write_config
+from conftest import run_digest, subscribe, write_config
 from digest import jobs, subscribers
 from digest.config import load_settings
 from digest.dkim_signer import DKIMSigner, canon_body, canon_lines, dns_record, new_private_key, write_private_key
@@ -125,7 +125,7 @@ def test_dkim_keygen_then_the_printed_settings_and_record_make_signatures_that_v
     block = made[made.index("[dkim]"):].strip()
     config.write_text(config.read_text().replace("[dkim]\n", block + "\n", 1))
     assert run_digest(config, "dkim", "record", check=True).stdout.strip() == line.strip()
-    run_digest(config, "subscribers", "add", "ann@example.com", check=True)
+    subscribe(config, "ann@example.com")
     run_digest(config, "send", check=True)
     got = smtp_server.received[0].data
 

@@ -10,7 +10,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 from sqlmodel import SQLModel
 
-from conftest import DIGEST, database_url, run_digest
+from conftest import DIGEST, database_url, run_digest, subscribe
 from digest import schema
 from digest.store import make_engine
 
@@ -46,7 +46,7 @@ def test_downgrade_to_nothing_and_upgrade_again(tmp_path):
 
 
 def test_out_of_date_schema_is_refused_until_db_upgrade(config_path, smtp_server):
-    run_digest(config_path, "subscribers", "add", "ann@example.com", check=True)  # a new database: made at head
+    subscribe(config_path, "ann@example.com")  # a new database: made at head
     engine = make_engine(run_settings_url(config_path))
     schema.downgrade(engine, schema.BASELINE)
     for args in (("send",), ("init",), ("editions",), ("worker", "--once")):
