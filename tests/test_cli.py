@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 
+import pytest
 from sqlmodel import select
 
 from conftest import FIXTURES, run_digest, subscribe, write_config
@@ -17,6 +18,7 @@ def db_for(config):
     return session(make_engine(load_settings(config).database_url))
 
 
+@pytest.mark.slow
 def test_preview_writes_files_and_records_nothing(config_path, smtp_server, tmp_path):
     subscribe(config_path, "ann@example.com")
     out = tmp_path / "out"
@@ -50,6 +52,7 @@ def test_preview_to_sends_only_to_those_addresses(config_path, smtp_server, tmp_
         assert db.exec(select(Edition)).all() == []
 
 
+@pytest.mark.slow
 def test_subscribers_import_export_list_remove_delete(config_path, smtp_server, tmp_path):
     src = tmp_path / "people.csv"
     src.write_text("email,name\nann@example.com,Ann\nnot-an-address,Bob\nANN@example.com,Dup\n"
@@ -79,6 +82,7 @@ def test_subscribers_import_export_list_remove_delete(config_path, smtp_server, 
     assert bad.returncode == 1 and "not a valid email address" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow
 def test_fetch_reports_each_source_and_fails_only_when_all_fail(tmp_path):
     config = write_config(tmp_path, feeds=[str(FIXTURES / "blogger.atom"), str(FIXTURES / "broken.xml")])
     proc = run_digest(config, "fetch")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import email
 from email import policy
 
+import pytest
 from sqlalchemy import func, select as sa_select
 from sqlmodel import SQLModel, select
 
@@ -82,6 +83,7 @@ def test_copy_keeps_subscribers_links_history_and_the_ledger(tmp_path, smtp_serv
     dst.dispose()
 
 
+@pytest.mark.slow
 def test_copy_refuses_a_target_with_data_itself_and_a_bad_url(tmp_path, smtp_server, clock):
     config = write_config(tmp_path, smtp_port=smtp_server.port, database_url=f"sqlite:///{tmp_path / 'old.db'}")
     subscribe(config, "ann@example.com")
@@ -100,6 +102,7 @@ def test_copy_refuses_a_target_with_data_itself_and_a_bad_url(tmp_path, smtp_ser
     dst.dispose()
 
 
+@pytest.mark.slow
 def test_copy_waits_for_senders_still_at_work(tmp_path, smtp_server, clock):
     from datetime import datetime, timedelta, timezone
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 
+import pytest
 from sqlmodel import select
 
 from conftest import DIGEST, free_port, run_digest, subscribe
@@ -23,6 +24,7 @@ def add_subscribers(db, clock, n: int, domain: str = "example.com") -> list[str]
     return addrs
 
 
+@pytest.mark.slow
 def test_permanent_refusal_marks_one_failed_and_the_run_goes_on(db, settings, clock, smtp_server):
     addrs = add_subscribers(db, clock, 5)
     smtp_server.refuse[addrs[2]] = "550 5.1.1 <reader00002@example.com>: mailbox unknown"
@@ -55,6 +57,7 @@ def test_temporary_refusal_stays_pending_for_a_later_run(db, settings, clock, sm
     assert len(smtp_server.to(addrs[0])) == 1
 
 
+@pytest.mark.slow
 def test_unreachable_server_is_a_clear_error_and_nothing_is_lost(tmp_path, smtp_server):
     from conftest import write_config
     port = free_port()  # nothing listens here
@@ -102,6 +105,7 @@ def test_mjml_is_compiled_once_per_edition_not_per_subscriber(db, settings, cloc
     assert r.sent == 40 and len(calls) == 1
 
 
+@pytest.mark.slow
 def test_sigkill_mid_send_then_resume_mails_everyone_and_duplicates_at_most_in_flight(tmp_path, smtp_server):
     from conftest import write_config
     n = 300

@@ -93,6 +93,7 @@ def test_signature_survives_whitespace_and_the_canonical_body_matches_the_refere
     assert "Feedback-ID: weekly:digest" in raw.decode()
 
 
+@pytest.mark.slow
 def test_dkim_config_errors_are_one_line_naming_the_key(tmp_path):
     base = write_config(tmp_path, dkim={"domain": "digest.test", "selector": "digest", "private_key_file": "missing.pem"})
     text = base.read_text().replace('private_key_file = "missing.pem"\n', "", 1)
@@ -108,6 +109,7 @@ def test_dkim_config_errors_are_one_line_naming_the_key(tmp_path):
         load_settings(base)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["rsa", "ed25519"])
 def test_dkim_keygen_then_the_printed_settings_and_record_make_signatures_that_verify(tmp_path, smtp_server, kind):
     config = write_config(tmp_path, smtp_port=smtp_server.port, from_="Test Weekly <news@digest.test>")

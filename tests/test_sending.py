@@ -71,6 +71,7 @@ def test_four_sender_processes_mail_everyone_once_and_render_once(tmp_path, smtp
     assert not any((tmp_path / ".digest-journal").glob("*.log"))
 
 
+@pytest.mark.slow
 def test_cli_send_with_sender_processes_and_an_unreachable_server(tmp_path, smtp_server):
     from conftest import free_port
     port = free_port()
@@ -217,6 +218,7 @@ def _settled(config, timeout=10.0):
                 return rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_stopping_the_sender_stops_every_sender_process_between_messages(tmp_path, smtp_server, sig):
     """SIGTERM: `digest send` tells its sender processes to stop, waits for them, exits 143.
@@ -243,6 +245,7 @@ def test_stopping_the_sender_stops_every_sender_process_between_messages(tmp_pat
     assert not any((tmp_path / ".digest-journal").glob("*.log"))
 
 
+@pytest.mark.slow
 def test_sigkill_of_every_sender_process_resends_at_most_one_message_per_connection(tmp_path, smtp_server):
     n, connections = 300, 3
     config = write_config(tmp_path, smtp_port=smtp_server.port, connections=connections, extra="batch_size = 50\n")

@@ -60,6 +60,7 @@ def db_rows(config, sql: str) -> list:
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_four_workers_share_one_edition_and_mail_everyone_once(tmp_path, smtp_server):
     n, batch = 2000, 40  # 50 claims for four workers to race for
     config = queue_edition(tmp_path, smtp_server, n, f"batch_size = {batch}\n")
@@ -80,6 +81,7 @@ def _can_fake_another_host() -> bool:
     return subprocess.run(["unshare", "--uts", "true"], capture_output=True).returncode == 0
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_batch_on_another_host_is_taken_over_after_its_lease(tmp_path, smtp_server):
     """The victim runs in its own UTS namespace with another host name (as root; else on this host,
     where its death is noticed at once instead of after the lease). Only the victim has a short
@@ -135,6 +137,7 @@ def test_a_worker_killed_mid_batch_on_another_host_is_taken_over_after_its_lease
     assert db_rows(config, "SELECT status, COUNT(*) FROM delivery GROUP BY status") == [("sent", n)]
 
 
+@pytest.mark.slow
 def test_workers_mode_send_queues_and_a_polling_worker_delivers_until_sigterm(tmp_path, smtp_server):
     config = write_config(tmp_path, smtp_port=smtp_server.port, extra='mode = "workers"\npoll_seconds = 0.2\n')
     subscribe(config, "ann@example.com", "bob@example.com", "cy@example.com")
@@ -155,6 +158,7 @@ def test_workers_mode_send_queues_and_a_polling_worker_delivers_until_sigterm(tm
     assert len(smtp_server.received) == 3
 
 
+@pytest.mark.slow
 def test_a_polling_worker_waits_out_an_smtp_outage(tmp_path, smtp_server):
     from aiosmtpd.controller import Controller
 
