@@ -85,7 +85,7 @@ def _can_fake_another_host() -> bool:
 def test_a_worker_killed_mid_batch_on_another_host_is_taken_over_after_its_lease(tmp_path, smtp_server):
     """The victim runs in its own UTS namespace with another host name (as root; else on this host,
     where its death is noticed at once instead of after the lease). Only the victim has a short
-    lease (2 s): the test sleeps it out, while the others keep the default one."""
+    lease (3 s): the test sleeps it out, while the others keep the default one."""
     n, batch = 2000, 100
     config = queue_edition(tmp_path, smtp_server, n, f"batch_size = {batch}\n")
     other_host = _can_fake_another_host()
@@ -104,7 +104,7 @@ def test_a_worker_killed_mid_batch_on_another_host_is_taken_over_after_its_lease
 
     smtp_server.on_message = watch
     victim = start_worker(config, "--once", prefix=prefix, DIGEST_SMTP__LOCAL_HOSTNAME="victim",
-                          DIGEST_DELIVERY__LEASE_SECONDS="2")
+                          DIGEST_DELIVERY__LEASE_SECONDS="3")
     assert started.wait(60), victim.stderr.read() if victim.poll() is not None else "victim sent nothing"
     others = [start_worker(config, "--once") for _ in range(3)]
     assert kill_now.wait(60)
