@@ -29,12 +29,18 @@ demo: $(VENV)/.installed
 	  --feed ../examples/codelooru.atom --first-edition-days 0 >/dev/null; }
 	$(BIN)/digest --config $(DEMO)/digest.toml send --preview --out $(DEMO)
 
+# One pytest-xdist worker per core; worksteal evens out the tests that take seconds (subprocesses,
+# leases, schedules). Tests are independent: own tmp_path, own free port, own PostgreSQL database.
+# `make test PYTEST_ARGS="-m 'not slow'"` leaves the slow ones out.
+PYTEST_ARGS ?=
+PYTEST = $(BIN)/python -m pytest -n auto --dist worksteal $(PYTEST_ARGS)
+
 test: $(VENV)/.dev-installed
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 # The same suite on PostgreSQL: a throw-away server (needs Debian's postgresql package).
 test-pg: $(VENV)/.dev-installed
-	.ci/with-postgres $(BIN)/python -m pytest
+	.ci/with-postgres $(PYTEST)
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/send.py

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from sqlmodel import select
 
-from conftest import DIGEST, FIXTURES, free_port, one_line_error, run_digest, write_config
+from conftest import DIGEST, FIXTURES, free_port, one_line_error, run_digest, subscribe, write_config
 from digest.config import load_settings
 from digest.store.models import Delivery, Edition, Post, Subscriber
 from digest.store.database import make_engine, session
@@ -24,8 +24,9 @@ def db_for(config):
     return session(make_engine(load_settings(config).database_url))
 
 
+@pytest.mark.slow
 def test_preview_writes_files_and_records_nothing(config_path, smtp_server, tmp_path):
-    run_digest(config_path, "subscribers", "add", "ann@example.com", check=True)
+    subscribe(config_path, "ann@example.com")
     out = tmp_path / "out"
     proc = run_digest(config_path, "send", "--preview", "--out", str(out), check=True)
     assert str(out / "preview.html") in proc.stdout and str(out / "preview.txt") in proc.stdout
@@ -69,7 +70,7 @@ def test_preview_of_an_edition_too_large_for_one_email_shows_what_is_sent(tmp_pa
 
 
 def test_preview_to_sends_only_to_those_addresses(config_path, smtp_server, tmp_path):
-    run_digest(config_path, "subscribers", "add", "ann@example.com", check=True)
+    subscribe(config_path, "ann@example.com")
     proc = run_digest(config_path, "send", "--preview", "--to", "me@example.com", "--out", str(tmp_path), check=True)
     assert "Sent preview to me@example.com" in proc.stdout
     assert [r.recipients for r in smtp_server.received] == [["me@example.com"]]
@@ -90,6 +91,7 @@ def test_names_added_or_imported_are_stored_without_invisible_characters(config_
     assert len(names["long@example.com"]) <= 200 and names["long@example.com"].endswith("Long…")
 
 
+@pytest.mark.slow
 def test_subscribers_import_export_list_remove_delete(config_path, smtp_server, tmp_path):
     src = tmp_path / "people.csv"
     src.write_text("email,name\nann@example.com,Ann\nnot-an-address,Bob\nANN@example.com,Dup\n"
@@ -125,6 +127,7 @@ def test_subscribers_import_export_list_remove_delete(config_path, smtp_server, 
     assert bad.returncode == 1 and "not a valid email address" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow
 def test_fetch_reports_each_source_and_fails_only_when_all_fail(tmp_path):
     config = write_config(tmp_path, feeds=[str(FIXTURES / "blogger.atom"), str(FIXTURES / "broken.xml")])
     proc = run_digest(config, "fetch")

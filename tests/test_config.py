@@ -33,6 +33,7 @@ def test_found_through_digest_config_and_cwd(tmp_path):
     assert "config file not found" in missing.stderr and "digest init" in missing.stderr
 
 
+@pytest.mark.slow
 def test_missing_and_wrong_keys_are_one_line_errors(tmp_path):
     path = write_config(tmp_path)
     text = path.read_text()
@@ -54,6 +55,7 @@ def test_missing_and_wrong_keys_are_one_line_errors(tmp_path):
     assert proc.returncode == 2 and "not valid TOML" in proc.stderr
 
 
+@pytest.mark.slow
 def test_init_writes_a_commented_config_with_a_fresh_secret(tmp_path):
     path = tmp_path / "digest.toml"
     proc = run_digest(path, "init", "--name", "Codelooru Weekly", "--feed", "feed.xml")

@@ -6,10 +6,11 @@ from __future__ import annotations
 import email
 from email import policy
 
+import pytest
 from sqlalchemy import func, select as sa_select
 from sqlmodel import SQLModel, select
 
-from conftest import database_url, run_digest, write_config
+from conftest import database_url, run_digest, subscribe, write_config
 from digest.service import pipeline as jobs, signup, subscribers
 from digest.config import load_settings
 from digest.links import Links
@@ -86,9 +87,10 @@ def test_copy_keeps_subscribers_links_history_and_the_ledger(tmp_path, smtp_serv
     dst.dispose()
 
 
+@pytest.mark.slow
 def test_copy_refuses_a_target_with_data_itself_and_a_bad_url(tmp_path, smtp_server, clock):
     config = write_config(tmp_path, smtp_port=smtp_server.port, database_url=f"sqlite:///{tmp_path / 'old.db'}")
-    run_digest(config, "subscribers", "add", "ann@example.com", check=True)
+    subscribe(config, "ann@example.com")
     target = target_url(tmp_path)
     run_digest(config, "db", "copy", target, check=True)
     dst = make_engine(target)
@@ -104,6 +106,7 @@ def test_copy_refuses_a_target_with_data_itself_and_a_bad_url(tmp_path, smtp_ser
     dst.dispose()
 
 
+@pytest.mark.slow
 def test_copy_waits_for_senders_still_at_work(tmp_path, smtp_server, clock):
     from datetime import datetime, timedelta, timezone
 

@@ -8,9 +8,10 @@ import subprocess
 import sys
 import threading
 
+import pytest
 from sqlmodel import select
 
-from conftest import DIGEST, free_port, run_digest
+from conftest import DIGEST, free_port, run_digest, subscribe
 from digest.content import render
 from digest.service import pipeline as jobs, subscribers
 from digest.mail.mailer import SMTPMailer
@@ -24,6 +25,7 @@ def add_subscribers(db, clock, n: int, domain: str = "example.com") -> list[str]
     return addrs
 
 
+@pytest.mark.slow
 def test_permanent_refusal_marks_one_failed_and_the_run_goes_on(db, settings, clock, smtp_server):
     addrs = add_subscribers(db, clock, 5)
     smtp_server.refuse[addrs[2]] = "550 5.1.1 <reader00002@example.com>: mailbox unknown"
@@ -56,12 +58,12 @@ def test_temporary_refusal_stays_pending_for_a_later_run(db, settings, clock, sm
     assert len(smtp_server.to(addrs[0])) == 1
 
 
+@pytest.mark.slow
 def test_unreachable_server_is_a_clear_error_and_nothing_is_lost(tmp_path, smtp_server):
     from conftest import write_config
     port = free_port()  # nothing listens here
     config = write_config(tmp_path, smtp_port=port)
-    for a in ("ann@example.com", "bob@example.com"):
-        run_digest(config, "subscribers", "add", a, check=True)
+    subscribe(config, "ann@example.com", "bob@example.com")
     proc = run_digest(config, "send")
     assert proc.returncode != 0
     assert f"127.0.0.1:{port}" in proc.stderr and "Traceback" not in proc.stderr
@@ -104,14 +106,13 @@ def test_mjml_is_compiled_once_per_edition_not_per_subscriber(db, settings, cloc
     assert r.sent == 40 and len(calls) == 1
 
 
+@pytest.mark.slow
 def test_sigkill_mid_send_then_resume_mails_everyone_and_duplicates_at_most_in_flight(tmp_path, smtp_server):
     from conftest import write_config
     n = 300
     config = write_config(tmp_path, smtp_port=smtp_server.port)
     config.write_text(config.read_text().replace("# batch_size = 200", "batch_size = 100"))
-    lines = "\n".join(f"reader{i:04d}@example.com" for i in range(n))
-    (tmp_path / "list.csv").write_text("email\n" + lines + "\n")
-    run_digest(config, "subscribers", "import", str(tmp_path / "list.csv"), check=True)
+    subscribe(config, *(f"reader{i:04d}@example.com" for i in range(n)))
 
     killed = threading.Event()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 import dkim
 import pytest
 
-from conftest import run_digest, write_config
+from conftest import run_digest, subscribe, write_config
 from digest.service import pipeline as jobs, subscribers
 from digest.config import load_settings
 from digest.mail.dkim import DKIMSigner, canon_body, canon_lines, dns_record, new_private_key, write_private_key
@@ -93,6 +93,7 @@ def test_signature_survives_whitespace_and_the_canonical_body_matches_the_refere
     assert "Feedback-ID: weekly:digest" in raw.decode()
 
 
+@pytest.mark.slow
 def test_dkim_config_errors_are_one_line_naming_the_key(tmp_path):
     base = write_config(tmp_path, dkim={"domain": "digest.test", "selector": "digest", "private_key_file": "missing.pem"})
     text = base.read_text().replace('private_key_file = "missing.pem"\n', "", 1)
@@ -108,6 +109,7 @@ def test_dkim_config_errors_are_one_line_naming_the_key(tmp_path):
         load_settings(base)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["rsa", "ed25519"])
 def test_dkim_keygen_then_the_printed_settings_and_record_make_signatures_that_verify(tmp_path, smtp_server, kind):
     config = write_config(tmp_path, smtp_port=smtp_server.port, from_="Test Weekly <news@digest.test>")
@@ -125,7 +127,7 @@ def test_dkim_keygen_then_the_printed_settings_and_record_make_signatures_that_v
     block = made[made.index("[dkim]"):].strip()
     config.write_text(config.read_text().replace("[dkim]\n", block + "\n", 1))
     assert run_digest(config, "dkim", "record", check=True).stdout.strip() == line.strip()
-    run_digest(config, "subscribers", "add", "ann@example.com", check=True)
+    subscribe(config, "ann@example.com")
     run_digest(config, "send", check=True)
     got = smtp_server.received[0].data
 

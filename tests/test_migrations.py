@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 from sqlmodel import SQLModel, select
 
-from conftest import DIGEST, database_url, run_digest
+from conftest import DIGEST, database_url, run_digest, subscribe
 from digest.store import schema
 from digest.store.models import Subscriber
 from digest.store.database import make_engine, session
@@ -46,8 +47,9 @@ def test_downgrade_to_nothing_and_upgrade_again(tmp_path):
     engine.dispose()
 
 
+@pytest.mark.slow
 def test_out_of_date_schema_is_refused_until_db_upgrade(config_path, smtp_server):
-    run_digest(config_path, "subscribers", "add", "ann@example.com", check=True)  # a new database: made at head
+    subscribe(config_path, "ann@example.com")  # a new database: made at head
     engine = make_engine(run_settings_url(config_path))
     schema.downgrade(engine, schema.BASELINE)
     for args in (("send",), ("init",), ("editions",), ("worker", "--once")):
@@ -64,6 +66,7 @@ def test_out_of_date_schema_is_refused_until_db_upgrade(config_path, smtp_server
     engine.dispose()
 
 
+@pytest.mark.slow
 def test_a_database_made_before_migrations_is_adopted_by_db_upgrade(config_path, smtp_server):
     engine = make_engine(run_settings_url(config_path))
     schema.upgrade(engine, schema.BASELINE)  # the tables 0.1 made with create_all ...
@@ -78,6 +81,7 @@ def test_a_database_made_before_migrations_is_adopted_by_db_upgrade(config_path,
     engine.dispose()
 
 
+@pytest.mark.slow
 def test_a_schema_newer_than_this_digest_is_refused(config_path):
     run_digest(config_path, "editions", check=True)
     engine = make_engine(run_settings_url(config_path))

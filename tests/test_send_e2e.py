@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from conftest import run_digest
 
 
+@pytest.mark.slow
 def test_send_delivers_each_subscriber_once_with_headers(config_path, smtp_server):
     for addr in ("ann@example.com", "bob@example.com", "cy@example.com"):
         run_digest(config_path, "subscribers", "add", addr, "--name", addr.split("@")[0].title(), check=True)

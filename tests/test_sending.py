@@ -13,7 +13,7 @@ from datetime import timedelta
 import pytest
 from sqlmodel import select
 
-from conftest import DIGEST, FixedClock, run_digest, write_config
+from conftest import DIGEST, FixedClock, run_digest, subscribe, write_config
 from digest.content import render
 from digest.service import pipeline as jobs, signup, subscribers
 from digest.config import load_settings
@@ -78,12 +78,12 @@ def test_four_sender_processes_mail_everyone_once_and_render_once(tmp_path, smtp
     assert not any((tmp_path / ".digest-journal").glob("*.log"))
 
 
+@pytest.mark.slow
 def test_cli_send_with_sender_processes_and_an_unreachable_server(tmp_path, smtp_server):
     from conftest import free_port
     port = free_port()
     config = write_config(tmp_path, smtp_port=port, connections=3, extra="batch_size = 30\n")
-    (tmp_path / "list.csv").write_text("email\n" + "\n".join(f"r{i}@example.com" for i in range(90)) + "\n")
-    run_digest(config, "subscribers", "import", str(tmp_path / "list.csv"), check=True)
+    subscribe(config, *(f"r{i}@example.com" for i in range(90)))
     proc = run_digest(config, "send")
     assert proc.returncode == 1 and f"127.0.0.1:{port}" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -213,8 +213,7 @@ def _spawn_send(config, tmp_path):
 
 
 def _import(config, tmp_path, n):
-    (tmp_path / "list.csv").write_text("email\n" + "\n".join(f"r{i:04d}@example.com" for i in range(n)) + "\n")
-    run_digest(config, "subscribers", "import", str(tmp_path / "list.csv"), check=True)
+    subscribe(config, *(f"r{i:04d}@example.com" for i in range(n)))
 
 
 def _settled(config, timeout=10.0):
@@ -229,6 +228,7 @@ def _settled(config, timeout=10.0):
                 return rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_stopping_the_sender_stops_every_sender_process_between_messages(tmp_path, smtp_server, sig):
     """SIGTERM: `digest send` tells its sender processes to stop, waits for them, exits 143.
@@ -255,6 +255,7 @@ def test_stopping_the_sender_stops_every_sender_process_between_messages(tmp_pat
     assert not any((tmp_path / ".digest-journal").glob("*.log"))
 
 
+@pytest.mark.slow
 def test_sigkill_of_every_sender_process_resends_at_most_one_message_per_connection(tmp_path, smtp_server):
     n, connections = 300, 3
     config = write_config(tmp_path, smtp_port=smtp_server.port, connections=connections, extra="batch_size = 50\n")

@@ -112,6 +112,7 @@ def procs():
             p.proc.wait()
 
 
+@pytest.mark.slow
 def test_serve_sends_one_edition_on_schedule_then_nothing_more(tmp_path, smtp_server, procs):
     config = make_config(tmp_path, smtp_server, cron="*/2 * * * * *", tz="Europe/Berlin")
     serve = Serve(config)
@@ -137,6 +138,7 @@ def _ran_yesterday(config: Path) -> None:
         jobs.scheduled(s, settings, MemoryMailer(), FixedClock(datetime.now(UTC) - timedelta(days=1)), fetch=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grace, sends", [(1, True), (0.01, False)])  # one hour / 36 seconds
 def test_catch_up_after_downtime_only_within_the_grace_period(tmp_path, smtp_server, procs, grace, sends):
     missed = datetime.now(UTC) - timedelta(minutes=2)  # a daily slot two minutes ago, while it was down
@@ -163,6 +165,7 @@ def test_catch_up_after_downtime_only_within_the_grace_period(tmp_path, smtp_ser
         assert "edition (edition 1)" in again.text()
 
 
+@pytest.mark.slow
 def test_two_serve_processes_on_one_database_send_each_slot_once(tmp_path, smtp_server, procs):
     config = make_config(tmp_path, smtp_server, cron="*/2 * * * * *", readers=10)
     a, b = Serve(config, "a"), Serve(config, "b")
@@ -197,6 +200,7 @@ def test_two_concurrent_digest_send_processes_build_one_edition(tmp_path, smtp_s
     assert recipients(smtp_server) == Counter({f"reader{i}@example.com": 1 for i in range(10)})
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_message_in_flight_and_the_next_start_resumes(tmp_path, smtp_server, procs):
     config = make_config(tmp_path, smtp_server, cron="*/2 * * * * *", readers=30)
     smtp_server.on_message = lambda _got: time.sleep(0.2)  # a slow relay
@@ -223,6 +227,7 @@ def test_sigterm_finishes_the_message_in_flight_and_the_next_start_resumes(tmp_p
     assert edition.status.value == "sent"
 
 
+@pytest.mark.slow
 def test_schedule_command_shows_next_sends_in_zone_and_utc(tmp_path, smtp_server):
     config = make_config(tmp_path, smtp_server, cron="0 9 * * mon", tz="Europe/Berlin")
     out = run_digest(config, "schedule", check=True).stdout
@@ -245,6 +250,7 @@ def test_unknown_time_zone_is_a_one_line_error(tmp_path, smtp_server):
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_no_scheduler_serves_the_web_app_and_never_sends(tmp_path, smtp_server, procs):
     import urllib.request
 

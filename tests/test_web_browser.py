@@ -129,6 +129,7 @@ def html_link(message, text: str) -> str:
     return m.group(1).replace("&amp;", "&")
 
 
+@pytest.mark.slow
 def test_subscribe_confirm_and_unsubscribe_in_a_real_browser(browser, server, smtp_server):
     reader = "reader@example.com"
     context = browser.new_context(viewport={"width": 390, "height": 844})  # a phone

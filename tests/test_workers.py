@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 import pytest
 from sqlalchemy import text
 
-from conftest import DIGEST, run_digest, write_config
+from conftest import DIGEST, run_digest, subscribe, write_config
 from digest.config import load_settings
 from digest.store.database import make_engine
 
@@ -44,8 +44,7 @@ def delivered_counts(outputs: list[str]) -> int:
 def queue_edition(tmp_path, smtp_server, n: int, delivery: str = "") -> object:
     """A config in workers mode with `n` subscribers and one edition queued for the workers."""
     config = write_config(tmp_path, smtp_port=smtp_server.port, extra='mode = "workers"\n' + delivery)
-    (tmp_path / "list.csv").write_text("email\n" + "".join(f"reader{i:05d}@example.com\n" for i in range(n)))
-    run_digest(config, "subscribers", "import", str(tmp_path / "list.csv"), check=True)
+    subscribe(config, *(f"reader{i:05d}@example.com" for i in range(n)))
     queued = run_digest(config, "send", check=True)
     assert f"Edition 1: 5 posts, {n} deliveries queued for `digest worker`" in queued.stdout
     assert smtp_server.received == []
@@ -61,9 +60,10 @@ def db_rows(config, sql: str) -> list:
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_four_workers_share_one_edition_and_mail_everyone_once(tmp_path, smtp_server):
-    n = 5000
-    config = queue_edition(tmp_path, smtp_server, n, "batch_size = 100\n")
+    n, batch = 2000, 40  # 50 claims for four workers to race for
+    config = queue_edition(tmp_path, smtp_server, n, f"batch_size = {batch}\n")
     procs = [start_worker(config, "--once") for _ in range(4)]
     results = [finish(p) for p in procs]
     assert all(rc == 0 for rc, _, _ in results), results
@@ -81,11 +81,13 @@ def _can_fake_another_host() -> bool:
     return subprocess.run(["unshare", "--uts", "true"], capture_output=True).returncode == 0
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_batch_on_another_host_is_taken_over_after_its_lease(tmp_path, smtp_server):
     """The victim runs in its own UTS namespace with another host name (as root; else on this host,
-    where its death is noticed at once instead of after the lease)."""
-    n, batch = 5000, 100
-    config = queue_edition(tmp_path, smtp_server, n, f"batch_size = {batch}\nlease_seconds = 10\n")
+    where its death is noticed at once instead of after the lease). Only the victim has a short
+    lease (3 s): the test sleeps it out, while the others keep the default one."""
+    n, batch = 2000, 100
+    config = queue_edition(tmp_path, smtp_server, n, f"batch_size = {batch}\n")
     other_host = _can_fake_another_host()
     prefix = ("unshare", "--uts", "sh", "-c", 'hostname victim-host && exec "$@"', "sh") if other_host else ()
 
@@ -101,7 +103,8 @@ def test_a_worker_killed_mid_batch_on_another_host_is_taken_over_after_its_lease
                 kill_now.set()
 
     smtp_server.on_message = watch
-    victim = start_worker(config, "--once", prefix=prefix, DIGEST_SMTP__LOCAL_HOSTNAME="victim")
+    victim = start_worker(config, "--once", prefix=prefix, DIGEST_SMTP__LOCAL_HOSTNAME="victim",
+                          DIGEST_DELIVERY__LEASE_SECONDS="3")
     assert started.wait(60), victim.stderr.read() if victim.poll() is not None else "victim sent nothing"
     others = [start_worker(config, "--once") for _ in range(3)]
     assert kill_now.wait(60)
@@ -134,10 +137,10 @@ def test_a_worker_killed_mid_batch_on_another_host_is_taken_over_after_its_lease
     assert db_rows(config, "SELECT status, COUNT(*) FROM delivery GROUP BY status") == [("sent", n)]
 
 
+@pytest.mark.slow
 def test_workers_mode_send_queues_and_a_polling_worker_delivers_until_sigterm(tmp_path, smtp_server):
     config = write_config(tmp_path, smtp_port=smtp_server.port, extra='mode = "workers"\npoll_seconds = 0.2\n')
-    for a in ("ann@example.com", "bob@example.com", "cy@example.com"):
-        run_digest(config, "subscribers", "add", a, check=True)
+    subscribe(config, "ann@example.com", "bob@example.com", "cy@example.com")
     worker = start_worker(config)
     try:
         queued = run_digest(config, "send", check=True)
@@ -155,6 +158,7 @@ def test_workers_mode_send_queues_and_a_polling_worker_delivers_until_sigterm(tm
     assert len(smtp_server.received) == 3
 
 
+@pytest.mark.slow
 def test_a_polling_worker_waits_out_an_smtp_outage(tmp_path, smtp_server):
     from aiosmtpd.controller import Controller
 
@@ -162,7 +166,7 @@ def test_a_polling_worker_waits_out_an_smtp_outage(tmp_path, smtp_server):
 
     port = free_port()  # nothing listens here yet
     config = write_config(tmp_path, smtp_port=port, extra='mode = "workers"\npoll_seconds = 0.2\n')
-    run_digest(config, "subscribers", "add", "ann@example.com", check=True)
+    subscribe(config, "ann@example.com")
     run_digest(config, "send", check=True)
     worker = start_worker(config)
     late = SMTPServer("127.0.0.1", port)
