@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 DEMO    = demo
 
-.PHONY: demo test test-pg bench clean
+.PHONY: demo test test-pg lint bench clean
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -41,6 +41,13 @@ test: $(VENV)/.dev-installed
 # The same suite on PostgreSQL: a throw-away server (needs Debian's postgresql package).
 test-pg: $(VENV)/.dev-installed
 	.ci/with-postgres $(PYTEST)
+
+# ruff (style and bug-finding rules), mypy (strict on content/, mail/, delivery/, store/) and
+# import-linter (the pipeline's packages import downward only): settings in pyproject.toml.
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/send.py
