@@ -22,7 +22,7 @@ from pathlib import Path
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Engine
-from sqlmodel import SQLModel
+from sqlmodel import SQLModel, col
 
 from digest.store import schema
 from digest.errors import DigestError
@@ -55,8 +55,8 @@ def copy_database(source: Engine, target: Engine, now: datetime, *, journal_dir:
     with source.connect() as src:
         live = src.execute(
             select(func.count()).select_from(Delivery).where(
-                Delivery.status == DeliveryStatus.pending,  # type: ignore[arg-type]
-                Delivery.claimed_until > as_utc(now),  # type: ignore[operator]
+                col(Delivery.status) == DeliveryStatus.pending,
+                col(Delivery.claimed_until) > as_utc(now),
             )
         ).scalar_one()
         if live:
@@ -84,11 +84,11 @@ def copy_database(source: Engine, target: Engine, now: datetime, *, journal_dir:
                 report.rows[t.name] = n
             if dst.dialect.name == "postgresql":
                 for t in tables:
-                    col = t.autoincrement_column
-                    if col is not None:
+                    serial = t.autoincrement_column
+                    if serial is not None:
                         dst.exec_driver_sql(
-                            f"SELECT setval(pg_get_serial_sequence('{t.name}', '{col.name}'),"
-                            f" COALESCE(MAX({col.name}), 1), MAX({col.name}) IS NOT NULL) FROM {t.name}"
+                            f"SELECT setval(pg_get_serial_sequence('{t.name}', '{serial.name}'),"
+                            f" COALESCE(MAX({serial.name}), 1), MAX({serial.name}) IS NOT NULL) FROM {t.name}"
                         )
         src.rollback()
     return report
