@@ -109,7 +109,7 @@ class SMTPMailer:
             assert self._conn is not None
             pulled: deque[Envelope] = deque()  # taken from the input, no result yet
 
-            def feed() -> Iterator[Envelope]:
+            def feed(pulled: deque[Envelope]) -> Iterator[Envelope]:
                 while resend:
                     env = resend.popleft()
                     pulled.append(env)
@@ -119,7 +119,7 @@ class SMTPMailer:
                     yield env
 
             lost: Reply | None = None
-            results = self._conn.send(feed())
+            results = self._conn.send(feed(pulled))
             try:
                 for env, reply in results:
                     pulled.popleft()
@@ -163,7 +163,7 @@ class SMTPMailer:
     def __enter__(self) -> SMTPMailer:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -198,7 +198,7 @@ class Pacer:
         self.interval = 1.0 / rate if rate > 0 else 0.0
         self._clock = clock
         self._sleep = sleep
-        self._next = None
+        self._next: float | None = None  # when the next call may go (clock seconds)
 
     def wait(self, stop: Callable[[], bool] = lambda: False) -> bool:
         if not self.interval:
