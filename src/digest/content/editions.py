@@ -5,7 +5,7 @@ from __future__ import annotations
 import string
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import Exists, cast, exists, func, insert, literal, or_, text
 from sqlalchemy import select as sa_select
@@ -123,7 +123,7 @@ def check_subject(template: str) -> None:
     for f in fields:
         if f not in SUBJECT_FIELDS:
             raise ValueError(f"unknown field {{{f}}}: use " + ", ".join(f"{{{k}}}" for k in SUBJECT_FIELDS))
-    sample = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    sample = datetime(2026, 1, 1, tzinfo=UTC)
     for number in (1, None):  # a preview of the newest posts has no edition number
         try:
             subject_for(template, "Name", 1, number, sample)

@@ -12,7 +12,7 @@ import html
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -20,7 +20,6 @@ from urllib.parse import urlsplit
 import feedparser
 import nh3
 
-from digest.errors import FeedError
 from digest.content.plaintext import (
     AUTHOR_LIMIT,
     CATEGORY_LIMIT,
@@ -31,6 +30,7 @@ from digest.content.plaintext import (
     hides_characters,
     shorten,
 )
+from digest.errors import FeedError
 
 if TYPE_CHECKING:
     import httpx  # imported where a feed is fetched over http(s): it costs ~0.1 s at start-up
@@ -255,7 +255,7 @@ def _post(entry: feedparser.FeedParserDict, category_from: str, excerpt_words: i
         guid = "sha256:" + content_hash
     published = entry.get("published_parsed") or entry.get("updated_parsed")
     published_at = (
-        datetime.fromtimestamp(calendar.timegm(published), tz=timezone.utc)
+        datetime.fromtimestamp(calendar.timegm(published), tz=UTC)
         if published
         else None
     )

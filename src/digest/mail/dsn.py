@@ -177,7 +177,7 @@ def parse(raw: bytes) -> DSN:
     """Read one message; NotADSN (with the reason) when it is not a readable DSN."""
     try:
         msg = email.message_from_bytes(raw, policy=email.policy.compat32)
-    except Exception as exc:  # the email package raises little, but a broken file is still no DSN
+    except Exception as exc:  # noqa: BLE001 - the email package raises little, but a broken file is still no DSN
         raise NotADSN(f"unreadable message: {exc}") from None
     if msg.get_content_type() == "text/plain" and _body(msg).startswith(QSBMF_START):
         return _parse_qsbmf(msg)

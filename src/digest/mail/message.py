@@ -14,14 +14,14 @@ import html
 import re
 import secrets
 from collections.abc import Callable
-from typing import NamedTuple
 from datetime import datetime
 from email.header import Header
 from email.utils import format_datetime, formataddr, parseaddr
+from typing import NamedTuple
 
-from digest.mail.dkim import DKIMSigner, canon_lines
 from digest.content.plaintext import NAME_LIMIT, clean, shorten
 from digest.content.render import PLACEHOLDERS, Rendered
+from digest.mail.dkim import DKIMSigner, canon_lines
 
 _PLACEHOLDER_RE = re.compile("|".join(PLACEHOLDERS))
 _QP_MAX = 76

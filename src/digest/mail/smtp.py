@@ -28,6 +28,7 @@ use is therefore flat, bounded by one message.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import re
 import socket
@@ -328,10 +329,8 @@ class SMTPConnection:
         self._need_rset = False
         for obj in (rfile, sock):
             if obj is not None:
-                try:
+                with contextlib.suppress(OSError):
                     obj.close()
-                except OSError:
-                    pass
 
     # ---------------------------------------------------------------- session setup
 
@@ -345,10 +344,8 @@ class SMTPConnection:
             sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
         except OSError as exc:
             raise SMTPConnectError(f"cannot connect to SMTP server {self.address}: {_describe(exc)}") from exc
-        try:
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
         try:
             if self.security == "tls":
                 sock = self._context().wrap_socket(sock, server_hostname=self.host)
@@ -617,7 +614,7 @@ class SMTPConnection:
                 prepared = self._transaction(env)
             except StopIteration:
                 return None
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - held back and re-raised after the in-flight messages
                 input_error = exc
                 return None
             pending.append(env)

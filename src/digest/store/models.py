@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Protocol
 
@@ -38,11 +38,11 @@ def _status(enum: type[Enum]) -> SAEnum:
 def as_utc(dt: datetime) -> datetime:
     """A datetime as timezone-aware UTC (a naive one is taken to be UTC already)."""
     tz = dt.tzinfo
-    if tz is timezone.utc:  # the common case, and a hot one (twice per message sent)
+    if tz is UTC:  # the common case, and a hot one (twice per message sent)
         return dt
     if tz is None:
-        return dt.replace(tzinfo=timezone.utc)
-    return dt.astimezone(timezone.utc)
+        return dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
 
 
 class _Stored(Protocol):
