@@ -110,7 +110,8 @@ SUBJECT_FIELDS = ("name", "n", "number", "date")  # what newsletter.subject can 
 
 def subject_for(template: str, name: str, n: int, number: int | None, date: datetime) -> str:
     """The subject: the template (checked by check_subject when the settings load) filled in."""
-    subject = template.format(name=name, n=n, number=number if number is not None else "", date=date.strftime("%B %-d, %Y"))
+    shown = number if number is not None else ""
+    subject = template.format(name=name, n=n, number=shown, date=date.strftime("%B %-d, %Y"))
     return " ".join(subject.split())  # one line, whatever the config says
 
 

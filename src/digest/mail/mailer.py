@@ -93,7 +93,9 @@ class SMTPMailer:
                 return
             except DeliveryError as exc:
                 error = exc
-        raise DeliveryError(f"lost the connection to SMTP server {self.where} ({reason}) and could not reconnect: {error}")
+        raise DeliveryError(
+            f"lost the connection to SMTP server {self.where} ({reason}) and could not reconnect: {error}"
+        )
 
     def send(self, envelopes: Iterable[Envelope]) -> Iterator[tuple[Envelope, Reply]]:
         """Send over one connection; after a drop or a 421, reconnect and resend what was in
@@ -194,7 +196,13 @@ class Pacer:
     worth after an idle spell). rate 0 = no limit. `wait` sleeps in short slices and returns
     False as soon as `stop()` is true."""
 
-    def __init__(self, rate: float, *, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        rate: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.interval = 1.0 / rate if rate > 0 else 0.0
         self._clock = clock
         self._sleep = sleep

@@ -99,4 +99,5 @@ def _same(a: Engine, b: Engine) -> bool:
     if ua.get_backend_name() == "sqlite" and ub.get_backend_name() == "sqlite":
         pa, pb = ua.database or "", ub.database or ""
         return bool(pa) and bool(pb) and Path(pa).resolve() == Path(pb).resolve()
-    return (ua.get_backend_name(), ua.host, ua.port, ua.database) == (ub.get_backend_name(), ub.host, ub.port, ub.database)
+    where_a = (ua.get_backend_name(), ua.host, ua.port, ua.database)
+    return where_a == (ub.get_backend_name(), ub.host, ub.port, ub.database)
