@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 DEMO    = demo
 
-.PHONY: demo test test-pg bench clean
+.PHONY: demo test test-pg lint bench clean
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -41,6 +41,16 @@ test: $(VENV)/.dev-installed
 # The same suite on PostgreSQL: a throw-away server (needs Debian's postgresql package).
 test-pg: $(VENV)/.dev-installed
 	.ci/with-postgres $(PYTEST)
+
+# ruff (style and bug-finding rules), mypy (strict on content/, mail/, delivery/, store/) and
+# import-linter (the pipeline's packages import downward only): settings in pyproject.toml.
+# All three run, so one CI log shows every finding; the target fails if any of them did.
+lint: $(VENV)/.dev-installed
+	@status=0; \
+	$(BIN)/ruff check src tests bench || status=1; \
+	$(BIN)/mypy || status=1; \
+	$(BIN)/lint-imports || status=1; \
+	exit $$status
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/send.py

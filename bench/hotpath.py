@@ -17,7 +17,7 @@ import smtplib
 import sys
 import tempfile
 import timeit
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,14 +25,14 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa  # noqa: E402
 
-from digest.delivery import sender as dl  # noqa: E402
 from digest.config import load_settings, render_config  # noqa: E402
-from digest.mail.dkim import DKIMSigner  # noqa: E402
+from digest.delivery import sender as dl  # noqa: E402
 from digest.links import Links  # noqa: E402
+from digest.mail.dkim import DKIMSigner  # noqa: E402
 from digest.mail.message import Recipient  # noqa: E402
-from digest.store.models import DeliveryStatus  # noqa: E402
 from digest.mail.smtp import Envelope, dot_stuff  # noqa: E402
 from digest.mail.verp import VERP  # noqa: E402
+from digest.store.models import DeliveryStatus  # noqa: E402
 
 
 def per_call(fn, number: int = 2000) -> float:
@@ -56,7 +56,7 @@ def main() -> None:
     with session(engine) as db:
         sources.poll(db, settings, jobs.utc_now)
         p = jobs.preview(db, settings, fetch=False)
-    rendered, date = p.message.rendered, datetime.now(timezone.utc)
+    rendered, date = p.message.rendered, datetime.now(UTC)
     plain = dl.message_from(rendered, settings, date, None)
     rsa_msg = dl.message_from(rendered, settings, date, DKIMSigner("bench.example", "s", rsa.generate_private_key(public_exponent=65537, key_size=2048)))
     ed_msg = dl.message_from(rendered, settings, date, DKIMSigner("bench.example", "s", ed25519.Ed25519PrivateKey.generate()))
@@ -88,7 +88,7 @@ def main() -> None:
         db.commit()
         did = db.execute(text("SELECT id FROM delivery")).scalar()
         ledger = dl._Ledger(db, dl.Journal(tmp / "journal", "bench:1:x"))
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
 
         def record_batch():
             for _ in range(200):  # acceptances of the same row: the write cost is what counts

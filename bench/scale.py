@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -39,8 +39,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "src"))
 
 import psycopg  # noqa: E402
-from sqlalchemy import make_url  # noqa: E402
 from smtp_ceiling import free_port, start_sink, stop_sink  # noqa: E402
+from sqlalchemy import make_url  # noqa: E402
 
 from digest.config import render_config  # noqa: E402
 
@@ -49,7 +49,7 @@ DIGEST = [sys.executable, "-m", "digest"]
 
 def spawn(config: Path, *args: str) -> subprocess.Popen:
     """Start a digest command, its output to a file (so reaping it with wait4 cannot deadlock)."""
-    log = tempfile.TemporaryFile("w+")
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - kept with the process, read and closed when it is reaped
     proc = subprocess.Popen([*DIGEST, "--config", str(config), *args], cwd=config.parent, stdout=log, stderr=subprocess.STDOUT)
     proc.log = log  # type: ignore[attr-defined]
     return proc
@@ -104,7 +104,7 @@ def libpq(url: str) -> str:
 
 def load_subscribers(dsn: str, n: int) -> float:
     t0 = time.perf_counter()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with psycopg.connect(dsn) as conn, conn.cursor() as cur:
         with cur.copy("COPY subscriber (email, name, status, paused, created_at, confirmed_at) FROM STDIN") as copy:
             for i in range(n):

@@ -34,7 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -45,7 +45,6 @@ sys.path.insert(0, str(ROOT / "src"))
 from smtp_ceiling import HOST, free_port, process_cpu, start_sink, stop_sink  # noqa: E402
 
 from digest.config import load_settings, render_config  # noqa: E402
-
 
 # ---------------------------------------------------------------------------------------------
 # memory of a process tree
@@ -124,7 +123,7 @@ def prepare(tmp: Path, port: int, n: int, connections: int, dkim: str) -> Path:
         text = text.replace("[dkim]\n", '[dkim]\ndomain = "bench.example"\nselector = "digest"\nprivate_key_file = "dkim.pem"\n', 1)
     config.write_text(text)
     subprocess.run([sys.executable, "-m", "digest", "--config", str(config), "init"], check=True, capture_output=True)
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
     with sqlite3.connect(tmp / "bench.db") as con:
         con.executemany(
             "INSERT INTO subscriber (email, name, status, paused, created_at, confirmed_at) VALUES (?, ?, 'active', 0, ?, ?)",
@@ -169,8 +168,8 @@ def run_digest_send(config: Path, n: int, sink_pid: int) -> dict:
 
 
 def sample_message(config: Path) -> tuple[str, bytes]:
-    from digest.service import pipeline as jobs
     from digest.delivery.sender import build_message  # noqa: F401  (same code path as digest send)
+    from digest.service import pipeline as jobs
     from digest.store.database import make_engine, session
 
     settings = load_settings(config)
@@ -178,7 +177,7 @@ def sample_message(config: Path) -> tuple[str, bytes]:
         p = jobs.preview(db, settings, latest=5, fetch=False)
         # a message exactly as `digest send` builds it (DKIM-signed if configured)
         from digest.delivery.sender import message_from, signer_for
-        m = message_from(p.message.rendered, settings, datetime.now(timezone.utc), signer_for(settings))
+        m = message_from(p.message.rendered, settings, datetime.now(UTC), signer_for(settings))
     return settings.newsletter.from_address, m.for_recipient(jobs.preview_recipient(settings))
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import socket
 import statistics
@@ -35,7 +36,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -132,10 +133,8 @@ async def burst(base: str, args, tokens: list[str]) -> tuple[Timings, Timings, T
         async def prober() -> None:
             while not done.is_set():
                 await timed(client, health, "GET", "/healthz")
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(done.wait(), 0.25)
-                except asyncio.TimeoutError:
-                    pass
 
         probe = asyncio.create_task(prober())
         start = time.perf_counter()
@@ -157,7 +156,7 @@ def seed(config: Path, count: int) -> list[str]:
     settings = load_settings(config)
     engine = make_engine(settings.database_url)
     create_schema(engine)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     rows = [{"email": f"old{i}@example.com", "status": "active", "paused": False, "created_at": now,
              "confirmed_at": now} for i in range(count)]
     from digest.store.models import Subscriber

@@ -165,14 +165,14 @@ def worker(impl: str, port: int, first: int, count: int, size: int, barrier, res
     messages = [make_message(i, size) for i in range(first, first + count)]
     rcpts = [f"reader{i}@bench.example" for i in range(first, first + count)]
     if impl == "smtpconn":
-        envelopes = [Envelope(SENDER, r, m) for r, m in zip(rcpts, messages)]
+        envelopes = [Envelope(SENDER, r, m) for r, m in zip(rcpts, messages, strict=True)]
     barrier.wait()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.monotonic()
     ok = 0
     if impl == "smtplib":
         client = smtplib.SMTP(HOST, port, local_hostname="bench.local", timeout=60)
-        for rcpt, msg in zip(rcpts, messages):
+        for rcpt, msg in zip(rcpts, messages, strict=True):
             refused = client.sendmail(SENDER, [rcpt], msg)
             ok += not refused
         client.quit()

@@ -18,12 +18,11 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
-
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
@@ -178,7 +177,7 @@ def write_config(tmp_path: Path, *, feeds: list[str] | None = None, smtp_port: i
     )
     text = text.replace("# connections = 4 ", f"connections = {connections} ", 1)
     for key, value in (dkim or {}).items():
-        text = text.replace(f"[dkim]\n", f"[dkim]\n{key} = \"{value}\"\n", 1)
+        text = text.replace("[dkim]\n", f"[dkim]\n{key} = \"{value}\"\n", 1)
     path = tmp_path / "digest.toml"
     if extra.strip():
         text = text.replace("[delivery]\n", "[delivery]\n" + extra.rstrip("\n") + "\n", 1)
@@ -209,7 +208,7 @@ class FixedClock:
     """A clock a test can move: clock() -> aware UTC datetime."""
 
     def __init__(self, now: datetime | None = None):
-        self.now = now or datetime(2026, 11, 26, 9, 0, tzinfo=timezone.utc)
+        self.now = now or datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
 
     def __call__(self) -> datetime:
         return self.now

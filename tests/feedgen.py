@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from xml.sax.saxutils import escape
 
 
 def write_feed(path: Path, posts: list[int], *, published: datetime | None = None) -> Path:
     """An Atom feed at `path` with posts numbered `posts` ("News: Post N", https://blog.test/N)."""
-    when = (published or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    when = (published or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
     entries = "".join(
         f"<entry><id>urn:test:post:{n}</id><title>{escape(f'News: Post {n}')}</title>"
         f"<link rel='alternate' href='https://blog.test/{n}'/>"

@@ -4,8 +4,8 @@ delivery by the VERP envelope sender; hard bounce -> bounced, three soft in a ro
 from __future__ import annotations
 
 import mailbox
-from pathlib import Path
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlmodel import select
@@ -13,10 +13,11 @@ from sqlmodel import select
 from conftest import run_digest
 from digest.delivery import bounces
 from digest.mail import dsn
-from digest.service import pipeline as jobs, subscribers
 from digest.mail.mailer import SMTPMailer
-from digest.store.models import Delivery, DeliveryStatus, Edition, EditionStatus, SubscriberStatus
 from digest.mail.verp import VERP
+from digest.service import pipeline as jobs
+from digest.service import subscribers
+from digest.store.models import Delivery, DeliveryStatus, Edition, EditionStatus, SubscriberStatus
 
 
 def make_dsn(to: str, recipient: str, status: str, *, action: str = "failed", diagnostic: str | None = None,
@@ -162,7 +163,7 @@ def test_three_soft_bounces_in_a_row_suspend_and_a_delivered_edition_breaks_the_
 
 
 def test_mbox_and_what_cannot_be_read_is_reported_not_guessed(tmp_path, db, settings, clock, sent):
-    deliveries, senders = sent
+    _, senders = sent
     forged = senders["bob@example.com"][:-15] + "000000000000@digest.test"
     box = mailbox.mbox(str(tmp_path / "bounces.mbox"), create=True)
     box.add(make_dsn(senders["bob@example.com"], "bob@example.com", "5.1.1"))

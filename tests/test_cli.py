@@ -16,8 +16,8 @@ from sqlmodel import select
 
 from conftest import DIGEST, FIXTURES, free_port, one_line_error, run_digest, subscribe, write_config
 from digest.config import load_settings
-from digest.store.models import Delivery, Edition, Post, Subscriber
 from digest.store.database import make_engine, session
+from digest.store.models import Delivery, Edition, Post, Subscriber
 
 
 def db_for(config):

@@ -21,7 +21,9 @@ def test_found_through_digest_config_and_cwd(tmp_path):
     path = write_config(tmp_path)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    import subprocess, sys, os
+    import os
+    import subprocess
+    import sys
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
     by_env = subprocess.run([sys.executable, "-m", "digest", "editions"], cwd=elsewhere, capture_output=True, text=True,
                             env={**env, "DIGEST_CONFIG": str(path)})

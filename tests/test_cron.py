@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from conftest import write_config
 from digest.config import load_settings
 from digest.cron import Cron, CronError
 from digest.errors import ConfigError
 
-from conftest import write_config
-
-UTC = timezone.utc
+UTC = UTC
 
 
 def utc(*args) -> datetime:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -30,7 +30,7 @@ from cronsim import CronSim, CronSimError
 
 from digest.cron import Cron, CronError
 
-UTC = timezone.utc
+UTC = UTC
 # Lord_Howe moves by 30 minutes; Santiago changes at midnight (so 00:00 is skipped); Sydney is
 # southern (forward in October); Kolkata has no DST.
 ZONES = ["Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata", "UTC",

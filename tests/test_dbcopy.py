@@ -4,19 +4,22 @@
 from __future__ import annotations
 
 import email
+from datetime import UTC
 from email import policy
 
 import pytest
-from sqlalchemy import func, select as sa_select
+from sqlalchemy import func
+from sqlalchemy import select as sa_select
 from sqlmodel import SQLModel, select
 
 from conftest import database_url, run_digest, subscribe, write_config
-from digest.service import pipeline as jobs, signup, subscribers
 from digest.config import load_settings
 from digest.links import Links
 from digest.mail.mailer import SMTPMailer
-from digest.store.models import Delivery, DeliveryStatus, Edition, Subscriber, SubscriberStatus
+from digest.service import pipeline as jobs
+from digest.service import signup, subscribers
 from digest.store.database import create_schema, make_engine, session
+from digest.store.models import Delivery, DeliveryStatus, Edition, Subscriber, SubscriberStatus
 
 
 def counts(engine) -> dict[str, int]:
@@ -108,7 +111,7 @@ def test_copy_refuses_a_target_with_data_itself_and_a_bad_url(tmp_path, smtp_ser
 
 @pytest.mark.slow
 def test_copy_waits_for_senders_still_at_work(tmp_path, smtp_server, clock):
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     config = write_config(tmp_path, smtp_port=smtp_server.port, database_url=f"sqlite:///{tmp_path / 'old.db'}")
     settings = load_settings(config)
@@ -119,7 +122,7 @@ def test_copy_waits_for_senders_still_at_work(tmp_path, smtp_server, clock):
         smtp_server.refuse["ann@example.com"] = "451 4.7.1 later"
         jobs.send(db, settings, SMTPMailer(settings.smtp), clock)
         d = db.exec(select(Delivery)).one()
-        d.claimed_by, d.claimed_until = "other-host:42:abc", datetime.now(timezone.utc) + timedelta(minutes=5)
+        d.claimed_by, d.claimed_until = "other-host:42:abc", datetime.now(UTC) + timedelta(minutes=5)
         db.add(d)
         db.commit()
     busy = run_digest(config, "db", "copy", target_url(tmp_path))

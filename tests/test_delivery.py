@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 
 import pytest
@@ -13,8 +12,9 @@ from sqlmodel import select
 
 from conftest import DIGEST, free_port, run_digest, subscribe
 from digest.content import render
-from digest.service import pipeline as jobs, subscribers
 from digest.mail.mailer import SMTPMailer
+from digest.service import pipeline as jobs
+from digest.service import subscribers
 from digest.store.models import Delivery, DeliveryStatus, Edition, EditionStatus
 
 

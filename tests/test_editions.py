@@ -8,10 +8,10 @@ from datetime import timedelta
 from sqlmodel import select
 
 from conftest import FIXTURES, ON_POSTGRES, database_url, run_digest, write_config
-from digest.content import editions, sources
 from digest.config import load_settings
-from digest.store.models import EditionPost, Post, Source
+from digest.content import editions, sources
 from digest.store.database import make_engine, session
+from digest.store.models import EditionPost, Post, Source
 
 ENTRY = """<entry><id>tag:test,2026:{id}</id><published>{date}</published><updated>{date}</updated>
 <title type='text'>{title}</title><content type='html'>&lt;p&gt;{body}&lt;/p&gt;</content>
@@ -81,7 +81,7 @@ def test_edited_after_sending_is_not_sent_again(tmp_path, db, clock):
 
 
 def test_new_install_only_takes_recent_posts(tmp_path, db, clock):
-    cfg, path = setup(tmp_path, [
+    cfg, _ = setup(tmp_path, [
         {"id": 1, "date": "2026-11-24T10:00:00Z", "title": "Explained: Recent"},
         {"id": 2, "date": "2026-10-01T10:00:00Z", "title": "Explained: Old"},
     ], first_edition_days=7)

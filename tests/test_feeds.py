@@ -91,11 +91,12 @@ def test_split_category_ignores_long_prefixes():
 
 def test_values_longer_than_their_columns_are_stored_on_every_database(tmp_path, db, clock):
     """SQLite ignores VARCHAR lengths and PostgreSQL enforces them: feeds must fit either way."""
-    from conftest import write_config
-    from digest.content import sources
-    from digest.config import load_settings
-    from digest.store.models import Post, Source
     from sqlmodel import select
+
+    from conftest import write_config
+    from digest.config import load_settings
+    from digest.content import sources
+    from digest.store.models import Post, Source
 
     long_link = "https://blog.test/" + "a" * 2100
     atom = (

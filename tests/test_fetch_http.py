@@ -5,19 +5,20 @@ from __future__ import annotations
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 
 from conftest import FIXTURES, run_digest, write_config
-from digest.content import sources
 from digest.config import load_settings
+from digest.content import sources
 from feedserver import TRICKLE_SECONDS, FeedServer
 
 BODY = (FIXTURES / "blogger.atom").read_bytes()
 
 
 class Handler(BaseHTTPRequestHandler):
-    requests: list[dict] = []
+    requests: ClassVar[list[dict]] = []
 
     def log_message(self, *args):
         pass

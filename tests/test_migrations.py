@@ -13,8 +13,8 @@ from sqlmodel import SQLModel, select
 
 from conftest import DIGEST, database_url, run_digest, subscribe
 from digest.store import schema
-from digest.store.models import Subscriber
 from digest.store.database import make_engine, session
+from digest.store.models import Subscriber
 
 OUT_OF_DATE = "database schema is out of date: run `digest db upgrade`"
 
@@ -26,7 +26,7 @@ def pending_diff(engine) -> list:
 
 def test_one_head_and_an_empty_database_upgraded_to_it_matches_the_models(tmp_path):
     assert len(schema._script().get_heads()) == 1, "two migrations share a parent: add a merge revision"
-    assert schema.HEAD == schema.head(), "a new migration: set schema.HEAD to its revision"
+    assert schema.head() == schema.HEAD, "a new migration: set schema.HEAD to its revision"
     engine = make_engine(database_url(tmp_path))
     assert schema.state(engine).empty
     assert schema.upgrade(engine) == (None, schema.head())
@@ -100,7 +100,7 @@ def test_concurrent_upgrades_of_a_new_database_wait_for_each_other(config_path):
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(4)
     ]
-    results = [p.communicate(timeout=120) + (p.returncode,) for p in procs]
+    results = [(*p.communicate(timeout=120), p.returncode) for p in procs]
     assert all(rc == 0 for _, _, rc in results), results
     assert sum("upgraded from nothing" in out for out, _, _ in results) == 1
     engine = make_engine(run_settings_url(config_path))

@@ -11,11 +11,11 @@ from sqlmodel import select
 
 from conftest import run_digest
 from digest.delivery import outbox
+from digest.mail.mailer import SMTPMailer
 from digest.service import signup
 from digest.service import subscribers as subs
-from digest.mail.mailer import SMTPMailer
-from digest.store.models import Outbox, OutboxStatus, Subscriber, SubscriberStatus
 from digest.store.database import make_engine, session
+from digest.store.models import Outbox, OutboxStatus, Subscriber, SubscriberStatus
 
 
 def sign_up(db, clock, email: str):

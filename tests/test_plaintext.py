@@ -14,10 +14,10 @@ from digest.content.plaintext import TITLE_LIMIT, clean, excerpt, hides_characte
 # Bidi embeddings and overrides (LRE RLE PDF LRO RLO), isolates (LRI RLI FSI PDI), marks (LRM RLM
 # ALM), zero-width space / non-joiner / joiner, word joiner, BOM, soft hyphen, Mongolian vowel
 # separator, invisible times, interlinear annotation anchor, a tag character.
-INVISIBLE = (
-    [0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069, 0x200E, 0x200F, 0x061C]
-    + [0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF, 0x00AD, 0x180E, 0x2062, 0xFFF9, 0xE0041]
-)
+INVISIBLE = [
+    *(0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069, 0x200E, 0x200F, 0x061C),
+    *(0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF, 0x00AD, 0x180E, 0x2062, 0xFFF9, 0xE0041),
+]
 BREAKING = [0x00, 0x07, 0x09, 0x0A, 0x0D, 0x1B, 0x7F, 0x85, 0x9B, 0x2028, 0x2029]
 
 
@@ -34,7 +34,7 @@ def test_control_characters_and_line_breaks_become_one_space(cp):
 
 
 def test_a_reversed_title_reads_as_written():
-    # "Invoice for ‮gpj.exe": the override would show it as "Invoice for exe.jpg".
+    # "Invoice for <U+202E>gpj.exe": the override would show it as "Invoice for exe.jpg".
     assert clean("Invoice for \u202egpj.exe") == "Invoice for gpj.exe"
     assert clean("\u2067Admin\u2069 says hi") == "Admin says hi"
 

@@ -8,24 +8,24 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlmodel import select
 
-from digest.content import sources
-from digest.service import pipeline as jobs, slots as schedule
-from digest.service import subscribers as subs
-from digest.config import load_settings
-from digest.mail.mailer import MemoryMailer
-from digest.errors import DeliveryError
-from digest.store.models import Delivery, DeliveryStatus, Edition, EditionStatus, ScheduleRun
-from digest.store.database import create_schema, make_engine, session
-
 from conftest import FixedClock, write_config
+from digest.config import load_settings
+from digest.content import sources
+from digest.errors import DeliveryError
+from digest.mail.mailer import MemoryMailer
+from digest.service import pipeline as jobs
+from digest.service import slots as schedule
+from digest.service import subscribers as subs
+from digest.store.database import create_schema, make_engine, session
+from digest.store.models import Delivery, DeliveryStatus, Edition, EditionStatus, ScheduleRun
 from feedgen import write_feed
 
-UTC = timezone.utc
+UTC = UTC
 MON_9 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday
 READERS = ["ann@example.com", "bob@example.com", "cy@example.com"]
 
@@ -248,7 +248,7 @@ def _race(tmp_path, rounds: int, make_call) -> None:
             barrier = threading.Barrier(2)
             errors: list[BaseException] = []
 
-            def worker(i: int) -> None:
+            def worker(i: int, barrier: threading.Barrier, now: datetime, errors: list[BaseException]) -> None:
                 try:
                     with session(engines[i]) as s:
                         barrier.wait()
@@ -256,7 +256,7 @@ def _race(tmp_path, rounds: int, make_call) -> None:
                 except BaseException as exc:  # noqa: BLE001 - reported below
                     errors.append(exc)
 
-            threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+            threads = [threading.Thread(target=worker, args=(i, barrier, now, errors)) for i in range(2)]
             for t in threads:
                 t.start()
             for t in threads:

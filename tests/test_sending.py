@@ -4,6 +4,7 @@ addresses that do not exist."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -13,13 +14,14 @@ from datetime import timedelta
 import pytest
 from sqlmodel import select
 
-from conftest import DIGEST, FixedClock, run_digest, subscribe, write_config
-from digest.content import render
-from digest.service import pipeline as jobs, signup, subscribers
+from conftest import DIGEST, run_digest, subscribe, write_config
 from digest.config import load_settings
+from digest.content import render
 from digest.mail.mailer import Pacer, SMTPMailer
-from digest.store.models import Delivery, DeliveryStatus, Edition, EditionStatus, SubscriberStatus
+from digest.service import pipeline as jobs
+from digest.service import signup, subscribers
 from digest.store.database import create_schema, make_engine, session
+from digest.store.models import Delivery, DeliveryStatus, Edition, EditionStatus, SubscriberStatus
 
 
 def open_db(config):
@@ -218,7 +220,7 @@ def _import(config, tmp_path, n):
 
 def _settled(config, timeout=10.0):
     """Wait until no delivery is claimed (the sender processes have finished and released)."""
-    settings, db = open_db(config)
+    _, db = open_db(config)
     deadline = time.monotonic() + timeout
     with db:
         while True:
@@ -292,6 +294,7 @@ def _slow_relay_setup(tmp_path, smtp_server, clock, n):
 
 def _rival_claim(rival, clock):
     from datetime import timedelta
+
     from digest.delivery.sender import claim
 
     edition = rival.exec(select(Edition)).one()
@@ -315,7 +318,7 @@ def test_a_batch_that_outlasts_its_lease_keeps_it_and_is_not_taken_over(tmp_path
 
 
 def test_a_sender_that_lost_its_claims_stops_sending_them(tmp_path, smtp_server, clock, caplog):
-    settings, db, rival, addrs = _slow_relay_setup(tmp_path, smtp_server, clock, 20)
+    settings, db, rival, _ = _slow_relay_setup(tmp_path, smtp_server, clock, 20)
     taken = []
 
     def stall(_m):
@@ -365,5 +368,5 @@ def test_delivery_settings_defaults_and_environment(tmp_path, monkeypatch):
     assert s.bounce_domain == "bounces.example.com" and s.smtp.connections == 8
     monkeypatch.setenv("DIGEST_SMTP__BOUNCE_DOMAIN", "not a domain")
     from digest.errors import ConfigError
-    with pytest.raises(ConfigError, match="invalid setting 'smtp.bounce_domain'"):
+    with pytest.raises(ConfigError, match=re.escape("invalid setting 'smtp.bounce_domain'")):
         load_settings(path)

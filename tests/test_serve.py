@@ -11,24 +11,23 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlmodel import select
 
-from digest.service import pipeline as jobs
-from digest.service import subscribers as subs
+from conftest import DIGEST, FixedClock, free_port, run_digest, write_config
 from digest.config import load_settings
 from digest.mail.mailer import MemoryMailer
-from digest.store.models import Delivery, DeliveryStatus, Edition
+from digest.service import pipeline as jobs
+from digest.service import subscribers as subs
 from digest.store.database import create_schema, make_engine, session
-
-from conftest import DIGEST, FixedClock, free_port, run_digest, write_config
+from digest.store.models import Delivery, DeliveryStatus, Edition
 from feedgen import write_feed
 from feedserver import FeedServer
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def make_config(tmp_path: Path, smtp_server, *, cron: str, tz: str = "UTC", grace: float = 24, readers: int = 3) -> Path:
@@ -82,7 +81,7 @@ class Serve:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            raise AssertionError(f"digest serve did not exit after SIGTERM:\n{self.text()}")
+            raise AssertionError(f"digest serve did not exit after SIGTERM:\n{self.text()}") from None
 
 
 def wait_for(predicate, timeout: float, describe=lambda: "") -> None:
@@ -307,7 +306,7 @@ def test_sigterm_stops_digest_send_during_a_poll_at_once(tmp_path, smtp_server):
             _, errors = proc.communicate(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
-            raise AssertionError("digest send kept running after SIGTERM")
+            raise AssertionError("digest send kept running after SIGTERM") from None
     assert proc.returncode == 143, errors
     assert "Stopped by SIGTERM" in errors and "Traceback" not in errors
     assert smtp_server.received == []  # no edition is built by a stopped send
@@ -329,8 +328,9 @@ def web_only(tmp_path: Path, smtp_server, name: str = "web") -> Serve:
 
 
 def test_a_burst_of_sign_ups_with_a_slow_relay_gets_answers_and_every_mail_once(tmp_path, smtp_server, procs):
-    import httpx
     from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
 
     smtp_server.on_message = lambda _got: time.sleep(1.0)  # a relay taking one message a second, one at a time
     serve = web_only(tmp_path, smtp_server)

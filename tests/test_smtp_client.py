@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import ssl
@@ -153,7 +154,7 @@ def test_500_messages_byte_exact_in_order(make_server, pipelining):
     assert [e for e, _ in results] == envs
     assert all(r.ok and r.code == 250 for _, r in results), [r for _, r in results if not r.ok][:3]
     assert len(handler.messages) == 500
-    for env, (mail_from, rcpts, content, options) in zip(envs, handler.messages):
+    for env, (mail_from, rcpts, content, options) in zip(envs, handler.messages, strict=True):
         assert mail_from == SENDER
         assert rcpts == [env.recipient]
         assert content == env.data
@@ -353,10 +354,8 @@ def _one_shot_server(script: bytes) -> tuple[int, threading.Thread]:
             client, _ = listener.accept()
             with client:
                 client.sendall(script)
-                try:
+                with contextlib.suppress(OSError):
                     client.recv(1024)
-                except OSError:
-                    pass
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -413,7 +412,7 @@ def test_abandoned_iteration_closes_cleanly(make_server):
     handler, port = make_server(Recorder(pipelining=True))
     conn = conn_for(port)
     conn.connect()
-    for env, reply in conn.send(envelopes(10)):
+    for _, reply in conn.send(envelopes(10)):
         assert reply.code == 250
         break
     # the next envelope's transaction was open: the connection is closed rather than left ambiguous
@@ -549,7 +548,7 @@ def cert_files(tmp_path_factory):
 
         pkey = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         certificate = (
             x509.CertificateBuilder()
             .subject_name(name)
@@ -606,7 +605,7 @@ def test_starttls_with_auth(make_server, cert_files):
 
 def test_starttls_untrusted_certificate_fails(make_server, cert_files):
     _, port = make_server(Recorder(), tls_context=_server_context(cert_files))
-    with pytest.raises(SMTPConnectError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+    with pytest.raises(SMTPConnectError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
         conn_for(port, security="starttls").connect()  # default context: system CAs only
 
 

@@ -17,15 +17,15 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from conftest import write_config
-from digest.content import editions, render, sources
-from digest.service import pipeline as jobs
-from digest.service import subscribers as subs
 from digest.config import load_settings
+from digest.content import editions, render, sources
 from digest.links import Links
 from digest.mail.mailer import SMTPMailer
-from digest.store.models import Outbox, OutboxStatus, Post, Subscriber, SubscriberStatus, as_utc
-from digest.store.database import create_schema, make_engine, session
+from digest.service import pipeline as jobs
+from digest.service import subscribers as subs
 from digest.service.web import create_app
+from digest.store.database import create_schema, make_engine, session
+from digest.store.models import Outbox, OutboxStatus, Post, Subscriber, SubscriberStatus, as_utc
 
 CONFIRM_LINK = re.compile(r"https?://[^\s\"<>]+/confirm/[A-Za-z0-9._-]+")
 

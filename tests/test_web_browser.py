@@ -21,8 +21,8 @@ import pytest
 from sqlmodel import select
 
 from conftest import DIGEST, free_port, run_digest, write_config
-from digest.store.models import Subscriber, SubscriberStatus
 from digest.store.database import make_engine, session
+from digest.store.models import Subscriber, SubscriberStatus
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -11,7 +11,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import text
@@ -119,9 +119,9 @@ def test_a_worker_killed_mid_batch_on_another_host_is_taken_over_after_its_lease
     if held:
         assert all(by.startswith("victim-host:" if other_host else "") for by, _ in held)
         until = max(datetime.fromisoformat(str(u)) if isinstance(u, str) else u for _, u in held)
-        until = until if until.tzinfo else until.replace(tzinfo=timezone.utc)
-        time.sleep(max(0.0, (until - datetime.now(timezone.utc)).total_seconds()) + 0.5)
-        rc, out, err = finish(start_worker(config, "--once"))
+        until = until if until.tzinfo else until.replace(tzinfo=UTC)
+        time.sleep(max(0.0, (until - datetime.now(UTC)).total_seconds()) + 0.5)
+        rc, _, err = finish(start_worker(config, "--once"))
         assert rc == 0, err
 
     per_address = Counter(r.recipients[0] for r in smtp_server.received)

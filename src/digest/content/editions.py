@@ -5,15 +5,16 @@ from __future__ import annotations
 import string
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
-from sqlalchemy import cast, exists, func, insert, literal, or_, select as sa_select, text
+from sqlalchemy import Exists, cast, exists, func, insert, literal, or_, text
+from sqlalchemy import select as sa_select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from digest.store import locks
 from digest.errors import NotFound
+from digest.store import locks
 from digest.store.models import (
     Delivery,
     DeliveryStatus,
@@ -24,6 +25,7 @@ from digest.store.models import (
     Subscriber,
     SubscriberStatus,
     as_utc,
+    stored_id,
 )
 
 Clock = Callable[[], datetime]
@@ -61,8 +63,8 @@ class EditionView:
 
 def unsent_posts(session: Session) -> list[Post]:
     """Every eligible post not yet in an edition."""
-    in_edition = sa_select(EditionPost.post_id)
-    stmt = select(Post).where(Post.eligible == True, col(Post.id).not_in(in_edition))  # noqa: E712
+    in_edition = sa_select(col(EditionPost.post_id))
+    stmt = select(Post).where(col(Post.eligible) == True, col(Post.id).not_in(in_edition))  # noqa: E712
     return list(session.exec(stmt).all())
 
 
@@ -73,7 +75,7 @@ def latest_posts(session: Session, n: int) -> list[Post]:
     return list(session.exec(stmt).all())
 
 
-def _sort_key(post: Post) -> tuple:
+def _sort_key(post: Post) -> tuple[datetime, int]:
     when = post.published_at or post.first_seen_at
     return (when, post.id or 0)
 
@@ -96,8 +98,8 @@ def view(posts: Iterable[Post], number: int | None, date: datetime, order: Seque
 
 def edition_view(session: Session, edition: Edition, order: Sequence[str] = ()) -> EditionView:
     posts = session.exec(
-        select(Post).join(EditionPost, EditionPost.post_id == Post.id).where(
-            EditionPost.edition_id == edition.id
+        select(Post).join(EditionPost, col(EditionPost.post_id) == col(Post.id)).where(
+            col(EditionPost.edition_id) == edition.id
         )
     ).all()
     return view(posts, edition.number, edition.created_at, order)
@@ -108,7 +110,8 @@ SUBJECT_FIELDS = ("name", "n", "number", "date")  # what newsletter.subject can 
 
 def subject_for(template: str, name: str, n: int, number: int | None, date: datetime) -> str:
     """The subject: the template (checked by check_subject when the settings load) filled in."""
-    subject = template.format(name=name, n=n, number=number if number is not None else "", date=date.strftime("%B %-d, %Y"))
+    shown = number if number is not None else ""
+    subject = template.format(name=name, n=n, number=shown, date=date.strftime("%B %-d, %Y"))
     return " ".join(subject.split())  # one line, whatever the config says
 
 
@@ -121,7 +124,7 @@ def check_subject(template: str) -> None:
     for f in fields:
         if f not in SUBJECT_FIELDS:
             raise ValueError(f"unknown field {{{f}}}: use " + ", ".join(f"{{{k}}}" for k in SUBJECT_FIELDS))
-    sample = datetime(2026, 1, 1)
+    sample = datetime(2026, 1, 1, tzinfo=UTC)
     for number in (1, None):  # a preview of the newest posts has no edition number
         try:
             subject_for(template, "Name", 1, number, sample)
@@ -132,13 +135,13 @@ def check_subject(template: str) -> None:
 def unfinished(session: Session) -> list[Edition]:
     return list(
         session.exec(
-            select(Edition).where(Edition.status == EditionStatus.sending).order_by(Edition.number)
+            select(Edition).where(col(Edition.status) == EditionStatus.sending).order_by(col(Edition.number))
         ).all()
     )
 
 
 def next_number(session: Session) -> int:
-    return (session.execute(sa_select(func.max(Edition.number))).scalar() or 0) + 1
+    return (session.exec(select(func.max(col(Edition.number)))).one() or 0) + 1
 
 
 def create(
@@ -189,7 +192,7 @@ def build(
     )
     session.add(edition)
     session.flush()
-    session.add_all(EditionPost(post_id=p.id, edition_id=edition.id) for p in posts)
+    session.add_all(EditionPost(post_id=stored_id(p), edition_id=stored_id(edition)) for p in posts)
     session.flush()
     _add_deliveries(session, edition, frozenset(p.category for p in posts))
     return edition
@@ -200,12 +203,12 @@ def _add_deliveries(session: Session, edition: Edition, categories: frozenset[st
     categories, in a single INSERT ... SELECT (no subscriber is loaded into memory)."""
     wanted = sa_select(
         literal(edition.id),
-        Subscriber.id,
+        col(Subscriber.id),
         literal(DeliveryStatus.pending.name),
         literal(0),
     ).where(
-        Subscriber.status == SubscriberStatus.active,
-        Subscriber.paused == False,  # noqa: E712
+        col(Subscriber.status) == SubscriberStatus.active,
+        col(Subscriber.paused) == False,  # noqa: E712
         or_(col(Subscriber.topics).is_(None), _chose_any(session.get_bind().dialect.name, categories)),
     )
     session.execute(
@@ -213,23 +216,23 @@ def _add_deliveries(session: Session, edition: Edition, categories: frozenset[st
     )
 
 
-def _chose_any(dialect: str, categories: frozenset[str]):
+def _chose_any(dialect: str, categories: frozenset[str]) -> Exists:
     """SQL: the subscriber's chosen topics (a JSON array, see models.TopicList) include one of
     `categories`. Each database reads the array with its own JSON function."""
     names = sorted(categories)
     if dialect == "postgresql":
-        chosen = func.jsonb_array_elements_text(cast(Subscriber.__table__.c.topics, JSONB))
+        chosen = func.jsonb_array_elements_text(cast(col(Subscriber.topics), JSONB))
     else:
-        chosen = func.json_each(Subscriber.__table__.c.topics)
+        chosen = func.json_each(col(Subscriber.topics))
     topic = chosen.table_valued("value").alias("chosen")
     return exists(sa_select(literal(1)).select_from(topic).where(topic.c.value.in_(names)))
 
 
 def delivery_count(session: Session, edition: Edition) -> int:
     """How many deliveries (recipients) `edition` has."""
-    return session.execute(
-        sa_select(func.count()).select_from(Delivery).where(Delivery.edition_id == edition.id)
-    ).scalar_one()
+    return session.exec(
+        select(func.count()).select_from(Delivery).where(col(Delivery.edition_id) == edition.id)
+    ).one()
 
 
 def _counts(session: Session, edition_ids: list[int]) -> dict[int, dict[str, int]]:
@@ -238,16 +241,16 @@ def _counts(session: Session, edition_ids: list[int]) -> dict[int, dict[str, int
     }
     if not edition_ids:
         return counts
-    for eid, status, n in session.execute(
-        sa_select(Delivery.edition_id, Delivery.status, func.count())
+    for eid, status, n in session.exec(
+        select(col(Delivery.edition_id), col(Delivery.status), func.count())
         .where(col(Delivery.edition_id).in_(edition_ids))
-        .group_by(Delivery.edition_id, Delivery.status)
+        .group_by(col(Delivery.edition_id), col(Delivery.status))
     ).all():
         counts[eid][DeliveryStatus(status).value] = n
-    for eid, n in session.execute(
-        sa_select(EditionPost.edition_id, func.count())
+    for eid, n in session.exec(
+        select(col(EditionPost.edition_id), func.count())
         .where(col(EditionPost.edition_id).in_(edition_ids))
-        .group_by(EditionPost.edition_id)
+        .group_by(col(EditionPost.edition_id))
     ).all():
         counts[eid]["posts"] = n
     return counts
@@ -256,46 +259,55 @@ def _counts(session: Session, edition_ids: list[int]) -> dict[int, dict[str, int
 def pending_count(session: Session, edition: Edition) -> int:
     """Deliveries of `edition` not yet sent (due now or waiting for a retry). The literal 'pending'
     lets both databases answer from the partial index ix_delivery_pending."""
-    return session.execute(
+    pending: int = session.execute(
         text("SELECT COUNT(*) FROM delivery WHERE edition_id = :e AND status = 'pending'"), {"e": edition.id}
     ).scalar_one()
+    return pending
 
 
 def summaries(session: Session) -> list[tuple[Edition, dict[str, int]]]:
     """Every edition, newest first, with post and delivery counts."""
     rows = list(session.exec(select(Edition).order_by(col(Edition.number).desc())).all())
-    counts = _counts(session, [e.id for e in rows])
-    return [(e, counts[e.id]) for e in rows]
+    counts = _counts(session, [stored_id(e) for e in rows])
+    return [(e, counts[stored_id(e)]) for e in rows]
 
 
 def get(session: Session, number: int) -> Edition:
-    edition = session.exec(select(Edition).where(Edition.number == number)).first()
+    edition = session.exec(select(Edition).where(col(Edition.number) == number)).first()
     if edition is None:
         raise NotFound(f"no edition {number} (see `digest editions`)")
     return edition
 
 
-def details(session: Session, number: int):
+# (address, attempts, error); the address is None once the subscriber's data was erased.
+Failure = tuple[str | None, int, str | None]
+
+
+def details(session: Session, number: int) -> tuple[Edition, dict[str, int], list[Post], Sequence[Failure]]:
     """(edition, counts, posts, failures[(address, attempts, error)]) for `digest editions show`."""
     edition = get(session, number)
-    counts = _counts(session, [edition.id])[edition.id]
+    counts = _counts(session, [stored_id(edition)])[stored_id(edition)]
     posts = edition_view(session, edition).sections
-    failures = session.execute(
-        sa_select(Subscriber.email, Delivery.attempts, Delivery.last_error)
+    failures = session.exec(
+        select(col(Subscriber.email), col(Delivery.attempts), col(Delivery.last_error))
         .select_from(Delivery)
-        .outerjoin(Subscriber, Subscriber.id == Delivery.subscriber_id)
-        .where(Delivery.edition_id == edition.id, Delivery.status == DeliveryStatus.failed)
-        .order_by(Delivery.id)
+        .outerjoin(Subscriber, col(Subscriber.id) == col(Delivery.subscriber_id))
+        .where(col(Delivery.edition_id) == edition.id, col(Delivery.status) == DeliveryStatus.failed)
+        .order_by(col(Delivery.id))
     ).all()
     return edition, counts, [p for s in posts for p in s.posts], failures
 
 
-def deferred(session: Session, edition: Edition):
+def deferred(session: Session, edition: Edition) -> Sequence[tuple[str | None, int, str | None, datetime | None]]:
     """Pending deliveries that failed temporarily: [(address, attempts, error, next attempt)]."""
-    return session.execute(
-        sa_select(Subscriber.email, Delivery.attempts, Delivery.last_error, Delivery.next_attempt_at)
+    return session.exec(
+        select(col(Subscriber.email), col(Delivery.attempts), col(Delivery.last_error), col(Delivery.next_attempt_at))
         .select_from(Delivery)
-        .outerjoin(Subscriber, Subscriber.id == Delivery.subscriber_id)
-        .where(Delivery.edition_id == edition.id, Delivery.status == DeliveryStatus.pending, Delivery.attempts > 0)
-        .order_by(Delivery.id)
+        .outerjoin(Subscriber, col(Subscriber.id) == col(Delivery.subscriber_id))
+        .where(
+            col(Delivery.edition_id) == edition.id,
+            col(Delivery.status) == DeliveryStatus.pending,
+            col(Delivery.attempts) > 0,
+        )
+        .order_by(col(Delivery.id))
     ).all()

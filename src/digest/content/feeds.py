@@ -12,16 +12,14 @@ import html
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlsplit
-
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import feedparser
 import nh3
 
-from digest.errors import FeedError
 from digest.content.plaintext import (
     AUTHOR_LIMIT,
     CATEGORY_LIMIT,
@@ -32,6 +30,7 @@ from digest.content.plaintext import (
     hides_characters,
     shorten,
 )
+from digest.errors import FeedError
 
 if TYPE_CHECKING:
     import httpx  # imported where a feed is fetched over http(s): it costs ~0.1 s at start-up
@@ -109,11 +108,18 @@ def fetch_all(
     return asyncio.run(_fetch_all(requests, timeout, max_bytes, user_agent, stop, fetch or fetch_one))
 
 
-async def _fetch_all(requests, timeout, max_bytes, user_agent, stop, fetch) -> list:
+async def _fetch_all(
+    requests: list[FetchRequest],
+    timeout: float,
+    max_bytes: int,
+    user_agent: str,
+    stop: Callable[[], bool],
+    fetch: Callable[..., Awaitable[FetchResult]],
+) -> list[FetchResult | FeedError | None]:
     turns = asyncio.Semaphore(CONCURRENT_FETCHES)
     client = _client(user_agent) if any(is_http(r.location) for r in requests) else None
 
-    async def one(request: FetchRequest):
+    async def one(request: FetchRequest) -> FetchResult | FeedError:
         async with turns:
             try:
                 return await fetch(
@@ -157,6 +163,8 @@ async def fetch_one(
     a plain read for a local path. `client` (needed for http(s)) carries the User-Agent."""
     if not is_http(location):
         return read_file(location, max_bytes)
+    if client is None:  # fetch_all makes one whenever a location is http(s)
+        raise TypeError(f"fetch_one({location!r}) needs an httpx.AsyncClient for an http(s) URL")
 
     import httpx
 
@@ -227,7 +235,7 @@ def parse(
     return ParsedFeed(title=title, posts=posts)
 
 
-def _post(entry, category_from: str, excerpt_words: int) -> FeedPost:
+def _post(entry: feedparser.FeedParserDict, category_from: str, excerpt_words: int) -> FeedPost:
     title = clean(_text_of(entry, "title")) or "(untitled)"
     content = ""
     if entry.get("content"):
@@ -247,7 +255,7 @@ def _post(entry, category_from: str, excerpt_words: int) -> FeedPost:
         guid = "sha256:" + content_hash
     published = entry.get("published_parsed") or entry.get("updated_parsed")
     published_at = (
-        datetime.fromtimestamp(calendar.timegm(published), tz=timezone.utc)
+        datetime.fromtimestamp(calendar.timegm(published), tz=UTC)
         if published
         else None
     )
@@ -296,7 +304,7 @@ def html_to_text(fragment: str) -> str:
     return _SPACE.sub(" ", html.unescape(stripped)).strip()
 
 
-def _text_of(entry, key: str) -> str:
+def _text_of(entry: feedparser.FeedParserDict, key: str) -> str:
     """A text construct as plain text: markup is stripped only when the feed says it is HTML."""
     value = entry.get(key, "") or ""
     kind = (entry.get(key + "_detail") or {}).get("type", "text/html")

@@ -56,7 +56,7 @@ def clean(value: str) -> str:
     return " ".join(value.translate(table).split())
 
 
-def _emoji_joiner(match: re.Match) -> str:
+def _emoji_joiner(match: re.Match[str]) -> str:
     text, at = match.string, match.start()
     before = text[at - 1] if at else ""
     after = text[at + 1] if at + 1 < len(text) else ""

@@ -21,7 +21,7 @@ import base64
 import hashlib
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes, serialization
@@ -37,8 +37,11 @@ _UNFOLD = re.compile(rb"\r\n(?=[ \t])")
 _PKCS1 = padding.PKCS1v15()
 _PREHASHED = Prehashed(hashes.SHA256())
 
+# The keys DKIM signs with here (RFC 6376 rsa-sha256, RFC 8463 ed25519-sha256).
+PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
-def load_private_key(path: Path):
+
+def load_private_key(path: Path) -> PrivateKey:
     """An RSA (≥ 1024 bits) or Ed25519 private key from a PEM file; OSError/ValueError otherwise."""
     data = Path(path).read_bytes()
     try:
@@ -82,7 +85,8 @@ def canon_body(body: bytes) -> bytes:
 
 def _fold(text: str, first: int) -> str:
     """Fold a tag list for a header line: break before tags so that no line exceeds 78 chars."""
-    out, line = [], first
+    out: list[str] = []
+    line = first
     for i, piece in enumerate(text.split(" ")):
         if i and line + 1 + len(piece) > 76:
             out.append("\r\n\t")
@@ -96,7 +100,8 @@ def _fold(text: str, first: int) -> str:
 
 
 def _fold_b64(value: str, first: int) -> str:
-    parts, width = [], 72
+    parts: list[str] = []
+    width = 72
     room = max(8, 76 - first)
     parts.append(value[:room])
     for i in range(room, len(value), width):
@@ -107,10 +112,11 @@ def _fold_b64(value: str, first: int) -> str:
 class DKIMSigner:
     """Signs messages for one domain and selector with one key."""
 
-    def __init__(self, domain: str, selector: str, key) -> None:
+    def __init__(self, domain: str, selector: str, key: PrivateKey) -> None:
         self.domain = domain.strip().lower()
         self.selector = selector.strip()
         self.key = key
+        self._sign: Callable[[bytes], bytes]
         if isinstance(key, rsa.RSAPrivateKey):
             self.algorithm = "rsa-sha256"
             self._sign = lambda digest: key.sign(digest, _PKCS1, _PREHASHED)
@@ -139,10 +145,11 @@ class DKIMSigner:
 class PreparedSignature:
     __slots__ = ("signer", "_static_hash", "_head", "_names")
 
-    def __init__(self, signer: DKIMSigner, static_headers, personal_names, oversign, timestamp: int) -> None:
+    def __init__(self, signer: DKIMSigner, static_headers: Sequence[tuple[str, bytes]],
+                 personal_names: Sequence[str], oversign: list[str], timestamp: int) -> None:
         self.signer = signer
         h = hashlib.sha256()
-        names = []
+        names: list[str] = []
         for name, value in static_headers:
             h.update(canon_header(name, value))
             names.append(name)
@@ -160,7 +167,7 @@ class PreparedSignature:
     def sign(self, personal_values: Sequence[bytes], body_hash: bytes) -> bytes:
         """The DKIM-Signature header line (with CRLF) for one recipient."""
         h = self._static_hash.copy()
-        for name, value in zip(self._names, personal_values):
+        for name, value in zip(self._names, personal_values, strict=True):
             h.update(canon_header(name, value))
         bh = base64.b64encode(body_hash).decode("ascii")
         unsigned = f"{self._head}{bh};\r\n\tb="
@@ -172,7 +179,7 @@ class PreparedSignature:
 def _fold_h(tags: str) -> str:
     """Break an over-long h= line at its colons (FWS is allowed around ':' in h=)."""
     lines = tags.split("\r\n\t")
-    out = []
+    out: list[str] = []
     for line in lines:
         while len(line) > 76 and ":" in line[:76]:
             cut = line.rfind(":", 0, 76) + 1
@@ -182,7 +189,7 @@ def _fold_h(tags: str) -> str:
     return "\r\n\t".join(out)
 
 
-def dns_record(key) -> str:
+def dns_record(key: PrivateKey) -> str:
     """The TXT record value to publish at <selector>._domainkey.<domain>."""
     if isinstance(key, ed25519.Ed25519PrivateKey):
         raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -192,7 +199,7 @@ def dns_record(key) -> str:
 
 
 
-def new_private_key(kind: str = "rsa", bits: int = 2048):
+def new_private_key(kind: str = "rsa", bits: int = 2048) -> PrivateKey:
     """A new signing key: RSA (`bits`, at least 2048) or Ed25519."""
     if kind == "ed25519":
         return ed25519.Ed25519PrivateKey.generate()
@@ -203,7 +210,7 @@ def new_private_key(kind: str = "rsa", bits: int = 2048):
     return rsa.generate_private_key(public_exponent=65537, key_size=bits)
 
 
-def write_private_key(key, path: Path) -> None:
+def write_private_key(key: PrivateKey, path: Path) -> None:
     """Write `key` as an unencrypted PKCS#8 PEM file readable by its owner only; FileExistsError
     if the file exists (a key in use is never overwritten)."""
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import email.utils
 import re
 from dataclasses import dataclass, field
 from email.message import Message
@@ -163,10 +164,12 @@ def _comment(rest: str) -> str:
 def _fields_blocks(part: Message) -> list[Message]:
     """The field blocks of a message/delivery-status part, however it was transferred."""
     payload = part.get_payload()
-    if isinstance(payload, list) and payload and all(isinstance(p, Message) for p in payload):
-        return payload
-    raw = part.get_payload(decode=True) or b""
-    text = raw.decode("utf-8", "replace").replace("\r\n", "\n")
+    if isinstance(payload, list):
+        blocks = [p for p in payload if isinstance(p, Message)]
+        if blocks and len(blocks) == len(payload):
+            return blocks
+    raw = part.get_payload(decode=True)
+    text = raw.decode("utf-8", "replace").replace("\r\n", "\n") if isinstance(raw, bytes) else ""
     return [email.message_from_string(block + "\n") for block in re.split(r"\n[ \t]*\n", text.strip()) if block.strip()]
 
 
@@ -174,13 +177,14 @@ def parse(raw: bytes) -> DSN:
     """Read one message; NotADSN (with the reason) when it is not a readable DSN."""
     try:
         msg = email.message_from_bytes(raw, policy=email.policy.compat32)
-    except Exception as exc:  # the email package raises little, but a broken file is still no DSN
+    except Exception as exc:  # noqa: BLE001 - the email package raises little, but a broken file is still no DSN
         raise NotADSN(f"unreadable message: {exc}") from None
     if msg.get_content_type() == "text/plain" and _body(msg).startswith(QSBMF_START):
         return _parse_qsbmf(msg)
     if msg.get_content_type() != "multipart/report":
         raise NotADSN(f"not a delivery status notification (Content-Type {msg.get_content_type()})")
-    report_type = (msg.get_param("report-type") or "").lower()
+    param = msg.get_param("report-type")  # a (charset, language, value) triple when RFC 2231-encoded
+    report_type = email.utils.collapse_rfc2231_value(param).lower() if param else ""
     if report_type != "delivery-status":
         raise NotADSN(f"a multipart/report of type {report_type or '(none)'!r}, not delivery-status")
     status_part = None
@@ -197,8 +201,8 @@ def parse(raw: bytes) -> DSN:
                 original_id = inner.get("Message-ID")
                 returned += [str(v) for v in inner.get_all("Return-Path", [])]
         elif ctype == "text/rfc822-headers" and original_id is None:
-            body = part.get_payload(decode=True) or b""
-            headers = email.message_from_bytes(body.lstrip(b"\r\n"))
+            body = part.get_payload(decode=True)
+            headers = email.message_from_bytes(body.lstrip(b"\r\n") if isinstance(body, bytes) else b"")
             original_id = headers.get("Message-ID")
             returned += [str(v) for v in headers.get_all("Return-Path", [])]
     if status_part is None:

@@ -93,7 +93,9 @@ class SMTPMailer:
                 return
             except DeliveryError as exc:
                 error = exc
-        raise DeliveryError(f"lost the connection to SMTP server {self.where} ({reason}) and could not reconnect: {error}")
+        raise DeliveryError(
+            f"lost the connection to SMTP server {self.where} ({reason}) and could not reconnect: {error}"
+        )
 
     def send(self, envelopes: Iterable[Envelope]) -> Iterator[tuple[Envelope, Reply]]:
         """Send over one connection; after a drop or a 421, reconnect and resend what was in
@@ -109,7 +111,7 @@ class SMTPMailer:
             assert self._conn is not None
             pulled: deque[Envelope] = deque()  # taken from the input, no result yet
 
-            def feed() -> Iterator[Envelope]:
+            def feed(pulled: deque[Envelope]) -> Iterator[Envelope]:
                 while resend:
                     env = resend.popleft()
                     pulled.append(env)
@@ -119,7 +121,7 @@ class SMTPMailer:
                     yield env
 
             lost: Reply | None = None
-            results = self._conn.send(feed())
+            results = self._conn.send(feed(pulled))
             try:
                 for env, reply in results:
                     pulled.popleft()
@@ -163,7 +165,7 @@ class SMTPMailer:
     def __enter__(self) -> SMTPMailer:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -194,11 +196,17 @@ class Pacer:
     worth after an idle spell). rate 0 = no limit. `wait` sleeps in short slices and returns
     False as soon as `stop()` is true."""
 
-    def __init__(self, rate: float, *, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        rate: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.interval = 1.0 / rate if rate > 0 else 0.0
         self._clock = clock
         self._sleep = sleep
-        self._next = None
+        self._next: float | None = None  # when the next call may go (clock seconds)
 
     def wait(self, stop: Callable[[], bool] = lambda: False) -> bool:
         if not self.interval:

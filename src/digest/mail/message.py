@@ -13,17 +13,21 @@ import hashlib
 import html
 import re
 import secrets
-from typing import NamedTuple
+from collections.abc import Callable
 from datetime import datetime
 from email.header import Header
 from email.utils import format_datetime, formataddr, parseaddr
+from typing import NamedTuple
 
-from digest.mail.dkim import DKIMSigner, canon_lines
 from digest.content.plaintext import NAME_LIMIT, clean, shorten
 from digest.content.render import PLACEHOLDERS, Rendered
+from digest.mail.dkim import DKIMSigner, canon_lines
 
 _PLACEHOLDER_RE = re.compile("|".join(PLACEHOLDERS))
 _QP_MAX = 76
+
+Escape = Callable[[str], str]  # how a slot's value is written into its part (HTML-escaped or as is)
+Slot = tuple[str, Escape]  # (recipient field, escape)
 
 
 def encode_header_value(value: str) -> str:
@@ -64,9 +68,9 @@ class _Part:
 
     __slots__ = ("pieces",)
 
-    def __init__(self, text: str, escape) -> None:
+    def __init__(self, text: str, escape: Escape) -> None:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-        pieces: list = []
+        pieces: list[bytes | Slot] = []
         pos = 0
         for m in _PLACEHOLDER_RE.finditer(text):
             if m.start() > pos:
@@ -170,12 +174,12 @@ class Message:
         )
         # The body: text part, then HTML part. Each part ends with its own line break; the CRLF
         # before a delimiter belongs to the delimiter. Every run is made of whole lines.
-        pieces: list = [part_head.format(b=boundary, sub="plain").encode()]
+        pieces: list[bytes | Slot] = [part_head.format(b=boundary, sub="plain").encode()]
         pieces += _Part(rendered.text, _identity).pieces
         pieces.append(("\r\n" + part_head.format(b=boundary, sub="html")).encode())
         pieces += _Part(rendered.html, _html_escape).pieces
         pieces.append(f"\r\n--{boundary}--\r\n".encode())
-        self._slots: list[tuple[str, object]] = []  # distinct (field, escape) pairs
+        self._slots: list[Slot] = []  # distinct (field, escape) pairs
         order: list[int] = []
         fmt: list[bytes] = []
         wire: list[bytes] = []
@@ -253,7 +257,7 @@ class Message:
         """(html, text) as the recipient sees them (for previews)."""
         values = _values(r)
 
-        def fill(s: str, escape) -> str:
+        def fill(s: str, escape: Escape) -> str:
             return _PLACEHOLDER_RE.sub(lambda m: escape(values[PLACEHOLDERS[m.group(0)]]), s)
 
         return fill(self.rendered.html, _html_escape), fill(self.rendered.text, _identity)

@@ -28,11 +28,13 @@ use is therefore flat, bounded by one message.
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
 import re
 import socket
 import ssl
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -215,7 +217,7 @@ class SMTPConnection:
         self.local_hostname = local_hostname
         self.ssl_context = ssl_context
         self._sock: socket.socket | None = None
-        self._rfile = None
+        self._rfile: io.BufferedReader | None = None
         self._ehlo_name = local_hostname.encode("idna") if not local_hostname.isascii() else local_hostname.encode()
         self.extensions: dict[str, str] = {}  # EHLO keywords (upper case) -> parameters
         self.esmtp = False
@@ -264,12 +266,12 @@ class SMTPConnection:
 
     # ---------------------------------------------------------------- context manager
 
-    def __enter__(self) -> "SMTPConnection":
+    def __enter__(self) -> SMTPConnection:
         if not self.connected:
             self.connect()
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -327,10 +329,8 @@ class SMTPConnection:
         self._need_rset = False
         for obj in (rfile, sock):
             if obj is not None:
-                try:
+                with contextlib.suppress(OSError):
                     obj.close()
-                except OSError:
-                    pass
 
     # ---------------------------------------------------------------- session setup
 
@@ -344,10 +344,8 @@ class SMTPConnection:
             sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
         except OSError as exc:
             raise SMTPConnectError(f"cannot connect to SMTP server {self.address}: {_describe(exc)}") from exc
-        try:
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
         try:
             if self.security == "tls":
                 sock = self._context().wrap_socket(sock, server_hostname=self.host)
@@ -505,7 +503,7 @@ class SMTPConnection:
         commands = b"MAIL FROM:<" + sender + b">" + params + b"\r\nRCPT TO:<" + rcpt + b">\r\nDATA\r\n"
         return commands, payload
 
-    def send(self, envelopes: Iterable[Envelope]) -> Iterator[tuple[Envelope, Reply]]:
+    def send(self, envelopes: Iterable[Envelope]) -> Generator[tuple[Envelope, Reply], None, None]:
         """Send envelopes; yield ``(envelope, final_reply)`` for each one, in order, as soon as known.
 
         The final reply is the MAIL failure, the RCPT failure, the DATA failure, or the reply to the
@@ -532,7 +530,9 @@ class SMTPConnection:
         for env in it:
             yield env, reply
 
-    def _lost(self, exc: _ConnectionLost, pending: deque[Envelope], it: Iterator[Envelope]):
+    def _lost(
+        self, exc: _ConnectionLost, pending: deque[Envelope], it: Iterator[Envelope]
+    ) -> Iterator[tuple[Envelope, Reply]]:
         """Report every pulled-but-unreported envelope, then the rest of the input, as temporary."""
         self._drop()
         first = True
@@ -549,7 +549,7 @@ class SMTPConnection:
             raise _ConnectionLost(f"server closed the connection: {reply}", reply)
         return reply
 
-    def _send_lockstep(self, it: Iterator[Envelope]) -> Iterator[tuple[Envelope, Reply]]:
+    def _send_lockstep(self, it: Iterator[Envelope]) -> Generator[tuple[Envelope, Reply], None, None]:
         self._sending = True
         pending: deque[Envelope] = deque()  # pulled from `it`, not yet reported
         busy = False  # a transaction is open on the wire
@@ -592,7 +592,7 @@ class SMTPConnection:
             if busy:  # abandoned mid-transaction
                 self._drop()
 
-    def _send_pipelined(self, it: Iterator[Envelope]) -> Iterator[tuple[Envelope, Reply]]:
+    def _send_pipelined(self, it: Iterator[Envelope]) -> Generator[tuple[Envelope, Reply], None, None]:
         # prev/tail: the envelope whose DATA got 354 and its encoded content; the content goes out in
         # the same write as the next envelope's MAIL/RCPT/DATA group (RFC 2920 allows content to
         # start a group), and prev's final reply is the first reply read after that write.
@@ -604,24 +604,26 @@ class SMTPConnection:
 
         input_error: BaseException | None = None
 
-        def pull():
+        def pull() -> tuple[Envelope, tuple[bytes, bytes] | Reply] | None:
+            """The next envelope and its prepared transaction; None at the end of the input."""
             # An exception from the caller's iterator (or a non-Envelope item) is held back until
             # the messages already in flight are finished and reported, then re-raised.
             nonlocal input_error
             try:
-                env = next(it, _END)
-                if env is _END:
-                    return _END, None
+                env = next(it)
                 prepared = self._transaction(env)
-            except Exception as exc:
+            except StopIteration:
+                return None
+            except Exception as exc:  # noqa: BLE001 - held back and re-raised after the in-flight messages
                 input_error = exc
-                return _END, None
+                return None
             pending.append(env)
             return env, prepared
 
         try:
-            env, prepared = pull()
-            while env is not _END:
+            step = pull()
+            while step is not None:
+                env, prepared = step
                 if isinstance(prepared, Reply):  # local failure: keep replies in order
                     if prev is not None:
                         busy = True
@@ -631,7 +633,7 @@ class SMTPConnection:
                         busy = False
                         yield pending.popleft(), reply
                     yield pending.popleft(), prepared
-                    env, prepared = pull()
+                    step = pull()
                     continue
 
                 commands, payload = prepared
@@ -643,7 +645,7 @@ class SMTPConnection:
                 self._sendall(tail + commands if tail else commands)
                 tail = b""
                 # While the server works: fetch and encode the next envelope.
-                nxt, nxt_prepared = pull()
+                nxt = pull()
                 if prev is not None:
                     reply = self._reply()
                     prev = None
@@ -656,7 +658,7 @@ class SMTPConnection:
                 if data.code == 354:
                     if mail.code == 250 and rcpt.code in (250, 251):
                         prev, tail = env, payload  # busy stays True: the server awaits content
-                        env, prepared = nxt, nxt_prepared
+                        step = nxt
                         continue
                     # Broken server: DATA accepted although MAIL/RCPT was refused.  End the empty
                     # transaction without sending content; the outcome is the earlier refusal.
@@ -674,7 +676,7 @@ class SMTPConnection:
                     self._need_rset = True
                 busy = False
                 yield pending.popleft(), final
-                env, prepared = nxt, nxt_prepared
+                step = nxt
 
             if prev is not None:  # the last message's content goes out alone
                 self._sendall(tail)
@@ -692,8 +694,6 @@ class SMTPConnection:
         if input_error is not None:
             raise input_error
 
-
-_END = object()
 
 
 def _parse_ehlo(text: str) -> dict[str, str]:

@@ -22,10 +22,10 @@ from pathlib import Path
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Engine
-from sqlmodel import SQLModel
+from sqlmodel import SQLModel, col
 
-from digest.store import schema
 from digest.errors import DigestError
+from digest.store import schema
 from digest.store.models import Delivery, DeliveryStatus, as_utc
 
 BATCH = 5000  # rows read and written at a time: memory stays flat whatever the size
@@ -55,8 +55,8 @@ def copy_database(source: Engine, target: Engine, now: datetime, *, journal_dir:
     with source.connect() as src:
         live = src.execute(
             select(func.count()).select_from(Delivery).where(
-                Delivery.status == DeliveryStatus.pending,  # type: ignore[arg-type]
-                Delivery.claimed_until > as_utc(now),  # type: ignore[operator]
+                col(Delivery.status) == DeliveryStatus.pending,
+                col(Delivery.claimed_until) > as_utc(now),
             )
         ).scalar_one()
         if live:
@@ -84,11 +84,11 @@ def copy_database(source: Engine, target: Engine, now: datetime, *, journal_dir:
                 report.rows[t.name] = n
             if dst.dialect.name == "postgresql":
                 for t in tables:
-                    col = t.autoincrement_column
-                    if col is not None:
+                    serial = t.autoincrement_column
+                    if serial is not None:
                         dst.exec_driver_sql(
-                            f"SELECT setval(pg_get_serial_sequence('{t.name}', '{col.name}'),"
-                            f" COALESCE(MAX({col.name}), 1), MAX({col.name}) IS NOT NULL) FROM {t.name}"
+                            f"SELECT setval(pg_get_serial_sequence('{t.name}', '{serial.name}'),"
+                            f" COALESCE(MAX({serial.name}), 1), MAX({serial.name}) IS NOT NULL) FROM {t.name}"
                         )
         src.rollback()
     return report
@@ -99,4 +99,5 @@ def _same(a: Engine, b: Engine) -> bool:
     if ua.get_backend_name() == "sqlite" and ub.get_backend_name() == "sqlite":
         pa, pb = ua.database or "", ub.database or ""
         return bool(pa) and bool(pb) and Path(pa).resolve() == Path(pb).resolve()
-    return (ua.get_backend_name(), ua.host, ua.port, ua.database) == (ub.get_backend_name(), ub.host, ub.port, ub.database)
+    where_a = (ua.get_backend_name(), ua.host, ua.port, ua.database)
+    return where_a == (ub.get_backend_name(), ub.host, ub.port, ub.database)

@@ -20,12 +20,12 @@ from sqlalchemy import insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from digest.store.models import Lock
+from digest.store.models import Lock, table_of
 
 EDITION = "edition"  # building an edition (and deciding a schedule slot)
 POSTS = "posts"  # storing a source's posts
 
-_table = Lock.__table__
+_table = table_of(Lock)
 
 
 def acquire(session: Session, name: str, *, holder: str | None = None, now: datetime | None = None) -> None:
@@ -33,14 +33,14 @@ def acquire(session: Session, name: str, *, holder: str | None = None, now: date
     if session.in_transaction():
         session.commit()
     for _ in range(3):
-        result = session.execute(
+        result = session.exec(
             update(_table).where(_table.c.name == name).values(holder=holder, acquired_at=now)
         )
         if result.rowcount:
             return
         session.rollback()
         try:  # the first use of this lock on this database: create its row
-            session.execute(insert(_table).values(name=name))
+            session.exec(insert(_table).values(name=name))
             session.commit()
         except IntegrityError:  # another process created it first
             session.rollback()

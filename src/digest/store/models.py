@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
+from typing import Any, Protocol
 
-from sqlalchemy import Column, Index, Text, UniqueConstraint, text
+from sqlalchemy import Column, Dialect, Index, Table, Text, UniqueConstraint, text
 from sqlalchemy import Enum as SAEnum
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -37,11 +38,29 @@ def _status(enum: type[Enum]) -> SAEnum:
 def as_utc(dt: datetime) -> datetime:
     """A datetime as timezone-aware UTC (a naive one is taken to be UTC already)."""
     tz = dt.tzinfo
-    if tz is timezone.utc:  # the common case, and a hot one (twice per message sent)
+    if tz is UTC:  # the common case, and a hot one (twice per message sent)
         return dt
     if tz is None:
-        return dt.replace(tzinfo=timezone.utc)
-    return dt.astimezone(timezone.utc)
+        return dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
+
+
+class _Stored(Protocol):
+    @property
+    def id(self) -> int | None: ...
+
+
+def stored_id(row: _Stored) -> int:
+    """The primary key of a row in the database (its `id` is None only before the first flush)."""
+    if row.id is None:
+        raise ValueError(f"this {type(row).__name__} is not stored yet")
+    return row.id
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    """The Core table of a table model, for SQL without the ORM's bookkeeping."""
+    table: Table = model.__table__  # type: ignore[attr-defined]  # SQLModel sets it but does not declare it
+    return table
 
 
 def topics_text(names: Iterable[str]) -> str:
@@ -56,17 +75,20 @@ def parse_topics(stored: str | None) -> frozenset[str] | None:
     return None if stored is None else frozenset(json.loads(stored))
 
 
-class TopicList(TypeDecorator):
+class TopicList(TypeDecorator[list[str]]):
     """A list of category names kept as topics_text() in a TEXT column; None stays NULL."""
 
     impl = Text
     cache_ok = True
 
-    def process_bind_param(self, value, dialect):
+    def process_bind_param(self, value: Iterable[str] | None, dialect: Dialect) -> str | None:
         return None if value is None else topics_text(value)
 
-    def process_result_value(self, value, dialect):
-        return None if value is None else json.loads(value)
+    def process_result_value(self, value: Any | None, dialect: Dialect) -> list[str] | None:
+        if value is None:
+            return None
+        topics: list[str] = json.loads(value)
+        return topics
 
 
 class SubscriberStatus(str, Enum):
