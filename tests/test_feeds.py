@@ -92,7 +92,7 @@ def test_split_category_ignores_long_prefixes():
 def test_values_longer_than_their_columns_are_stored_on_every_database(tmp_path, db, clock):
     """SQLite ignores VARCHAR lengths and PostgreSQL enforces them: feeds must fit either way."""
     from conftest import write_config
-    from digest.content import sources
+    from digest.service import pipeline
     from digest.config import load_settings
     from digest.store.models import Post, Source
     from sqlmodel import select
@@ -113,7 +113,7 @@ def test_values_longer_than_their_columns_are_stored_on_every_database(tmp_path,
     async def fetch(location, **_kw):
         return feeds.FetchResult(path.read_bytes(), '"' + "e" * 600 + '"', "x" * 200)
 
-    report = sources.poll(db, cfg, clock, fetch=fetch)[0]
+    report = pipeline.poll(db, cfg, clock, fetch=fetch)[0]
     assert report.ok and report.new == 1
     post = db.exec(select(Post)).one()
     assert post.url == ""

@@ -14,7 +14,7 @@ from sqlmodel import select
 from digest.service import pipeline as jobs, subscribers
 from digest.store.models import Delivery
 from digest.mail.verp import VERP
-from digest.links import Links
+from digest.links import Links, PublicUrls
 from digest.mail.mailer import SMTPMailer
 from digest.mail.message import Message, Recipient
 from digest.content.render import Rendered
@@ -130,7 +130,7 @@ def sample_edition_parts(db, settings, clock) -> tuple[str, str]:
     run to run: the date is the test clock's, the links carry "preview" instead of signed tokens,
     and the MIME boundary (random) is not part of a part."""
     p = jobs.preview(db, settings, clock)
-    return p.message.parts_for(jobs.preview_recipient(settings))
+    return p.message.parts_for(jobs.preview_recipient(PublicUrls(settings.newsletter.public_url)))
 
 
 def test_text_part_matches_the_golden_file(db, settings, clock):

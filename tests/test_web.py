@@ -17,7 +17,7 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from conftest import write_config
-from digest.content import editions, render, sources
+from digest.content import editions, render
 from digest.service import pipeline as jobs
 from digest.service import subscribers as subs
 from digest.config import load_settings
@@ -52,7 +52,7 @@ def links(settings, clock) -> Links:
 @pytest.fixture
 def posts(db, settings, clock):
     """The fixture blog's posts: sections Architecture, Explained and In Focus."""
-    sources.poll(db, settings, clock)
+    jobs.poll(db, settings, clock)
 
 
 def subscriber(db, email: str) -> Subscriber | None:
@@ -637,7 +637,7 @@ def test_a_category_with_a_comma_is_one_topic_from_the_forms_to_the_inbox(tmp_pa
     engine = make_engine(settings.database_url)
     create_schema(engine)
     with session(engine) as db, TestClient(create_app(settings, clock=clock)) as client:
-        sources.poll(db, settings, clock)
+        jobs.poll(db, settings, clock)
         form = client.get("/").text
         assert re.findall(r'name="categories" value="([^"]+)"', form) == ["Events", "News", "News, Events", "Tech"]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import string
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -25,8 +25,7 @@ from digest.store.models import (
     SubscriberStatus,
     as_utc,
 )
-
-Clock = Callable[[], datetime]
+from digest.clock import Clock
 
 
 @dataclass(frozen=True)

@@ -194,16 +194,16 @@ class Pacer:
     worth after an idle spell). rate 0 = no limit. `wait` sleeps in short slices and returns
     False as soon as `stop()` is true."""
 
-    def __init__(self, rate: float, *, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+    def __init__(self, rate: float, *, monotonic: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
         self.interval = 1.0 / rate if rate > 0 else 0.0
-        self._clock = clock
+        self._monotonic = monotonic  # seconds, not a Clock: only differences count
         self._sleep = sleep
         self._next = None
 
     def wait(self, stop: Callable[[], bool] = lambda: False) -> bool:
         if not self.interval:
             return True
-        now = self._clock()
+        now = self._monotonic()
         if self._next is None or now - self._next > 1.0:
             self._next = now
         while True:
@@ -213,6 +213,6 @@ class Pacer:
             if stop():
                 return False
             self._sleep(min(ahead, 0.2))
-            now = self._clock()
+            now = self._monotonic()
         self._next += self.interval
         return True
