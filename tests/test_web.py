@@ -795,3 +795,21 @@ def test_links_follow_a_public_url_with_a_path(tmp_path, smtp_server, clock):
     with session(engine) as s:
         assert s.exec(select(Subscriber)).one().status == SubscriberStatus.pending
     engine.dispose()
+
+
+def test_templates_of_ones_own_still_get_base_and_public_url(tmp_path, smtp_server, clock, db, posts):
+    """Pages and emails build their links from links.PublicUrls (`urls`, `subscribe_url`, ...);
+    an overriding template written with `base` or `newsletter.public_url` keeps working."""
+    own = tmp_path / "own"
+    (own / "web").mkdir(parents=True)
+    (own / "web" / "invalid_link.html").write_text(
+        '<a id="old" href="{{ base }}/archive">a</a><a id="new" href="{{ urls.archive_index_path }}">b</a>')
+    (own / "edition.txt.j2").write_text("past: {{ newsletter.public_url }}/archive and {{ archive_index_url }}\n")
+    cfg = write_config(tmp_path, smtp_port=smtp_server.port, public_url="https://blog.example.org/news/")
+    settings = load_settings(cfg, digest={"templates_dir": str(own)})
+    with TestClient(create_app(settings, clock=clock)) as c:
+        page = c.get("/unsubscribe/forged").text
+    assert 'id="old" href="/news/archive"' in page and 'id="new" href="/news/archive"' in page
+    preview = jobs.preview(db, settings, clock, latest=1, fetch=False)
+    assert preview.message.rendered.text == (
+        "past: https://blog.example.org/news/archive and https://blog.example.org/news/archive\n")
