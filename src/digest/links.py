@@ -94,12 +94,15 @@ class PublicUrls:
         self.subscribe_action_path = self.base_path + SUBSCRIBE
         self.archive_index_path = self.base_path + ARCHIVE
         self.stylesheet_path = self.base_path + STYLESHEET
+        # Two of these are made for every message sent: the prefixes once.
+        self._unsubscribe = f"{self.public_url}{UNSUBSCRIBE}/"
+        self._preferences = f"{self.public_url}{PREFERENCES}/"
 
     def unsubscribe_url(self, token: str) -> str:
-        return f"{self.public_url}{UNSUBSCRIBE}/{token}"
+        return self._unsubscribe + token
 
     def preferences_url(self, token: str) -> str:
-        return f"{self.public_url}{PREFERENCES}/{token}"
+        return self._preferences + token
 
     def confirm_url(self, token: str) -> str:
         return f"{self.public_url}{CONFIRM}/{token}"
