@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa  # noqa: E402
 
+from digest.clock import utc_now  # noqa: E402
 from digest.config import load_settings, render_config  # noqa: E402
 from digest.delivery import sender as dl  # noqa: E402
 from digest.links import Links  # noqa: E402
@@ -40,7 +41,6 @@ def per_call(fn, number: int = 2000) -> float:
 
 
 def main() -> None:
-    from digest.content import sources
     from digest.service import pipeline as jobs
     from digest.store.database import create_schema, make_engine, session
 
@@ -54,7 +54,7 @@ def main() -> None:
     engine = make_engine(settings.database_url)
     create_schema(engine)
     with session(engine) as db:
-        sources.poll(db, settings, jobs.utc_now)
+        jobs.poll(db, settings, utc_now)
         p = jobs.preview(db, settings, fetch=False)
     rendered, date = p.message.rendered, datetime.now(UTC)
     plain = dl.message_from(rendered, settings, date, None)
@@ -80,7 +80,7 @@ def main() -> None:
     # ledger: record 200 results (journal + executemany + commit), as `deliver` does per batch
     with session(engine) as db:
         from digest.content import editions
-        ed = editions.create(db, jobs.utc_now, subject_template="x", newsletter_name="x")
+        ed = editions.create(db, utc_now, subject_template="x", newsletter_name="x")
         from sqlalchemy import text
         db.execute(text("INSERT INTO subscriber (email, status, paused, created_at) VALUES ('a@bench.example', 'active', 0, '2026-01-01 00:00:00')"))
         sid = db.execute(text("SELECT id FROM subscriber")).scalar()

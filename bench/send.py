@@ -169,6 +169,7 @@ def run_digest_send(config: Path, n: int, sink_pid: int) -> dict:
 
 def sample_message(config: Path) -> tuple[str, bytes]:
     from digest.delivery.sender import build_message  # noqa: F401  (same code path as digest send)
+    from digest.links import PublicUrls
     from digest.service import pipeline as jobs
     from digest.store.database import make_engine, session
 
@@ -178,7 +179,7 @@ def sample_message(config: Path) -> tuple[str, bytes]:
         # a message exactly as `digest send` builds it (DKIM-signed if configured)
         from digest.delivery.sender import message_from, signer_for
         m = message_from(p.message.rendered, settings, datetime.now(UTC), signer_for(settings))
-    return settings.newsletter.from_address, m.for_recipient(jobs.preview_recipient(settings))
+    return settings.newsletter.from_address, m.for_recipient(jobs.preview_recipient(PublicUrls(settings.newsletter.public_url)))
 
 
 def smtplib_blast(port: int, sender: str, data: bytes, n: int, threads: int) -> dict:

@@ -19,7 +19,6 @@ from pathlib import Path
 import httpx
 from playwright.sync_api import sync_playwright
 
-from digest.content import sources
 from digest.service import pipeline as jobs
 from digest.service import subscribers as subs
 from digest.config import load_settings, render_config
@@ -55,7 +54,7 @@ def main() -> None:
         create_schema(engine)
         clock = lambda: datetime(2026, 7, 3, 9, 0, tzinfo=timezone.utc)  # noqa: E731
         with session(engine) as s:
-            sources.poll(s, settings, clock)
+            jobs.poll(s, settings, clock)
             subs.add(s, "reader@example.com", clock)
             jobs.send(s, settings, MemoryMailer(), clock, fetch=False)
         engine.dispose()

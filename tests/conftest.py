@@ -248,7 +248,7 @@ def subscribe(config: Path, *emails: str) -> None:
     makes them (a new database is created at the newest schema), but in this process: for tests
     whose subject is what comes after. A `digest` subprocess costs ~0.7 s of CPU to start."""
     from digest.service import subscribers
-    from digest.service.pipeline import utc_now
+    from digest.clock import utc_now
 
     engine = make_engine(load_settings(config).database_url)
     try:

@@ -20,6 +20,10 @@ from digest.service import subscribers
 from digest.store.models import Delivery, DeliveryStatus, Edition, EditionStatus, SubscriberStatus
 
 
+def verp_of(settings) -> VERP:
+    return VERP(settings.newsletter.secret_key, settings.bounce_domain)
+
+
 def make_dsn(to: str, recipient: str, status: str, *, action: str = "failed", diagnostic: str | None = None,
              message_id: str = "<orig@digest.test>", returned: str = "headers") -> bytes:
     diagnostic = diagnostic or f"smtp; 550 {status} <{recipient}>: Recipient address rejected"
@@ -95,13 +99,13 @@ def test_hard_bounce_marks_the_subscriber_bounced_and_they_get_no_next_edition(t
     bad = make_dsn(senders["ann@example.com"], "ann@example.com", "5.1.1")
     path = tmp_path / "bounce.eml"
     path.write_bytes(bad)
-    report = bounces.process(db, settings, path, clock)
+    report = bounces.process(db, verp_of(settings), path, clock)
     assert (report.read, report.hard, report.soft, report.bounced) == (1, 1, 0, ["ann@example.com"])
     assert subscribers.get(db, "ann@example.com").status == SubscriberStatus.bounced
     d = db.get(Delivery, deliveries["ann@example.com"].id)
     assert d.status == DeliveryStatus.failed and d.last_error.startswith("bounced (hard): 5.1.1")
     # idempotent: the same mailbox again changes nothing
-    again = bounces.process(db, settings, path, clock)
+    again = bounces.process(db, verp_of(settings), path, clock)
     assert (again.hard, again.bounced, len(again.ignored)) == (0, [], 1)
     # `digest editions show` lists it with the DSN's diagnostic; `digest retry` leaves it alone
     show = run_digest(settings._config_path, "editions", "show", "1", check=True).stdout
@@ -144,15 +148,15 @@ def test_three_soft_bounces_in_a_row_suspend_and_a_delivered_edition_breaks_the_
     # editions 1, 2 soft-bounce, 3 went through, 4 soft-bounces: no run of three yet
     for n in (1, 2, 4):
         box.add(make_dsn(verp.sender(ids[(n, sub.id)]), "full@example.com", "4.2.2", diagnostic="smtp; 452 4.2.2 mailbox full"))
-    report = bounces.process(db, settings, tmp_path / "Maildir", clock)
+    report = bounces.process(db, verp_of(settings), tmp_path / "Maildir", clock)
     assert (report.soft, report.suspended) == (3, [])
     assert subscribers.get(db, "full@example.com").status == SubscriberStatus.active
     # edition 5 soft-bounces too, found only by the returned Message-ID (no VERP address): 4, 5 + ... still two
     box.add(make_dsn("postmaster@digest.test", "full@example.com", "5.2.2", message_id=f"<5.{sub.id}@digest.test>", returned="message"))
-    assert bounces.process(db, settings, tmp_path / "Maildir", clock).suspended == []
+    assert bounces.process(db, verp_of(settings), tmp_path / "Maildir", clock).suspended == []
     # and edition 3 bounces late after all: 1-5 are now five in a row
     box.add(make_dsn(verp.sender(ids[(3, sub.id)]), "full@example.com", "5.7.1", diagnostic="smtp; 554 5.7.1 spam"))
-    report = bounces.process(db, settings, tmp_path / "Maildir", clock)
+    report = bounces.process(db, verp_of(settings), tmp_path / "Maildir", clock)
     assert report.suspended == ["full@example.com"]
     assert subscribers.get(db, "full@example.com").status == SubscriberStatus.suspended
     assert subscribers.get(db, "other@example.com").status == SubscriberStatus.active
@@ -333,7 +337,7 @@ def test_the_once_misjudged_soft_bounces_suspend_after_three_in_a_row(tmp_path, 
     box = mailbox.Maildir(str(tmp_path / "Maildir"), create=True)
     for number, name in enumerate(["gateway-disk-quota.eml", "sendmail-headers-too-large.eml", "postfix-sender-domain.eml"], 1):
         box.add(fixture_for(name, verp.sender(ids[(number, reader)])))
-        report = bounces.process(db, settings, tmp_path / "Maildir", clock)
+        report = bounces.process(db, verp_of(settings), tmp_path / "Maildir", clock)
         assert (report.hard, report.soft, report.bounced) == (0, 1, [])
         assert report.suspended == ([reader] if number == 3 else [])
     assert subscribers.get(db, reader).status == SubscriberStatus.suspended

@@ -79,7 +79,7 @@ def test_unreachable_server_is_a_clear_error_and_nothing_is_lost(tmp_path, smtp_
 def test_subscribers_who_join_after_the_edition_was_created_do_not_get_it(db, settings, clock, smtp_server):
     from digest.content import editions
     add_subscribers(db, clock, 2)
-    jobs.sources.poll(db, settings, clock)
+    jobs.poll(db, settings, clock)
     edition = editions.create(db, clock, subject_template=settings.newsletter.subject, newsletter_name=settings.newsletter.name)
     subscribers.add(db, "late@example.com", clock)
     result = jobs.send(db, settings, SMTPMailer(settings.smtp), clock, fetch=False)
@@ -90,7 +90,7 @@ def test_subscribers_who_join_after_the_edition_was_created_do_not_get_it(db, se
 def test_unsubscribed_before_sending_is_skipped(db, settings, clock, smtp_server):
     from digest.content import editions
     addrs = add_subscribers(db, clock, 2)
-    jobs.sources.poll(db, settings, clock)
+    jobs.poll(db, settings, clock)
     editions.create(db, clock, subject_template=settings.newsletter.subject, newsletter_name=settings.newsletter.name)
     subscribers.unsubscribe(db, subscribers.get(db, addrs[0]), clock)
     r = jobs.send(db, settings, SMTPMailer(settings.smtp), clock, fetch=False).resumed[0]

@@ -9,7 +9,8 @@ from sqlmodel import select
 
 from conftest import FIXTURES, ON_POSTGRES, database_url, run_digest, write_config
 from digest.config import load_settings
-from digest.content import editions, sources
+from digest.content import editions
+from digest.service import pipeline
 from digest.store.database import make_engine, session
 from digest.store.models import EditionPost, Post, Source
 
@@ -42,7 +43,7 @@ def edition_titles(db, edition):
 def test_every_post_goes_into_exactly_one_edition(tmp_path, db, clock):
     cfg, path = setup(tmp_path, [{"id": 1, "date": "2026-11-20T10:00:00Z", "title": "Explained: One"}])
     # point the session's engine at this config's database
-    sources.poll(db, cfg, clock)
+    pipeline.poll(db, cfg, clock)
     first = new_edition(db, clock, cfg)
     assert first.number == 1 and edition_titles(db, first) == ["Explained: One"]
     assert new_edition(db, clock, cfg) is None  # nothing new
@@ -53,7 +54,7 @@ def test_every_post_goes_into_exactly_one_edition(tmp_path, db, clock):
         {"id": 2, "date": "2026-10-01T10:00:00Z", "title": "Explained: Backdated"},
     ]))
     clock.now += timedelta(days=7)
-    report = sources.poll(db, cfg, clock)[0]
+    report = pipeline.poll(db, cfg, clock)[0]
     assert (report.new, report.unchanged) == (1, 1)
     second = new_edition(db, clock, cfg)
     assert second.number == 2 and edition_titles(db, second) == ["Explained: Backdated"]
@@ -63,19 +64,19 @@ def test_every_post_goes_into_exactly_one_edition(tmp_path, db, clock):
 
 def test_edited_after_sending_is_not_sent_again(tmp_path, db, clock):
     cfg, path = setup(tmp_path, [{"id": 1, "date": "2026-11-20T10:00:00Z", "title": "Explained: One"}])
-    sources.poll(db, cfg, clock)
+    pipeline.poll(db, cfg, clock)
     new_edition(db, clock, cfg)
     path.write_text(feed([{"id": 1, "date": "2026-11-20T10:00:00Z", "title": "Explained: One (fixed typo)", "body": "New"}]))
-    sources.poll(db, cfg, clock)
+    pipeline.poll(db, cfg, clock)
     assert new_edition(db, clock, cfg) is None
     # an unsent post does pick up its edit
     path.write_text(feed([
         {"id": 1, "date": "2026-11-20T10:00:00Z", "title": "Explained: One (fixed typo)", "body": "New"},
         {"id": 3, "date": "2026-11-21T10:00:00Z", "title": "Explained: Draft"},
     ]))
-    sources.poll(db, cfg, clock)
+    pipeline.poll(db, cfg, clock)
     path.write_text(feed([{"id": 3, "date": "2026-11-21T10:00:00Z", "title": "Explained: Final"}]))
-    report = sources.poll(db, cfg, clock)[0]
+    report = pipeline.poll(db, cfg, clock)[0]
     assert report.updated == 1
     assert edition_titles(db, new_edition(db, clock, cfg)) == ["Explained: Final"]
 
@@ -85,7 +86,7 @@ def test_new_install_only_takes_recent_posts(tmp_path, db, clock):
         {"id": 1, "date": "2026-11-24T10:00:00Z", "title": "Explained: Recent"},
         {"id": 2, "date": "2026-10-01T10:00:00Z", "title": "Explained: Old"},
     ], first_edition_days=7)
-    sources.poll(db, cfg, clock)
+    pipeline.poll(db, cfg, clock)
     assert [p.title for p in editions.unsent_posts(db)] == ["Explained: Recent"]
     assert db.exec(select(Post).where(Post.title == "Explained: Old")).one().eligible is False
 
@@ -93,7 +94,7 @@ def test_new_install_only_takes_recent_posts(tmp_path, db, clock):
 def test_sections_follow_config_order_then_alphabet_newest_first(tmp_path, db, clock):
     cfg = load_settings(write_config(tmp_path, feeds=[str(FIXTURES / "blogger.atom")],
                                      extra='\n'))
-    sources.poll(db, cfg, clock)
+    pipeline.poll(db, cfg, clock)
     posts = editions.unsent_posts(db)
     plain = editions.sections(posts)
     assert [s.name for s in plain] == ["Architecture", "Explained", "In Focus"]
@@ -106,7 +107,7 @@ def test_a_failing_source_does_not_stop_the_others(tmp_path, db, clock):
     broken = tmp_path / "broken.xml"
     shutil.copy(FIXTURES / "broken.xml", broken)
     cfg = load_settings(write_config(tmp_path, feeds=[str(broken), str(FIXTURES / "blogger.atom"), str(tmp_path / "nope.xml")]))
-    reports = sources.poll(db, cfg, clock)
+    reports = pipeline.poll(db, cfg, clock)
     assert [r.ok for r in reports] == [False, True, False]
     assert "not a valid feed" in reports[0].error and "no such file" in reports[2].error
     assert reports[1].new == 5
@@ -168,11 +169,11 @@ def test_without_links_a_post_is_known_by_title_and_date(tmp_path, db, clock):
     path = tmp_path / "feed.atom"
     path.write_text(_entries([("urn:a:1", None, "One", "2026-11-20T10:00:00Z")]))
     cfg = load_settings(write_config(tmp_path, feeds=[str(path)]))
-    sources.poll(db, cfg, clock)
+    pipeline.poll(db, cfg, clock)
     assert edition_titles(db, new_edition(db, clock, cfg)) == ["One"]
     path.write_text(_entries([("urn:b:1", None, "One", "2026-11-20T10:00:00Z"),
                               ("urn:b:2", None, "One", "2026-11-27T10:00:00Z")]))  # same title, new date
-    assert sources.poll(db, cfg, clock)[0].new == 1
+    assert pipeline.poll(db, cfg, clock)[0].new == 1
     assert [p.published_at.day for p in editions.unsent_posts(db)] == [27]
 
 
@@ -183,10 +184,10 @@ def test_a_link_many_entries_share_is_no_identity(tmp_path, db, clock):
     home = "https://blog.test/"
     path.write_text(_entries([("urn:1", home, "One", "2026-11-20T10:00:00Z"), ("urn:2", home, "Two", "2026-11-21T10:00:00Z")]))
     cfg = load_settings(write_config(tmp_path, feeds=[str(path)]))
-    sources.poll(db, cfg, clock)
+    pipeline.poll(db, cfg, clock)
     new_edition(db, clock, cfg)
     path.write_text(_entries([("urn:2", home, "Two", "2026-11-21T10:00:00Z"), ("urn:3", home, "Three", "2026-11-22T10:00:00Z")]))
-    assert sources.poll(db, cfg, clock)[0].new == 1
+    assert pipeline.poll(db, cfg, clock)[0].new == 1
     assert edition_titles(db, new_edition(db, clock, cfg)) == ["Three"]
 
 

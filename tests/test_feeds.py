@@ -95,7 +95,7 @@ def test_values_longer_than_their_columns_are_stored_on_every_database(tmp_path,
 
     from conftest import write_config
     from digest.config import load_settings
-    from digest.content import sources
+    from digest.service import pipeline
     from digest.store.models import Post, Source
 
     long_link = "https://blog.test/" + "a" * 2100
@@ -114,7 +114,7 @@ def test_values_longer_than_their_columns_are_stored_on_every_database(tmp_path,
     async def fetch(location, **_kw):
         return feeds.FetchResult(path.read_bytes(), '"' + "e" * 600 + '"', "x" * 200)
 
-    report = sources.poll(db, cfg, clock, fetch=fetch)[0]
+    report = pipeline.poll(db, cfg, clock, fetch=fetch)[0]
     assert report.ok and report.new == 1
     post = db.exec(select(Post)).one()
     assert post.url == ""

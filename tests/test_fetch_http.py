@@ -11,7 +11,7 @@ import pytest
 
 from conftest import FIXTURES, run_digest, write_config
 from digest.config import load_settings
-from digest.content import sources
+from digest.service import pipeline
 from feedserver import TRICKLE_SECONDS, FeedServer
 
 BODY = (FIXTURES / "blogger.atom").read_bytes()
@@ -60,9 +60,9 @@ def http_base():
 
 def test_conditional_get_then_not_modified(tmp_path, db, clock, http_base):
     cfg = load_settings(write_config(tmp_path, feeds=[f"{http_base}/feed.atom"]))
-    first = sources.poll(db, cfg, clock)[0]
+    first = pipeline.poll(db, cfg, clock)[0]
     assert first.ok and first.new == 5
-    second = sources.poll(db, cfg, clock)[0]
+    second = pipeline.poll(db, cfg, clock)[0]
     assert second.ok and second.not_modified
     assert Handler.requests[1]["If-None-Match"] == '"v1"'
     assert Handler.requests[1]["If-Modified-Since"] == "Thu, 26 Nov 2026 08:00:00 GMT"
@@ -74,7 +74,7 @@ def test_http_failures_are_reported_with_url_and_reason(tmp_path, db, clock, htt
     cfg = load_settings(write_config(tmp_path, feeds=[f"{http_base}/missing.atom", f"{http_base}/huge.atom",
                                                         f"{http_base}/slow.atom", f"{http_base}/feed.atom"], extra=extra),
                         feeds={"timeout": 1, "max_bytes": len(BODY) * 2})
-    missing, huge, slow, good = sources.poll(db, cfg, clock)
+    missing, huge, slow, good = pipeline.poll(db, cfg, clock)
     assert missing.error == f"{http_base}/missing.atom: HTTP 404 Not Found"
     assert huge.error == f"{http_base}/huge.atom: feed is larger than {len(BODY) * 2} bytes"
     assert slow.error == f"{http_base}/slow.atom: timed out after 1 s"
@@ -102,7 +102,7 @@ def test_feeds_are_fetched_at_once_so_slow_ones_cost_one_deadline_not_the_sum(tm
         urls = [f"{server.base}/trickle/{n}.atom" for n in range(3)] + [f"{server.base}/good.atom"]
         cfg = load_settings(write_config(tmp_path, feeds=urls), feeds={"timeout": 3})
         started = time.monotonic()
-        *slow, good = sources.poll(db, cfg, clock)
+        *slow, good = pipeline.poll(db, cfg, clock)
         took = time.monotonic() - started
         arrivals = [at for _, at in server.requests]
     assert [r.error for r in slow] == [f"{url}: timed out after 3 s" for url in urls[:3]]

@@ -13,7 +13,7 @@ import pytest
 from sqlmodel import select
 
 from digest.content.render import Rendered
-from digest.links import Links
+from digest.links import Links, PublicUrls
 from digest.mail.mailer import SMTPMailer
 from digest.mail.message import Message, Recipient
 from digest.mail.verp import VERP
@@ -132,7 +132,7 @@ def sample_edition_parts(db, settings, clock) -> tuple[str, str]:
     run to run: the date is the test clock's, the links carry "preview" instead of signed tokens,
     and the MIME boundary (random) is not part of a part."""
     p = jobs.preview(db, settings, clock)
-    return p.message.parts_for(jobs.preview_recipient(settings))
+    return p.message.parts_for(jobs.preview_recipient(PublicUrls(settings.newsletter.public_url)))
 
 
 def test_text_part_matches_the_golden_file(db, settings, clock):

@@ -10,7 +10,9 @@ from datetime import timedelta
 from sqlmodel import select
 
 from conftest import run_digest
+from digest.content.render import environment
 from digest.delivery import outbox
+from digest.links import Links
 from digest.mail.mailer import SMTPMailer
 from digest.service import signup
 from digest.service import subscribers as subs
@@ -22,11 +24,16 @@ def sign_up(db, clock, email: str):
     return signup.subscribe(db, clock, email=email)
 
 
+def outbox_kinds(settings, clock):
+    links = Links(settings.newsletter.secret_key, settings.newsletter.public_url, clock)
+    return signup.outbox_kinds(links, settings.newsletter, clock, environment(settings.templates_dir))
+
+
 def test_two_senders_at_once_send_every_row_exactly_once(db, settings, clock, smtp_server):
     addresses = [f"reader{i}@example.com" for i in range(30)]
     for a in addresses:
         assert sign_up(db, clock, a).mailed
-    kinds = signup.outbox_kinds(settings, clock)
+    kinds = outbox_kinds(settings, clock)
     engine = make_engine(settings.database_url)
 
     def sender(name: str) -> None:
@@ -64,7 +71,7 @@ def test_a_confirmation_no_longer_needed_is_skipped(db, settings, clock, smtp_se
     bob = db.exec(select(Subscriber).where(Subscriber.email == "bob@example.com")).one()
     subs.erase(db, bob)  # erased: their queued mail goes with them
     with SMTPMailer(settings.smtp) as mailer:
-        done = outbox.drain(db, mailer, signup.outbox_kinds(settings, clock), clock, worker="w", max_attempts=8)
+        done = outbox.drain(db, mailer, outbox_kinds(settings, clock), clock, worker="w", max_attempts=8)
     assert (done.sent, done.skipped) == (0, 1)
     assert smtp_server.received == []
     assert [r.recipient for r in db.exec(select(Outbox)).all()] == ["ann@example.com"]
@@ -73,7 +80,7 @@ def test_a_confirmation_no_longer_needed_is_skipped(db, settings, clock, smtp_se
 def test_temporary_failures_are_retried_with_backoff_then_given_up(db, settings, clock, smtp_server):
     smtp_server.refuse["ann@example.com"] = "451 4.7.1 try later"
     sign_up(db, clock, "ann@example.com")
-    kinds = signup.outbox_kinds(settings, clock)
+    kinds = outbox_kinds(settings, clock)
     with SMTPMailer(settings.smtp) as mailer:
         for attempt in range(1, 4):
             done = outbox.send_due(db, mailer, kinds, clock, worker="w", max_attempts=3)

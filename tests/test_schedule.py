@@ -15,7 +15,6 @@ from sqlmodel import select
 
 from conftest import FixedClock, write_config
 from digest.config import load_settings
-from digest.content import sources
 from digest.errors import DeliveryError
 from digest.mail.mailer import MemoryMailer
 from digest.service import pipeline as jobs
@@ -198,8 +197,8 @@ def test_a_failed_slot_is_retried_by_the_next_poll_within_the_grace_period(env):
 
 
 def test_stop_is_checked_between_feeds(env):
-    assert sources.poll(env.session, env.settings, env.clock, stop=lambda: True) == []
-    assert len(sources.poll(env.session, env.settings, env.clock)) == 1
+    assert jobs.poll(env.session, env.settings, env.clock, stop=lambda: True) == []
+    assert len(jobs.poll(env.session, env.settings, env.clock)) == 1
 
 
 def test_a_manual_send_after_the_slot_counts_as_the_slot(env):

@@ -198,13 +198,13 @@ def test_pacer_spaces_evenly_and_stops():
         slept.append(dt)
         now[0] += dt
 
-    pacer = Pacer(10, clock=lambda: now[0], sleep=sleep)
+    pacer = Pacer(10, monotonic=lambda: now[0], sleep=sleep)
     times = []
     for _ in range(5):
         assert pacer.wait()
         times.append(round(now[0], 3))
     assert times == [0.0, 0.1, 0.2, 0.3, 0.4]
-    slow = Pacer(0.1, clock=lambda: now[0], sleep=sleep)
+    slow = Pacer(0.1, monotonic=lambda: now[0], sleep=sleep)
     assert slow.wait() and not slow.wait(stop=lambda: True)
 
 

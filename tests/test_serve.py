@@ -18,6 +18,7 @@ import pytest
 from sqlmodel import select
 
 from conftest import DIGEST, FixedClock, free_port, run_digest, write_config
+from digest.clock import utc_now
 from digest.config import load_settings
 from digest.mail.mailer import MemoryMailer
 from digest.service import pipeline as jobs
@@ -37,7 +38,7 @@ def make_config(tmp_path: Path, smtp_server, *, cron: str, tz: str = "UTC", grac
     path.write_text(text + f"misfire_grace_hours = {grace}\n")
     with database(path) as s:
         for i in range(readers):
-            subs.add(s, f"reader{i}@example.com", jobs.utc_now)
+            subs.add(s, f"reader{i}@example.com", utc_now)
     return path
 
 
@@ -294,7 +295,7 @@ def test_sigterm_stops_digest_send_during_a_poll_at_once(tmp_path, smtp_server):
         write_feed(feed, [1])
         config = write_config(tmp_path, feeds=[str(feed), f"{server.base}/trickle/feed.atom"], smtp_port=smtp_server.port)
         with database(config) as s:
-            subs.add(s, "reader@example.com", jobs.utc_now)
+            subs.add(s, "reader@example.com", utc_now)
         env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
         env["DIGEST_FEEDS__TIMEOUT"] = "100"  # the deadline is not what ends it
         proc = subprocess.Popen([*DIGEST, "--config", str(config), "send"], stdout=subprocess.PIPE,
@@ -378,8 +379,8 @@ def test_tokens_of_personal_links_never_reach_the_log(tmp_path, smtp_server, pro
     settings = load_settings(tmp_path / "digest.toml")
     links = Links(settings.newsletter.secret_key, settings.newsletter.public_url)
     with database(tmp_path / "digest.toml") as s:
-        ann, _ = subs.add(s, "ann@example.com", jobs.utc_now)
-        pending, _ = subs.add(s, "pat@example.com", jobs.utc_now)
+        ann, _ = subs.add(s, "ann@example.com", utc_now)
+        pending, _ = subs.add(s, "pat@example.com", utc_now)
     personal = links.subscriber_token(ann.id, ann.email)
     confirm = links.confirm_token(pending.id, pending.email)
     tokens = [personal, confirm, personal[:-3] + "xyz", "forged-token-0123456789"]

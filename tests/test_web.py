@@ -18,7 +18,7 @@ with warnings.catch_warnings():
 
 from conftest import write_config
 from digest.config import load_settings
-from digest.content import editions, render, sources
+from digest.content import editions, render
 from digest.links import Links
 from digest.mail.mailer import SMTPMailer
 from digest.service import pipeline as jobs
@@ -52,7 +52,7 @@ def links(settings, clock) -> Links:
 @pytest.fixture
 def posts(db, settings, clock):
     """The fixture blog's posts: sections Architecture, Explained and In Focus."""
-    sources.poll(db, settings, clock)
+    jobs.poll(db, settings, clock)
 
 
 def subscriber(db, email: str) -> Subscriber | None:
@@ -637,7 +637,7 @@ def test_a_category_with_a_comma_is_one_topic_from_the_forms_to_the_inbox(tmp_pa
     engine = make_engine(settings.database_url)
     create_schema(engine)
     with session(engine) as db, TestClient(create_app(settings, clock=clock)) as client:
-        sources.poll(db, settings, clock)
+        jobs.poll(db, settings, clock)
         form = client.get("/").text
         assert re.findall(r'name="categories" value="([^"]+)"', form) == ["Events", "News", "News, Events", "Tech"]
 
@@ -795,3 +795,21 @@ def test_links_follow_a_public_url_with_a_path(tmp_path, smtp_server, clock):
     with session(engine) as s:
         assert s.exec(select(Subscriber)).one().status == SubscriberStatus.pending
     engine.dispose()
+
+
+def test_templates_of_ones_own_still_get_base_and_public_url(tmp_path, smtp_server, clock, db, posts):
+    """Pages and emails build their links from links.PublicUrls (`urls`, `subscribe_url`, ...);
+    an overriding template written with `base` or `newsletter.public_url` keeps working."""
+    own = tmp_path / "own"
+    (own / "web").mkdir(parents=True)
+    (own / "web" / "invalid_link.html").write_text(
+        '<a id="old" href="{{ base }}/archive">a</a><a id="new" href="{{ urls.archive_index_path }}">b</a>')
+    (own / "edition.txt.j2").write_text("past: {{ newsletter.public_url }}/archive and {{ archive_index_url }}\n")
+    cfg = write_config(tmp_path, smtp_port=smtp_server.port, public_url="https://blog.example.org/news/")
+    settings = load_settings(cfg, digest={"templates_dir": str(own)})
+    with TestClient(create_app(settings, clock=clock)) as c:
+        page = c.get("/unsubscribe/forged").text
+    assert 'id="old" href="/news/archive"' in page and 'id="new" href="/news/archive"' in page
+    preview = jobs.preview(db, settings, clock, latest=1, fetch=False)
+    assert preview.message.rendered.text == (
+        "past: https://blog.example.org/news/archive and https://blog.example.org/news/archive\n")

@@ -28,8 +28,10 @@ try:
     from digest.store import schema
     from digest.service import slots as schedule_svc
     from digest.service import subscribers as subs
+    from digest.clock import utc_now
     from digest.config import Settings, config_path, load_settings, render_config, warn_plaintext_credentials, write_config_file
     from digest.errors import DigestError
+    from digest.links import PublicUrls
     from digest.mail.mailer import SMTPMailer
     from digest.store.models import SubscriberStatus
     from digest.store.database import database_error, display_url, make_engine, ready, session
@@ -135,21 +137,21 @@ def database_errors(url: str):
 
 
 @contextmanager
-def engine_for(cfg: Settings):
-    """An engine on the configured database, disposed at the end."""
-    engine = make_engine(cfg.database_url)
+def engine_for(url: str):
+    """An engine on the database at `url` (database.url), disposed at the end."""
+    engine = make_engine(url)
     try:
-        with database_errors(cfg.database_url):
+        with database_errors(url):
             yield engine
     finally:
         engine.dispose()
 
 
 @contextmanager
-def db(cfg: Settings):
-    """A session on a database at the current schema: an empty database is created; one that
-    needs `digest db upgrade` is refused (exit 2)."""
-    with engine_for(cfg) as engine:
+def db(url: str):
+    """A session on the database at `url`, at the current schema: an empty database is created;
+    one that needs `digest db upgrade` is refused (exit 2)."""
+    with engine_for(url) as engine:
         ready(engine)
         with session(engine) as s:
             yield s
@@ -179,7 +181,7 @@ def init(
             raise DigestError(f"cannot write {path}: {exc.strerror or exc}") from None
         out.print(f"Wrote {path} (readable by its owner only: it holds the secret key)")
     cfg = load_settings(path)
-    with db(cfg):
+    with db(cfg.database_url):
         pass
     out.print(f"Database ready: {display_url(cfg.database_url)}")
 
@@ -189,8 +191,8 @@ def fetch() -> None:
     """Poll every source and store new and updated posts."""
     cfg = settings()
     stop = _stop_on_sigterm()
-    with db(cfg) as s:
-        reports = sources.poll(s, cfg, jobs.utc_now, stop=stop)
+    with db(cfg.database_url) as s:
+        reports = jobs.poll(s, cfg, utc_now, stop=stop)
     _print_poll(reports)
     if stop():
         err.print("Stopped by SIGTERM; feeds not fetched yet are fetched on the next run.")
@@ -222,14 +224,14 @@ def send(
     cfg = settings()
     if not preview and (to or open_ or latest):
         raise typer.BadParameter("--to, --open and --latest go with --preview")
-    with db(cfg) as s:
+    with db(cfg.database_url) as s:
         if preview:
             _preview(s, cfg, out_dir, to or [], open_, latest, not no_fetch)
             return
         stop = _stop_on_sigterm()
         # Each feed's report is printed before anything is sent: an SMTP server that cannot be
         # reached ends the command with an error, and what the feeds said is not lost with it.
-        polled = [] if no_fetch else sources.poll(s, cfg, jobs.utc_now, stop=stop)
+        polled = [] if no_fetch else jobs.poll(s, cfg, utc_now, stop=stop)
         _print_poll(polled)
         mailer = smtp_mailer(cfg)
         try:
@@ -287,12 +289,12 @@ def _print_failures(r) -> None:
 
 def _preview(s, cfg: Settings, out_dir: Path, to: list[str], open_: bool, latest: int | None, fetch: bool) -> None:
     if fetch:
-        _print_poll(sources.poll(s, cfg, jobs.utc_now))
+        _print_poll(jobs.poll(s, cfg, utc_now))
     p = jobs.preview(s, cfg, latest=latest, fetch=False)
     if p is None:
         out.print("Nothing new to send: every post is already in an edition. Use --latest N to preview the newest posts.")
         return
-    html, text = p.message.parts_for(jobs.preview_recipient(cfg))
+    html, text = p.message.parts_for(jobs.preview_recipient(PublicUrls(cfg.newsletter.public_url)))
     out_dir.mkdir(parents=True, exist_ok=True)
     html_path, text_path = out_dir / "preview.html", out_dir / "preview.txt"
     html_path.write_text(html, encoding="utf-8")
@@ -330,13 +332,17 @@ def serve(
     """Run the service: the web app readers use, the scheduled send and feed polling.
 
     Stops on SIGTERM or Ctrl-C after the message in flight; the next start resumes the edition."""
-    from digest.service import scheduler, web  # the web stack loads only for this command
+    from digest.service import process, web  # the web stack loads only for this command
+    from digest.service.scheduler import Scheduler
 
     cfg = settings()
     setup_logging(log_level or state.log_level or "info")
     warn_plaintext_credentials(cfg.smtp)  # the schedule and the confirmation mails both send
     with database_errors(cfg.database_url):
-        code = scheduler.serve(cfg, scheduler=not no_scheduler, web=lambda stop: web.serve(cfg, host=host, port=port, stop=stop))
+        code = process.serve(
+            None if no_scheduler else Scheduler(cfg),
+            web=lambda stop: web.serve(web.create_app(cfg), cfg.web, host=host, port=port, stop=stop),
+        )
     raise typer.Exit(code)
 
 
@@ -350,8 +356,8 @@ def schedule_cmd(
     cfg = settings()
     sched = cfg.schedule
     cron = sched.parsed()
-    with db(cfg) as s:
-        st = schedule_svc.status(s, cron, jobs.utc_now, count)
+    with db(cfg.database_url) as s:
+        st = schedule_svc.status(s, cron, utc_now, count)
     out.print(f"Schedule: \"{cron.expr}\" in {cron.tz_name}"
               f" (catch-up within {sched.misfire_grace_hours:g} h; "
               + (f"feeds polled every {sched.poll_minutes} min)" if sched.poll_minutes else "no polling between sends)"))
@@ -397,12 +403,12 @@ def worker(
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _stop)
-    with db(cfg) as s:
+    with db(cfg.database_url) as s:
         mailer = smtp_mailer(cfg)
         if not once:
             out.print(f"Worker started; polling every {cfg.delivery.poll_seconds:g} s (stop with SIGTERM)")
         report = workers.run(
-            s, cfg, mailer, jobs.utc_now,
+            s, cfg, mailer, utc_now,
             once=once,
             stop=stopping.is_set,
             wait=stopping.wait,
@@ -431,7 +437,7 @@ def _print_progress(r) -> None:
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Bring the database schema up to this version of digest (back it up first)."""
-    with engine_for(settings()) as engine:
+    with engine_for(settings().database_url) as engine:
         before, after = schema.upgrade(engine)
     if before == after:
         out.print(f"Database schema is up to date (revision {after}).")
@@ -442,7 +448,7 @@ def db_upgrade() -> None:
 @db_app.command("current")
 def db_current() -> None:
     """Show the database's schema revision and this version's newest one."""
-    with engine_for(settings()) as engine:
+    with engine_for(settings().database_url) as engine:
         st = schema.state(engine)
     out.print(f"database: {st.current or ('empty' if st.empty else 'no revision (made before migrations)')}")
     out.print(f"newest:   {st.head}")
@@ -469,7 +475,7 @@ def db_copy(
         raise DigestError(f"not a database URL: {target!r} (e.g. postgresql+psycopg://user@host/dbname)") from None
     source = make_engine(cfg.database_url)
     try:
-        report = dbcopy.copy_database(source, dest, jobs.utc_now(), journal_dir=cfg.journal_dir)
+        report = dbcopy.copy_database(source, dest, utc_now(), journal_dir=cfg.journal_dir)
     except OperationalError as exc:
         raise DigestError(f"database error: {str(exc.orig or exc).strip().splitlines()[0]}") from None
     finally:
@@ -504,8 +510,8 @@ def _smtputf8_note(count: int, who: str) -> str:
 def subscribers_add(email: str, name: Annotated[Optional[str], typer.Option(help="The subscriber's name.")] = None) -> None:
     """Add a confirmed subscriber (or reactivate one)."""
     cfg = settings()
-    with db(cfg) as s:
-        sub, created = subs.add(s, email, jobs.utc_now, name=name)
+    with db(cfg.database_url) as s:
+        sub, created = subs.add(s, email, utc_now, name=name)
     out.print(f"{'Added' if created else 'Updated'} {sub.email} ({sub.status.value})")
     if subs.needs_smtputf8(sub.email):
         out.print(_smtputf8_note(1, sub.email))
@@ -518,8 +524,8 @@ def subscribers_import(file: Annotated[Path, typer.Argument(help="CSV with colum
 
     cfg = settings()
     text = subs.read_csv(file)
-    with db(cfg) as s:
-        report = subs.import_csv(s, io.StringIO(text, newline=""), jobs.utc_now, source=str(file))
+    with db(cfg.database_url) as s:
+        report = subs.import_csv(s, io.StringIO(text, newline=""), utc_now, source=str(file))
     for line, reason in report.errors:
         err.print(f"{file}:{line}: {reason}")
     out.print(f"Imported {report.imported}, skipped {report.skipped} already subscribed, {len(report.errors)} bad rows")
@@ -534,7 +540,7 @@ def subscribers_export(status: Annotated[Optional[SubscriberStatus], typer.Optio
     import csv
 
     writer = csv.writer(sys.stdout, lineterminator="\n")
-    with db(cfg) as s:
+    with db(cfg.database_url) as s:
         for row in subs.export_rows(s, status):
             writer.writerow(row)
 
@@ -548,7 +554,7 @@ def subscribers_list(status: Annotated[Optional[SubscriberStatus], typer.Option(
 
     table = Table("email", "name", "status", "since", "topics")
     n = 0
-    with db(cfg) as s:
+    with db(cfg.database_url) as s:
         for sub in subs.iterate(s, status):
             n += 1
             # One topic a line (a name may hold a comma), as Text: names come from feeds, not markup.
@@ -562,9 +568,9 @@ def subscribers_list(status: Annotated[Optional[SubscriberStatus], typer.Option(
 def subscribers_remove(email: str) -> None:
     """Unsubscribe an address (its history is kept)."""
     cfg = settings()
-    with db(cfg) as s:
+    with db(cfg.database_url) as s:
         sub = subs.get(s, email)
-        changed = subs.unsubscribe(s, sub, jobs.utc_now)
+        changed = subs.unsubscribe(s, sub, utc_now)
     out.print(f"Unsubscribed {sub.email}" if changed else f"{sub.email} was already unsubscribed")
 
 
@@ -572,7 +578,7 @@ def subscribers_remove(email: str) -> None:
 def subscribers_delete(email: str, yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False) -> None:
     """Erase everything stored about an address (asks first; --yes when there is no terminal)."""
     cfg = settings()
-    with db(cfg) as s:
+    with db(cfg.database_url) as s:
         sub = subs.get(s, email)
         if not yes:
             # An answer read from a pipe or a file is not a person saying yes: without a terminal
@@ -596,7 +602,7 @@ def editions_list(ctx: typer.Context) -> None:
     from rich.table import Table
 
     table = Table("#", "created (UTC)", "status", "posts", "delivered", "failed", "pending", "subject")
-    with db(cfg) as s:
+    with db(cfg.database_url) as s:
         rows = editions_svc.summaries(s)
     for e, c in rows:
         table.add_row(str(e.number), f"{e.created_at:%Y-%m-%d %H:%M}", e.status.value, str(c["posts"]),
@@ -608,7 +614,7 @@ def editions_list(ctx: typer.Context) -> None:
 def editions_show(number: int) -> None:
     """Show one edition: its posts, counts, and every failed delivery with the server's reply."""
     cfg = settings()
-    with db(cfg) as s:
+    with db(cfg.database_url) as s:
         e, counts, posts, failures = editions_svc.details(s, number)
     out.print(f"Edition {e.number} — {e.subject}")
     out.print(f"Created {e.created_at:%Y-%m-%d %H:%M} UTC, status {e.status.value}"
@@ -620,7 +626,7 @@ def editions_show(number: int) -> None:
         out.print("Failures:")
         for address, attempts, error in failures:
             out.print(f"  {address or '(erased)'}: {error} (attempts: {attempts})")
-    with db(cfg) as s:
+    with db(cfg.database_url) as s:
         waiting = editions_svc.deferred(s, e)
     if waiting:
         out.print("Deferred (retried automatically, or now with `digest retry N`):")
@@ -633,7 +639,7 @@ def editions_show(number: int) -> None:
 def retry(number: int) -> None:
     """Retry edition N's failed and deferred deliveries now (not those of bounced, suspended or unsubscribed addresses)."""
     cfg = settings()
-    with db(cfg) as s:
+    with db(cfg.database_url) as s:
         mailer = smtp_mailer(cfg)
         stop = _stop_on_sigterm()
         try:
@@ -650,10 +656,11 @@ def retry(number: int) -> None:
 def bounces_process(path: Annotated[Path, typer.Argument(help="A Maildir, an mbox file, a message file (.eml) or a directory of them.")]) -> None:
     """Read bounce messages (RFC 3464 DSNs): hard bounces mark the subscriber bounced, three soft bounces in a row suspended."""
     from digest.delivery import bounces as bounces_svc
+    from digest.mail.verp import VERP
 
     cfg = settings()
-    with db(cfg) as s:
-        report = bounces_svc.process(s, cfg, path, jobs.utc_now)
+    with db(cfg.database_url) as s:
+        report = bounces_svc.process(s, VERP(cfg.newsletter.secret_key, cfg.bounce_domain), path, utc_now)
     for label, reason in report.unreadable:
         err.print(f"{label}: not processed: {reason}")
     out.print(f"Read {report.read} messages: {report.hard} hard bounces, {report.soft} soft bounces, "

@@ -1,10 +1,15 @@
-"""Signed links: every URL in an email or a page that acts for a subscriber.
+"""Public URLs and signed links: every URL in an email or a page, and the tokens that act for a
+subscriber.
 
-Link formats (fixed; the web app serves them):
+Link formats (fixed; the web app serves them, its routes are built from the paths below):
 - ``{public_url}/unsubscribe/{token}`` and ``{public_url}/preferences/{token}``: a subscriber token
   that never expires;
 - ``{public_url}/confirm/{token}``: a confirmation token that expires after 7 days;
-- ``{public_url}/archive/{number}``: an edition as a web page, no token.
+- ``{public_url}/archive/{number}``: an edition as a web page, no token; ``{public_url}/archive``
+  the list of them, ``{public_url}/`` the subscribe form.
+
+`PublicUrls` builds the URLs and needs no secret (the renderer and the pages use it); `Links` is
+that plus the signed tokens (the sender, the confirmation mail, the pages that read a token).
 """
 
 from __future__ import annotations
@@ -12,14 +17,25 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import Callable
-from datetime import datetime
+from urllib.parse import urlsplit
 
 from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeSerializer, URLSafeTimedSerializer
 
+from digest.clock import Clock
 from digest.errors import BadToken
 
 CONFIRM_MAX_AGE = 7 * 24 * 3600
+
+# The paths of the public pages, under public_url (the web app's routes are these).
+HOME = "/"  # the subscribe form
+SUBSCRIBE = "/subscribe"  # where the form posts
+CONFIRM = "/confirm"
+UNSUBSCRIBE = "/unsubscribe"
+PREFERENCES = "/preferences"
+ARCHIVE = "/archive"
+STYLESHEET = "/static/style.css"
+# Pages reached through a personal link (the path is followed by the token).
+TOKEN_PATHS = (f"{CONFIRM}/", f"{UNSUBSCRIBE}/", f"{PREFERENCES}/")
 
 
 _TRANS_36 = bytes(x ^ 0x36 for x in range(256))
@@ -54,7 +70,7 @@ def _fingerprint(email: str) -> str:
     return hashlib.sha256(email.lower().encode()).hexdigest()[:10]
 
 
-def _signer_on(clock: Callable[[], datetime]) -> type[TimestampSigner]:
+def _signer_on(clock: Clock) -> type[TimestampSigner]:
     """A TimestampSigner that reads the time from `clock` (the services' clock), not the OS."""
 
     class ClockSigner(TimestampSigner):
@@ -64,9 +80,52 @@ def _signer_on(clock: Callable[[], datetime]) -> type[TimestampSigner]:
     return ClockSigner
 
 
-class Links:
-    def __init__(self, secret_key: str, public_url: str, clock: Callable[[], datetime] | None = None):
+class PublicUrls:
+    """The site's URLs under `public_url` (newsletter.public_url): absolute ones (`*_url`) for
+    mail and the archive, and paths (`*_path`) for the pages' own links, which then work under a
+    path prefix (public_url "https://example.org/news" -> "/news/archive") whatever host serves them."""
+
+    def __init__(self, public_url: str):
         self.public_url = public_url.rstrip("/")
+        self.base_path = urlsplit(self.public_url).path  # "" or "/news"
+        self.subscribe_url = self.public_url + HOME
+        self.archive_index_url = self.public_url + ARCHIVE
+        self.subscribe_path = self.base_path + HOME
+        self.subscribe_action_path = self.base_path + SUBSCRIBE
+        self.archive_index_path = self.base_path + ARCHIVE
+        self.stylesheet_path = self.base_path + STYLESHEET
+        # Two of these are made for every message sent: the prefixes once.
+        self._unsubscribe = f"{self.public_url}{UNSUBSCRIBE}/"
+        self._preferences = f"{self.public_url}{PREFERENCES}/"
+
+    def unsubscribe_url(self, token: str) -> str:
+        return self._unsubscribe + token
+
+    def preferences_url(self, token: str) -> str:
+        return self._preferences + token
+
+    def confirm_url(self, token: str) -> str:
+        return f"{self.public_url}{CONFIRM}/{token}"
+
+    def archive_url(self, number: int) -> str:
+        return f"{self.public_url}{ARCHIVE}/{number}"
+
+    def unsubscribe_path(self, token: str) -> str:
+        return f"{self.base_path}{UNSUBSCRIBE}/{token}"
+
+    def preferences_path(self, token: str) -> str:
+        return f"{self.base_path}{PREFERENCES}/{token}"
+
+    def archive_path(self, number: int) -> str:
+        return f"{self.base_path}{ARCHIVE}/{number}"
+
+
+class Links(PublicUrls):
+    """The public URLs and the signed tokens that go in them. (A subclass, not a wrapper: the
+    sender calls `unsubscribe_url` and `preferences_url` for every message.)"""
+
+    def __init__(self, secret_key: str, public_url: str, clock: Clock | None = None):
+        super().__init__(public_url)
         self._subscriber = URLSafeSerializer(secret_key, salt="digest.subscriber")
         signer = _signer_on(clock) if clock else TimestampSigner
         self._confirm = URLSafeTimedSerializer(secret_key, salt="digest.confirm", signer=signer)
@@ -104,16 +163,3 @@ class Links:
     @staticmethod
     def matches(fingerprint: str, email: str) -> bool:
         return fingerprint == _fingerprint(email)
-
-    # URLs -----------------------------------------------------------------
-    def unsubscribe_url(self, token: str) -> str:
-        return f"{self.public_url}/unsubscribe/{token}"
-
-    def preferences_url(self, token: str) -> str:
-        return f"{self.public_url}/preferences/{token}"
-
-    def confirm_url(self, token: str) -> str:
-        return f"{self.public_url}/confirm/{token}"
-
-    def archive_url(self, number: int) -> str:
-        return f"{self.public_url}/archive/{number}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import string
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -27,8 +27,7 @@ from digest.store.models import (
     as_utc,
     stored_id,
 )
-
-Clock = Callable[[], datetime]
+from digest.clock import Clock
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,9 @@ from pathlib import Path
 import jinja2
 from mjml import mjml2html
 
+from digest.config import Settings
 from digest.content.editions import EditionView, Section
+from digest.links import PublicUrls
 from digest.store.models import Post
 from digest.content.plaintext import AUTHOR_LIMIT, CATEGORY_LIMIT, TITLE_LIMIT, clean, excerpt, hides_characters, shorten
 
@@ -126,7 +128,16 @@ class Renderer:
     def __init__(self, *, newsletter_name: str, public_url: str, templates_dir: Path | None = None):
         self.env = environment(templates_dir)
         self.newsletter_name = newsletter_name
-        self.public_url = public_url.rstrip("/")
+        self.urls = PublicUrls(public_url)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Renderer:
+        """The renderer of the configured newsletter: its name, public URL and templates."""
+        return cls(
+            newsletter_name=settings.newsletter.name,
+            public_url=settings.newsletter.public_url,
+            templates_dir=settings.templates_dir,
+        )
 
     def render(
         self,
@@ -142,16 +153,20 @@ class Renderer:
         link to the rest on the web (the edition's archive page)."""
         sections = shown(view.sections, excerpt_words, post_limit)
         more = view.post_count - sum(len(s.posts) for s in sections)
-        view_url = f"{self.public_url}/archive/{view.number}" if view.number else None
+        urls = self.urls
+        view_url = urls.archive_url(view.number) if view.number else None
         ctx = {
-            "newsletter": {"name": self.newsletter_name, "public_url": self.public_url},
+            # public_url stays for templates of one's own that build links from it
+            "newsletter": {"name": self.newsletter_name, "public_url": urls.public_url},
             "edition": view,
             "sections": sections,
             "subject": subject,
             "view_url": view_url,
             "more": more,
             # A preview of the newest posts (--latest) has no edition page: the archive, then.
-            "more_url": view_url or f"{self.public_url}/archive",
+            "more_url": view_url or urls.archive_index_url,
+            "archive_index_url": urls.archive_index_url,
+            "subscribe_url": urls.subscribe_url,
             "personal": personal,
             "unsubscribe_url": _FIELD_TO_PLACEHOLDER["unsubscribe_url"] if personal else None,
             "preferences_url": _FIELD_TO_PLACEHOLDER["preferences_url"] if personal else None,

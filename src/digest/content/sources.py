@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -13,11 +13,10 @@ from sqlmodel import Session, select
 
 from digest.content import feeds
 from digest.store import locks
-from digest.config import FeedLocation, Settings
+from digest.config import DigestSettings, FeedLocation, FeedsSettings
 from digest.errors import FeedError
 from digest.store.models import EditionPost, Post, Source, as_utc
-
-Clock = Callable[[], datetime]
+from digest.clock import Clock
 
 
 @dataclass
@@ -36,33 +35,35 @@ class SourceReport:
 
 def poll(
     session: Session,
-    settings: Settings,
+    configured: Sequence[FeedLocation],
+    fetching: FeedsSettings,
+    edition: DigestSettings,
     clock: Clock,
     fetch=feeds.fetch_one,
     stop: Callable[[], bool] = lambda: False,
 ) -> list[SourceReport]:
-    """Fetch every configured feed (concurrently, each within feeds.timeout) and store its posts.
-    One failing source never stops the others; `stop()` does, at once: feeds not fetched by then
-    get no report and nothing is recorded for them. `fetch` is an async function called like
-    feeds.fetch_one (the seam a test swaps)."""
+    """Fetch every configured feed (`Settings.feed_locations()`; concurrently, each within
+    `fetching.timeout`) and store its posts (as `edition`'s category_from, excerpt_words and
+    first_edition_days say). One failing source never stops the others; `stop()` does, at once:
+    feeds not fetched by then get no report and nothing is recorded for them. `fetch` is an async
+    function called like feeds.fetch_one (the seam a test swaps)."""
     if stop():
         return []
-    configured = settings.feed_locations()
     found = [_source_for(session, feed, as_utc(clock())) for feed in configured]
     requests = [feeds.FetchRequest(feed.location, source.etag, source.last_modified) for feed, source in zip(configured, found)]
     session.rollback()  # no transaction left open while the feeds are fetched (up to feeds.timeout)
     outcomes = feeds.fetch_all(
         requests,
-        timeout=settings.feeds.timeout,
-        max_bytes=settings.feeds.max_bytes,
-        user_agent=settings.feeds.user_agent,
+        timeout=fetching.timeout,
+        max_bytes=fetching.max_bytes,
+        user_agent=fetching.user_agent,
         stop=stop,
         fetch=fetch,
     )
     reports = []
     for feed, source, outcome in zip(configured, found, outcomes):
         if outcome is not None:  # None: stopped before it was fetched
-            reports.append(_record(session, source, feed.location, outcome, settings, as_utc(clock())))
+            reports.append(_record(session, source, feed.location, outcome, edition, as_utc(clock())))
     return reports
 
 
@@ -91,7 +92,7 @@ def _record(
     source: Source,
     location: str,
     outcome: feeds.FetchResult | FeedError,
-    settings: Settings,
+    edition: DigestSettings,
     now: datetime,
 ) -> SourceReport:
     """Store one fetched feed: its posts, validators and error; report what changed."""
@@ -107,8 +108,8 @@ def _record(
             parsed = feeds.parse(
                 outcome.body,
                 location,
-                category_from=settings.digest.category_from,
-                excerpt_words=settings.digest.excerpt_words,
+                category_from=edition.category_from,
+                excerpt_words=edition.excerpt_words,
             )
     except FeedError as exc:
         source.last_error = str(exc)
@@ -119,7 +120,7 @@ def _record(
 
     if parsed is not None:
         cutoff = None
-        days = settings.digest.first_edition_days
+        days = edition.first_edition_days
         if first_fetch and days > 0:
             cutoff = now - timedelta(days=days)
         # Another process may be polling the same feed right now: take turns, so the second

@@ -23,21 +23,19 @@ the second time, so it can run from cron over a mailbox that is never emptied.
 from __future__ import annotations
 
 import mailbox
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlmodel import Session
 
 from digest.mail import dsn
-from digest.config import Settings
 from digest.errors import DigestError
 from digest.store.models import Delivery, DeliveryStatus, Edition, Subscriber, SubscriberStatus, as_utc
 from digest.mail.verp import VERP
+from digest.clock import Clock
 
-Clock = Callable[[], datetime]
 
 # A bounce is recorded in the delivery's last_error with one of these prefixes.
 PREFIX = {"hard": "bounced (hard): ", "soft": "bounced (soft): "}
@@ -85,9 +83,9 @@ def read_messages(path: Path) -> Iterator[tuple[str, bytes]]:
     yield str(path), path.read_bytes()
 
 
-def process(session: Session, settings: Settings, path: Path, clock: Clock) -> BounceReport:
-    """Read every message at `path` and record the bounces among them."""
-    verp = VERP(settings.newsletter.secret_key, settings.bounce_domain)
+def process(session: Session, verp: VERP, path: Path, clock: Clock) -> BounceReport:
+    """Read every message at `path` and record the bounces among them. `verp` reads the bounce
+    addresses our envelope senders were (the secret key and bounce domain they were made with)."""
     report = BounceReport()
     for label, raw in read_messages(path):
         report.read += 1

@@ -40,8 +40,8 @@ from digest.errors import DeliveryError
 from digest.mail.mailer import Envelope, Mailer, Pacer, Reply
 from digest.store.models import Outbox, OutboxStatus, as_utc
 from digest.store.database import session as new_session
+from digest.clock import Clock
 
-Clock = Callable[[], datetime]
 log = logging.getLogger(__name__)
 
 # Wait before the next attempt after a temporary failure, by attempts so far. The first retry comes

@@ -200,18 +200,18 @@ class Pacer:
         self,
         rate: float,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.interval = 1.0 / rate if rate > 0 else 0.0
-        self._clock = clock
+        self._monotonic = monotonic  # seconds, not a Clock: only differences count
         self._sleep = sleep
         self._next: float | None = None  # when the next call may go (clock seconds)
 
     def wait(self, stop: Callable[[], bool] = lambda: False) -> bool:
         if not self.interval:
             return True
-        now = self._clock()
+        now = self._monotonic()
         if self._next is None or now - self._next > 1.0:
             self._next = now
         while True:
@@ -221,6 +221,6 @@ class Pacer:
             if stop():
                 return False
             self._sleep(min(ahead, 0.2))
-            now = self._clock()
+            now = self._monotonic()
         self._next += self.interval
         return True

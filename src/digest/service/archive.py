@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import exists, or_
 from sqlmodel import Session, col, select
 
-from digest.config import Settings
 from digest.content.editions import edition_view
 from digest.store.models import Delivery, DeliveryStatus, Edition, EditionStatus
 from digest.content.render import Renderer
@@ -27,7 +28,8 @@ def find(session: Session, number: int) -> Edition | None:
     return session.exec(select(Edition).where(Edition.number == number, _published())).first()
 
 
-def page(session: Session, edition: Edition, settings: Settings, renderer: Renderer) -> str:
-    """The edition as the email showed it, with every section and no personal link."""
-    view = edition_view(session, edition, settings.digest.sections)
+def page(session: Session, edition: Edition, renderer: Renderer, sections: Sequence[str]) -> str:
+    """The edition as the email showed it (sections in the configured order: digest.sections),
+    with every section and no personal link."""
+    view = edition_view(session, edition, sections)
     return renderer.render(view, edition.subject, personal=False).html

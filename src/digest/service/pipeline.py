@@ -6,37 +6,40 @@ from __future__ import annotations
 from collections.abc import Callable
 import secrets
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from sqlmodel import Session
 
-from digest.content import editions, sources
+from digest.clock import Clock, utc_now
+from digest.content import editions, feeds, sources
 from digest.service import slots as schedule
 from digest.config import Settings
 from digest.delivery.sender import DeliveryReport, build_message, deliver
 from digest.content.editions import EditionView
-from digest.links import Links
+from digest.links import PublicUrls
 from digest.mail.mailer import Envelope, Mailer, Reply
 from digest.mail.message import Message, Recipient
 from digest.content.render import Renderer
-
-Clock = Callable[[], datetime]
 
 # A scheduled run starts a moment after its slot (later if another job of the process was running):
 # whatever misfire_grace_hours says, a slot is still due this long after it.
 MIN_GRACE = timedelta(minutes=1)
 
+# The token a preview's unsubscribe and preferences links carry: no subscriber's, so they lead to
+# the "not valid" page.
+PREVIEW_TOKEN = "preview"
 
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
 
-
-def renderer_for(settings: Settings) -> Renderer:
-    return Renderer(
-        newsletter_name=settings.newsletter.name,
-        public_url=settings.newsletter.public_url,
-        templates_dir=settings.templates_dir,
-    )
+def poll(
+    session: Session,
+    settings: Settings,
+    clock: Clock = utc_now,
+    *,
+    stop: Callable[[], bool] = lambda: False,
+    fetch=feeds.fetch_one,
+) -> list[sources.SourceReport]:
+    """`digest fetch`: poll every configured feed and store its posts (see sources.poll)."""
+    return sources.poll(session, settings.feed_locations(), settings.feeds, settings.digest, clock, fetch=fetch, stop=stop)
 
 
 @dataclass(frozen=True)
@@ -74,14 +77,14 @@ def send(
     schedule slot `slot`, if given: at most one edition per slot), deliver it."""
     result = SendResult()
     if fetch:
-        result.polled = sources.poll(session, settings, clock, stop=stop)
+        result.polled = poll(session, settings, clock, stop=stop)
+    nl = settings.newsletter
     if settings.delivery.mode == "workers":
-        return _queue_for_workers(session, settings, clock, result, slot)
-    renderer = renderer_for(settings)
+        return _queue_for_workers(session, clock, result, slot, subject_template=nl.subject, newsletter_name=nl.name)
+    renderer = Renderer.from_settings(settings)
     result.resumed = resume(session, settings, mailer, clock, stop=stop, renderer=renderer)
     if stop():
         return result
-    nl = settings.newsletter
     if slot is None:
         edition = editions.create(session, clock, subject_template=nl.subject, newsletter_name=nl.name)
     else:
@@ -111,7 +114,7 @@ def resume(
     With delivery.mode = "workers" that is the workers' job: nothing is sent here."""
     if settings.delivery.mode == "workers":
         return []
-    renderer = renderer or renderer_for(settings)
+    renderer = renderer or Renderer.from_settings(settings)
     reports = []
     for unfinished in editions.unfinished(session):
         if stop():
@@ -148,20 +151,21 @@ def scheduled(
         result.send = send(session, settings, mailer, clock, fetch=fetch, stop=stop, slot=due.slot)
         return result
     if fetch:
-        result.polled = sources.poll(session, settings, clock, stop=stop)
+        result.polled = poll(session, settings, clock, stop=stop)
     result.resumed = resume(session, settings, mailer, clock, stop=stop)
     return result
 
 
-def _queue_for_workers(session: Session, settings: Settings, clock: Clock, result: SendResult, slot: datetime | None) -> SendResult:
+def _queue_for_workers(session: Session, clock: Clock, result: SendResult, slot: datetime | None, *,
+                       subject_template: str, newsletter_name: str) -> SendResult:
     """Build the next edition with its pending deliveries and leave the sending to `digest worker`."""
     for unfinished in editions.unfinished(session):
         result.queued.append(Queued(unfinished.number, editions.pending_count(session, unfinished)))
-    nl = settings.newsletter
     if slot is None:
-        edition = editions.create(session, clock, subject_template=nl.subject, newsletter_name=nl.name)
+        edition = editions.create(session, clock, subject_template=subject_template, newsletter_name=newsletter_name)
     else:
-        result.slot = schedule.build_for_slot(session, clock, slot, subject_template=nl.subject, newsletter_name=nl.name)
+        result.slot = schedule.build_for_slot(session, clock, slot, subject_template=subject_template,
+                                              newsletter_name=newsletter_name)
         edition = result.slot.edition
     if edition is not None:
         result.post_count = editions.edition_view(session, edition).post_count
@@ -190,7 +194,7 @@ def preview(
 ) -> Preview | None:
     """Exactly the edition `send` would build now (or the newest `latest` posts); records nothing."""
     if fetch:
-        sources.poll(session, settings, clock)
+        poll(session, settings, clock)
     posts = editions.latest_posts(session, latest) if latest else editions.unsent_posts(session)
     if not posts:
         return None
@@ -198,7 +202,7 @@ def preview(
     number = None if latest else editions.next_number(session)
     view = editions.view(posts, number, now, settings.digest.sections)
     subject = editions.subject_for(settings.newsletter.subject, settings.newsletter.name, view.post_count, number, now)
-    message = build_message(renderer_for(settings), view, subject, settings, now)
+    message = build_message(Renderer.from_settings(settings), view, subject, settings, now)
     return Preview(view, message)
 
 
@@ -207,15 +211,16 @@ def send_preview(preview: Preview, addresses: list[str], mailer: Mailer, setting
     from digest.service.subscribers import normalize_email
 
     now = clock()
-    message = build_message(renderer_for(settings), preview.view, "[Preview] " + preview.subject, settings, now)
-    links = Links(settings.newsletter.secret_key, settings.newsletter.public_url)
+    renderer = Renderer.from_settings(settings)
+    message = build_message(renderer, preview.view, "[Preview] " + preview.subject, settings, now)
+    nl, urls = settings.newsletter, renderer.urls
     envelopes = []
     for addr in addresses:
         email = normalize_email(addr)
-        mid = f"<preview.{secrets.token_hex(8)}@{settings.newsletter.domain}>"
-        url = f"{links.public_url}/unsubscribe/preview"
-        data = message.for_recipient(Recipient(email, None, url, f"{links.public_url}/preferences/preview", mid))
-        envelopes.append(Envelope(settings.newsletter.from_address, email, data))
+        mid = f"<preview.{secrets.token_hex(8)}@{nl.domain}>"
+        recipient = Recipient(email, None, urls.unsubscribe_url(PREVIEW_TOKEN), urls.preferences_url(PREVIEW_TOKEN), mid)
+        data = message.for_recipient(recipient)
+        envelopes.append(Envelope(nl.from_address, email, data))
     mailer.open()
     try:
         return [(env.recipient, reply) for env, reply in mailer.send(envelopes)]
@@ -223,10 +228,10 @@ def send_preview(preview: Preview, addresses: list[str], mailer: Mailer, setting
         mailer.close()
 
 
-def preview_recipient(settings: Settings) -> Recipient:
-    """The sample reader a preview file is rendered for."""
-    base = settings.newsletter.public_url
-    return Recipient("reader@example.com", "Reader", f"{base}/unsubscribe/preview", f"{base}/preferences/preview", "<preview@example.com>")
+def preview_recipient(urls: PublicUrls) -> Recipient:
+    """The sample reader a preview is rendered for (its links carry PREVIEW_TOKEN)."""
+    return Recipient("reader@example.com", "Reader", urls.unsubscribe_url(PREVIEW_TOKEN), urls.preferences_url(PREVIEW_TOKEN),
+                     "<preview@example.com>")
 
 
 @dataclass
@@ -249,5 +254,5 @@ def retry(
 
     edition = editions.get(session, number)
     retried = reset_for_retry(session, edition)
-    report = deliver(session, edition, mailer, clock, settings, renderer=renderer_for(settings), stop=stop)
+    report = deliver(session, edition, mailer, clock, settings, renderer=Renderer.from_settings(settings), stop=stop)
     return RetryResult(retried, report)

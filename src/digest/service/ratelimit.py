@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
-from datetime import datetime
+
+from digest.clock import Clock
 
 
 class RateLimiter:
     """At most `limit` hits per `window` seconds for each key; the clock decides what "now" is."""
 
-    def __init__(self, limit: int, clock: Callable[[], datetime], window: float = 60.0, max_keys: int = 100_000):
+    def __init__(self, limit: int, clock: Clock, window: float = 60.0, max_keys: int = 100_000):
         self.limit = limit
         self.window = window
         self.clock = clock

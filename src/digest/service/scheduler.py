@@ -1,17 +1,17 @@
 """`digest serve`'s scheduler: the scheduled send and feed polling, on APScheduler in this process.
 
 APScheduler only wakes the process: once at start, at each cron time and every poll_minutes. What
-to do then is decided from the database by `jobs.scheduled` (the same send code as `digest send`),
-so a restarted process catches up on a missed slot and several processes send once.
+to do then is decided from the database by `pipeline.scheduled` (the same send code as `digest
+send`), using the slots of `service.slots`, so a restarted process catches up on a missed slot and
+several processes send once.
 
-Thin on purpose: wiring, signals and log lines; no scheduling decisions here.
+Thin on purpose: wiring and log lines; no scheduling decisions here. The process around it (signals,
+the web server) is `service.process`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -21,6 +21,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from digest.clock import Clock, utc_now
 from digest.service import pipeline as jobs
 from digest.config import Settings
 from digest.cron import Cron
@@ -59,7 +60,7 @@ def when(cron: Cron, instant: datetime) -> str:
     return text
 
 
-class Service:
+class Scheduler:
     """The scheduler of one `digest serve` process. `stop` (an Event) asks running jobs to stop
     between messages; `shutdown()` sets it and waits for them."""
 
@@ -68,7 +69,7 @@ class Service:
         settings: Settings,
         *,
         stop: threading.Event | None = None,
-        clock: jobs.Clock = jobs.utc_now,
+        clock: Clock = utc_now,
         mailer_factory: Callable[[], Mailer] | None = None,
     ):
         self.settings = settings
@@ -188,53 +189,3 @@ def log_deliveries(reports, *, resumed: bool) -> None:
             log.info("edition %d resumed: %d delivered, %d failed, %d pending", r.edition_number, r.sent, r.failed, r.deferred)
         for address, reply in r.failures:
             log.warning("delivery failed: edition %d to %s: %s", r.edition_number, address, reply)
-
-
-# --- the process ------------------------------------------------------------------------------
-
-
-def serve(
-    settings: Settings,
-    *,
-    scheduler: bool = True,
-    web: Callable[[threading.Event], None] | None = None,
-    service: Service | None = None,
-) -> int:
-    """Run until SIGTERM or SIGINT: the scheduler (unless `scheduler` is False) and then
-    `web(stop)` (the web server, which blocks until it gets a signal or `stop` is set), or just wait. Returns the exit status, 0 after a signal.
-
-    The first signal sets the stop flag: the job in progress finishes the message in flight and
-    leaves the rest pending for the next start. A second one exits at once. While `web()` runs,
-    the web server's own handlers (uvicorn's) take the signals; when it returns we stop too.
-    """
-    stop = service.stop if service else threading.Event()
-    service = service or (Service(settings, stop=stop) if scheduler else None)
-
-    def on_signal(signum, _frame) -> None:
-        name = signal.Signals(signum).name
-        if stop.is_set():
-            log.warning("%s again: exiting now; deliveries in flight may be sent again on the next start", name)
-            os._exit(1)
-        log.info("%s: stopping after the message in flight; the rest stays pending", name)
-        stop.set()
-
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, on_signal)
-    try:
-        if service is not None:
-            service.start()
-        if web is not None:
-            web(stop)
-        else:
-            while not stop.wait(1.0):
-                pass
-    finally:
-        stop.set()
-        if service is not None:
-            service.shutdown()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    log.info("stopped")
-    return 0

@@ -10,7 +10,7 @@ returned here is for the caller's logs and tests, never for the reader.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.message import EmailMessage
@@ -25,18 +25,17 @@ from sqlmodel import Session, col, select
 
 from digest.delivery import outbox
 from digest.service import subscribers as subs
-from digest.config import Settings
+from digest.config import NewsletterSettings
 from digest.errors import BadToken
 from digest.links import CONFIRM_MAX_AGE, Links
 from digest.mail.mailer import Envelope
 from digest.store.models import Outbox, Post, Subscriber, SubscriberStatus, as_utc
 from digest.content.plaintext import clean
-from digest.content.render import compile_mjml, environment
+from digest.content.render import compile_mjml
+from digest.clock import Clock
 
-Clock = Callable[[], datetime]
 
-
-class Outcome(str, Enum):
+class SignupOutcome(str, Enum):
     """What a subscribe form did. The reader sees the same page for every one of them."""
 
     created = "created"  # a new pending subscriber; confirmation mail due
@@ -49,7 +48,7 @@ class Outcome(str, Enum):
 
 @dataclass(frozen=True)
 class SubscribeResult:
-    outcome: Outcome
+    outcome: SignupOutcome
     mailed: bool  # a confirmation mail was queued in the outbox
 
 
@@ -119,27 +118,27 @@ def subscribe(
             sub = _find(session, address)
             assert sub is not None
         else:
-            return _due(session, sub, Outcome.created, now, resend_after)
+            return _due(session, sub, SignupOutcome.created, now, resend_after)
 
     if sub.status == SubscriberStatus.active:
-        return SubscribeResult(Outcome.active, False)
+        return SubscribeResult(SignupOutcome.active, False)
     if sub.status in (SubscriberStatus.bounced, SubscriberStatus.suspended):
-        return SubscribeResult(Outcome.blocked, False)
+        return SubscribeResult(SignupOutcome.blocked, False)
     if sub.status == SubscriberStatus.unsubscribed:
-        return _due(session, sub, Outcome.returning, now, resend_after)
-    return _due(session, sub, Outcome.resent, now, resend_after)
+        return _due(session, sub, SignupOutcome.returning, now, resend_after)
+    return _due(session, sub, SignupOutcome.resent, now, resend_after)
 
 
 def _find(session: Session, address: str) -> Subscriber | None:
     return session.exec(select(Subscriber).where(Subscriber.email == address)).first()
 
 
-def _due(session: Session, sub: Subscriber, outcome: Outcome, now: datetime, resend_after: timedelta) -> SubscribeResult:
+def _due(session: Session, sub: Subscriber, outcome: SignupOutcome, now: datetime, resend_after: timedelta) -> SubscribeResult:
     """Take the right to send a confirmation now (one atomic UPDATE, so two posts at once cannot
     both send) and queue the mail in the same transaction. A confirmation still waiting in the
     outbox (the relay is down) is not queued twice: it goes out when the relay is back."""
     if outbox.waiting(session, CONFIRMATION, sub.email):
-        return SubscribeResult(Outcome.throttled, False)
+        return SubscribeResult(SignupOutcome.throttled, False)
     cutoff = now - resend_after
     taken = session.execute(
         update(Subscriber)
@@ -154,7 +153,7 @@ def _due(session: Session, sub: Subscriber, outcome: Outcome, now: datetime, res
     session.commit()
     session.refresh(sub)
     if not taken:
-        return SubscribeResult(Outcome.throttled, False)
+        return SubscribeResult(SignupOutcome.throttled, False)
     return SubscribeResult(outcome, True)
 
 
@@ -169,11 +168,11 @@ class ConfirmationMail:
     (so the link's 7 days start then). Not sent to an address that was erased or changed, or that
     is active, bounced or suspended by then."""
 
-    def __init__(self, settings: Settings, clock: Clock, env: jinja2.Environment | None = None):
-        self.settings = settings
-        self.links = Links(settings.newsletter.secret_key, settings.newsletter.public_url, clock)
+    def __init__(self, links: Links, newsletter: NewsletterSettings, clock: Clock, env: jinja2.Environment):
+        self.links = links
+        self.newsletter = newsletter
         self.clock = clock
-        self.env = env or environment(settings.templates_dir)
+        self.env = env
 
     def envelope(self, session: Session, row: Outbox) -> Envelope | None:
         sub = session.get(Subscriber, outbox.payload(row)["subscriber_id"], populate_existing=True)
@@ -182,8 +181,8 @@ class ConfirmationMail:
         if sub.status not in (SubscriberStatus.pending, SubscriberStatus.unsubscribed):
             return None
         token = self.links.confirm_token(sub.id, sub.email)
-        data = confirmation_email(self.settings, sub.email, self.links.confirm_url(token), self.clock(), env=self.env)
-        return Envelope(self.settings.newsletter.from_address, sub.email, data, tag=row.id)
+        data = confirmation_email(self.newsletter, sub.email, self.links.confirm_url(token), self.clock(), env=self.env)
+        return Envelope(self.newsletter.from_address, sub.email, data, tag=row.id)
 
     def failed(self, session: Session, row: Outbox) -> None:
         """Forget the send, so the reader's next try queues a new mail at once."""
@@ -194,17 +193,17 @@ class ConfirmationMail:
         )
 
 
-def outbox_kinds(settings: Settings, clock: Clock, env: jinja2.Environment | None = None) -> dict[str, outbox.Kind]:
-    """Every kind of outbox row and how to send it."""
-    return {CONFIRMATION: ConfirmationMail(settings, clock, env)}
+def outbox_kinds(links: Links, newsletter: NewsletterSettings, clock: Clock, env: jinja2.Environment) -> dict[str, outbox.Kind]:
+    """Every kind of outbox row and how to send it. `links` reads the clock too (a confirmation
+    link's 7 days start when the mail is made); `env` holds the templates (render.environment)."""
+    return {CONFIRMATION: ConfirmationMail(links, newsletter, clock, env)}
 
 
 def confirmation_email(
-    settings: Settings, to: str, confirm_url: str, date: datetime, *, env: jinja2.Environment
+    nl: NewsletterSettings, to: str, confirm_url: str, date: datetime, *, env: jinja2.Environment
 ) -> bytes:
     """The confirmation mail as bytes (MJML HTML + text, the digest's look). The name typed into
     the form is deliberately left out: a stranger's text must not ride in mail we send."""
-    nl = settings.newsletter
     ctx = {
         "newsletter": {"name": nl.name, "public_url": nl.public_url},
         "confirm_url": confirm_url,

@@ -14,7 +14,6 @@ A slot is an instant the cron names (UTC). The database decides, not the memory 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -25,8 +24,8 @@ from digest.content import editions
 from digest.store import locks
 from digest.cron import Cron
 from digest.store.models import Edition, ScheduleRun, as_utc
+from digest.clock import Clock
 
-Clock = Callable[[], datetime]
 
 EDITION = "edition"
 NOTHING_NEW = "nothing new"

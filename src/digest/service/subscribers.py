@@ -5,9 +5,8 @@ from __future__ import annotations
 import codecs
 import csv
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import delete, update
@@ -16,8 +15,7 @@ from sqlmodel import Session, col, select
 from digest.errors import DigestError, InvalidAddress, NotFound
 from digest.store.models import Delivery, Outbox, Subscriber, SubscriberStatus, as_utc, topics_text
 from digest.content.plaintext import NAME_LIMIT, clean, shorten
-
-Clock = Callable[[], datetime]
+from digest.clock import Clock
 
 
 def normalize_email(address: str, *, check_deliverability: bool = False) -> str:

@@ -13,10 +13,9 @@ import re
 import threading
 from contextlib import asynccontextmanager
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path as FilePath
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 import anyio.to_thread
 from fastapi import Depends, FastAPI, Form, Path, Request
@@ -30,14 +29,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from digest.delivery import outbox
 from digest.service import archive, signup
-from digest.config import Settings
+from digest.clock import Clock, utc_now
+from digest.config import Settings, WebSettings
 from digest.errors import BadToken, InvalidAddress
-from digest.service.pipeline import renderer_for, utc_now
-from digest.links import Links
+from digest.links import ARCHIVE, CONFIRM, HOME, PREFERENCES, STYLESHEET, SUBSCRIBE, TOKEN_PATHS, UNSUBSCRIBE, Links
 from digest.mail.mailer import Mailer, SMTPMailer
 from digest.store.models import SubscriberStatus
 from digest.service.ratelimit import RateLimiter
-from digest.content.render import bundled_templates_dir, environment
+from digest.content.render import Renderer, bundled_templates_dir, environment
 from digest.store.database import make_engine, ready, session
 
 log = logging.getLogger("digest.web")
@@ -55,9 +54,9 @@ ARCHIVE_CSP = (
 # Threads that run the (sync) handlers: anyio's default, set here so the pool can match it.
 REQUEST_THREADS = 40
 
-# Pages reached through a personal link: not cached, not indexed, and the token never logged.
-TOKEN_PATHS = ("/confirm/", "/unsubscribe/", "/preferences/")
-_TOKEN_IN_PATH = re.compile(r"(/(?:confirm|unsubscribe|preferences)/)[^\s/?#\"']+")
+# Pages reached through a personal link (links.TOKEN_PATHS): not cached, not indexed, and the
+# token never logged.
+_TOKEN_IN_PATH = re.compile("(" + "|".join(map(re.escape, TOKEN_PATHS)) + r")[^\s/?#\"']+")
 
 
 def redact(text: str) -> str:
@@ -114,7 +113,7 @@ def create_app(
     settings: Settings,
     *,
     mailer_factory: Callable[[], Mailer] | None = None,
-    clock: Callable[[], datetime] | None = None,
+    clock: Clock | None = None,
     engine: Engine | None = None,
 ) -> FastAPI:
     clock = clock or utc_now
@@ -127,15 +126,15 @@ def create_app(
     ready(engine)
     env = environment(settings.templates_dir)
     links = Links(settings.newsletter.secret_key, settings.newsletter.public_url, clock)
-    renderer = renderer_for(settings)
+    renderer = Renderer.from_settings(settings)
+    urls = renderer.urls  # the pages' links: paths under public_url's path prefix
     limiter = RateLimiter(settings.web.rate_limit_per_minute, clock)
     stylesheet = _stylesheet(settings.templates_dir)
     order = settings.digest.sections
-    base = urlsplit(settings.newsletter.public_url).path.rstrip("/")  # pages' links work under a path prefix
     resend_after = timedelta(minutes=settings.web.confirm_resend_minutes)
 
     relay = outbox.Relay(
-        engine, signup.outbox_kinds(settings, clock, env), mailer_factory, clock,
+        engine, signup.outbox_kinds(links, settings.newsletter, clock, env), mailer_factory, clock,
         connections=settings.smtp.connections, max_attempts=settings.smtp.max_attempts,
         rate_limit=settings.smtp.rate_limit,
     )
@@ -163,7 +162,7 @@ def create_app(
     DB = Annotated[Session, Depends(db)]
 
     def page(template: str, http_status: int = 200, headers: dict[str, str] | None = None, **ctx: Any) -> HTMLResponse:
-        html = env.get_template(f"web/{template}").render(newsletter={"name": settings.newsletter.name}, base=base, **ctx)
+        html = env.get_template(f"web/{template}").render(newsletter={"name": settings.newsletter.name}, urls=urls, base=urls.base_path, **ctx)
         return HTMLResponse(html, status_code=http_status, headers=headers)
 
     def subscribe_form(s: Session, http_status: int = 200, *, error: str | None = None, warning: str | None = None,
@@ -176,15 +175,15 @@ def create_app(
                               "Enter your address below and we'll send you a fresh one.")
 
     def prefs_path(sub) -> str:
-        return f"{base}/preferences/{links.subscriber_token(sub.id, sub.email)}"
+        return urls.preferences_path(links.subscriber_token(sub.id, sub.email))
 
     # --- subscribe ----------------------------------------------------------------------------
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.get(HOME, response_class=HTMLResponse)
     def home(s: DB):
         return subscribe_form(s)
 
-    @app.post("/subscribe", response_class=HTMLResponse)
+    @app.post(SUBSCRIBE, response_class=HTMLResponse)
     def subscribe(
         request: Request,
         s: DB,
@@ -213,7 +212,7 @@ def create_app(
 
     # --- confirm ------------------------------------------------------------------------------
 
-    @app.get("/confirm/{token}", response_class=HTMLResponse)
+    @app.get(f"{CONFIRM}/{{token}}", response_class=HTMLResponse)
     def confirm_page(token: str, s: DB):
         try:
             sub = signup.check_confirm(s, links, token)
@@ -223,7 +222,7 @@ def create_app(
             return page("confirmed.html", email=sub.email, prefs_url=prefs_path(sub))
         return page("confirm.html", email=sub.email)
 
-    @app.post("/confirm/{token}", response_class=HTMLResponse)
+    @app.post(f"{CONFIRM}/{{token}}", response_class=HTMLResponse)
     def confirm(token: str, s: DB):
         try:
             sub, _ = signup.confirm(s, clock, links, token)
@@ -233,7 +232,7 @@ def create_app(
 
     # --- unsubscribe (RFC 8058 one-click, and the page) ----------------------------------------
 
-    @app.get("/unsubscribe/{token}", response_class=HTMLResponse)
+    @app.get(f"{UNSUBSCRIBE}/{{token}}", response_class=HTMLResponse)
     def unsubscribe_page(token: str, s: DB):
         try:
             sub = signup.from_token(s, links, token)
@@ -243,7 +242,7 @@ def create_app(
             return page("unsubscribed.html", prefs_url=prefs_path(sub) if sub else None)
         return page("unsubscribe.html", email=sub.email, prefs_url=prefs_path(sub))
 
-    @app.post("/unsubscribe/{token}", response_class=HTMLResponse)
+    @app.post(f"{UNSUBSCRIBE}/{{token}}", response_class=HTMLResponse)
     def unsubscribe(token: str, s: DB):
         # The body is not read: `List-Unsubscribe=One-Click` (urlencoded or multipart), the
         # page's own form or nothing at all — the signed URL alone says who leaves.
@@ -263,14 +262,14 @@ def create_app(
         except BadToken:
             return None
 
-    @app.get("/preferences/{token}", response_class=HTMLResponse)
+    @app.get(f"{PREFERENCES}/{{token}}", response_class=HTMLResponse)
     def preferences_page(token: str, s: DB):
         sub = token_subscriber(s, token)
         if sub is None:
             return page("invalid_link.html", 400)
         return preferences(s, sub, token)
 
-    @app.post("/preferences/{token}", response_class=HTMLResponse)
+    @app.post(f"{PREFERENCES}/{{token}}", response_class=HTMLResponse)
     def preferences_save(
         token: str,
         s: DB,
@@ -305,21 +304,21 @@ def create_app(
             paused=sub.paused,
             categories=[(c, picked is None or c in picked) for c in known],
             notice=notice,
-            unsubscribe_url=f"{base}/unsubscribe/{token}",
+            unsubscribe_url=urls.unsubscribe_path(token),
         )
 
     # --- archive ------------------------------------------------------------------------------
 
-    @app.get("/archive", response_class=HTMLResponse)
+    @app.get(ARCHIVE, response_class=HTMLResponse)
     def archive_index(s: DB):
         return page("archive.html", editions=archive.published(s), headers={"Cache-Control": "public, max-age=300"})
 
-    @app.get("/archive/{number}", response_class=HTMLResponse)
+    @app.get(f"{ARCHIVE}/{{number}}", response_class=HTMLResponse)
     def archive_edition(number: Annotated[int, Path(ge=1, le=2**62)], s: DB):
         edition = archive.find(s, number)
         if edition is None:
             raise StarletteHTTPException(404)
-        html = archive.page(s, edition, settings, renderer)
+        html = archive.page(s, edition, renderer, order)
         return HTMLResponse(html, headers={"Content-Security-Policy": ARCHIVE_CSP, "Cache-Control": "public, max-age=300"})
 
     # --- health and static ---------------------------------------------------------------------
@@ -334,7 +333,7 @@ def create_app(
             return JSONResponse({"status": "database unavailable"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    @app.get("/static/style.css")
+    @app.get(STYLESHEET)
     def style():
         return Response(stylesheet, media_type="text/css", headers={"Cache-Control": "public, max-age=3600"})
 
@@ -370,17 +369,19 @@ def _stylesheet(override: FilePath | None) -> bytes:
     return b""
 
 
-def serve(settings: Settings, host: str | None = None, port: int | None = None, stop: threading.Event | None = None) -> None:
-    """Run the web app with uvicorn until interrupted (SIGTERM/SIGINT) or until `stop` is set."""
+def serve(app: FastAPI, web: WebSettings, host: str | None = None, port: int | None = None,
+          stop: threading.Event | None = None) -> None:
+    """Run `app` with uvicorn on `host`:`port` (default: web.host, web.port) until interrupted
+    (SIGTERM/SIGINT) or until `stop` is set."""
     import uvicorn
 
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(settings),
-            host=host or settings.web.host,
-            port=port or settings.web.port,
+            app,
+            host=host or web.host,
+            port=port or web.port,
             proxy_headers=True,
-            forwarded_allow_ips=settings.web.forwarded_allow_ips,
+            forwarded_allow_ips=web.forwarded_allow_ips,
             server_header=False,
             # uvicorn's loggers (the access log too) go through ours, whose handlers redact tokens
             log_config=None,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from sqlmodel import Session
 
@@ -23,10 +22,10 @@ from digest.service import signup
 from digest.config import Settings
 from digest.delivery.sender import DeliveryReport, deliver, new_worker_id
 from digest.errors import DeliveryError
+from digest.links import Links
 from digest.mail.mailer import Mailer
 from digest.content.render import Renderer
-
-Clock = Callable[[], datetime]
+from digest.clock import Clock
 
 
 @dataclass
@@ -70,12 +69,9 @@ def run(
     its claims back."""
     worker = worker or new_worker_id()
     report = WorkerReport(worker)
-    renderer = Renderer(
-        newsletter_name=settings.newsletter.name,
-        public_url=settings.newsletter.public_url,
-        templates_dir=settings.templates_dir,
-    )
-    kinds = signup.outbox_kinds(settings, clock)
+    renderer = Renderer.from_settings(settings)
+    nl = settings.newsletter
+    kinds = signup.outbox_kinds(Links(nl.secret_key, nl.public_url, clock), nl, clock, renderer.env)
     if wait is None:
         idle = threading.Event()
         wait = lambda seconds: idle.wait(seconds)  # noqa: E731
