@@ -4,10 +4,10 @@ Tests pass a fixed or moving one (tests/conftest.py FixedClock)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 Clock = Callable[[], datetime]  # returns an aware UTC datetime: every service relies on it
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

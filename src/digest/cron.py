@@ -17,12 +17,10 @@ own zone arithmetic fires twice in a repeated hour and can loop forever there (a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.cron import CronTrigger
-
-UTC = timezone.utc
 
 MACROS = {
     "@yearly": "0 0 1 1 *",
@@ -171,9 +169,10 @@ class Cron:
         t = t.astimezone(UTC)
         wall = self._wall_of(t)  # its instant is at or before t, so the answer is a later wall time
         for _ in range(_MAX_STEPS):
-            wall = self._next_wall(wall)
-            if wall is None:
+            later = self._next_wall(wall)
+            if later is None:
                 return None
+            wall = later
             instant = self._instant(wall)
             if instant > t:
                 return instant

@@ -13,6 +13,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from digest.clock import Clock
 from digest.errors import NotFound
 from digest.store import locks
 from digest.store.models import (
@@ -27,7 +28,6 @@ from digest.store.models import (
     as_utc,
     stored_id,
 )
-from digest.clock import Clock
 
 
 @dataclass(frozen=True)

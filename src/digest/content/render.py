@@ -18,9 +18,17 @@ from mjml import mjml2html
 
 from digest.config import Settings
 from digest.content.editions import EditionView, Section
+from digest.content.plaintext import (
+    AUTHOR_LIMIT,
+    CATEGORY_LIMIT,
+    TITLE_LIMIT,
+    clean,
+    excerpt,
+    hides_characters,
+    shorten,
+)
 from digest.links import PublicUrls
 from digest.store.models import Post
-from digest.content.plaintext import AUTHOR_LIMIT, CATEGORY_LIMIT, TITLE_LIMIT, clean, excerpt, hides_characters, shorten
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +83,15 @@ class PostView:
         )
 
 
-def shown(sections: tuple[Section, ...], excerpt_words: int | None, limit: int | None) -> tuple[Section, ...]:
+@dataclass(frozen=True)
+class ShownSection:
+    """A Section as an edition shows it: its name cleaned and capped, its posts as PostViews."""
+
+    name: str
+    posts: tuple[PostView, ...]
+
+
+def shown(sections: tuple[Section, ...], excerpt_words: int | None, limit: int | None) -> tuple[ShownSection, ...]:
     """`sections` as PostViews: at most `limit` posts (None: all), the first ones in reading order."""
     out = []
     room = limit
@@ -83,7 +99,8 @@ def shown(sections: tuple[Section, ...], excerpt_words: int | None, limit: int |
         posts = section.posts if room is None else section.posts[:room]
         if not posts:
             break
-        out.append(Section(shorten(clean(section.name), CATEGORY_LIMIT), tuple(PostView.of(p, excerpt_words) for p in posts)))
+        name = shorten(clean(section.name), CATEGORY_LIMIT)
+        out.append(ShownSection(name, tuple(PostView.of(p, excerpt_words) for p in posts)))
         if room is not None:
             room -= len(posts)
     return tuple(out)

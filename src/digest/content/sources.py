@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
-from digest.content import feeds
-from digest.store import locks
-from digest.config import DigestSettings, FeedLocation, FeedsSettings
-from digest.errors import FeedError
-from digest.store.models import EditionPost, Post, Source, as_utc
 from digest.clock import Clock
+from digest.config import DigestSettings, FeedLocation, FeedsSettings
+from digest.content import feeds
+from digest.errors import FeedError
+from digest.store import locks
+from digest.store.models import EditionPost, Post, Source, as_utc, stored_id
 
 
 @dataclass
@@ -39,7 +39,7 @@ def poll(
     fetching: FeedsSettings,
     edition: DigestSettings,
     clock: Clock,
-    fetch=feeds.fetch_one,
+    fetch: Callable[..., Awaitable[feeds.FetchResult]] = feeds.fetch_one,
     stop: Callable[[], bool] = lambda: False,
 ) -> list[SourceReport]:
     """Fetch every configured feed (`Settings.feed_locations()`; concurrently, each within
@@ -50,7 +50,10 @@ def poll(
     if stop():
         return []
     found = [_source_for(session, feed, as_utc(clock())) for feed in configured]
-    requests = [feeds.FetchRequest(feed.location, source.etag, source.last_modified) for feed, source in zip(configured, found)]
+    requests = [
+        feeds.FetchRequest(feed.location, source.etag, source.last_modified)
+        for feed, source in zip(configured, found, strict=True)
+    ]
     session.rollback()  # no transaction left open while the feeds are fetched (up to feeds.timeout)
     outcomes = feeds.fetch_all(
         requests,
@@ -61,7 +64,7 @@ def poll(
         fetch=fetch,
     )
     reports = []
-    for feed, source, outcome in zip(configured, found, outcomes):
+    for feed, source, outcome in zip(configured, found, outcomes, strict=True):  # one outcome per request
         if outcome is not None:  # None: stopped before it was fetched
             reports.append(_record(session, source, feed.location, outcome, edition, as_utc(clock())))
     return reports
@@ -138,7 +141,7 @@ def _record(
     return report
 
 
-def _add_source(session: Session, key: str, now) -> Source:
+def _add_source(session: Session, key: str, now: datetime) -> Source:
     source = Source(url=key, created_at=now)
     session.add(source)
     try:
@@ -153,12 +156,19 @@ def _fits(value: str | None, length: int) -> str | None:
     return value if value is not None and len(value) <= length else None
 
 
-def _store_posts(session, source, posts, now, cutoff, report) -> None:
+def _store_posts(
+    session: Session,
+    source: Source,
+    posts: list[feeds.FeedPost],
+    now: datetime,
+    cutoff: datetime | None,
+    report: SourceReport,
+) -> None:
     stored = session.exec(select(Post).where(Post.source_id == source.id)).all()
     existing = {p.guid: p for p in stored}
     sent_ids = set(
         session.exec(
-            select(EditionPost.post_id).join(Post, Post.id == EditionPost.post_id).where(
+            select(EditionPost.post_id).join(Post, col(Post.id) == col(EditionPost.post_id)).where(
                 Post.source_id == source.id
             )
         ).all()
@@ -174,7 +184,8 @@ def _store_posts(session, source, posts, now, cutoff, report) -> None:
         if post is None:
             # On a source's first fetch, posts older than first_edition_days count as seen.
             eligible = cutoff is None or fp.published_at is None or fp.published_at >= cutoff
-            session.add(Post(source_id=source.id, first_seen_at=now, updated_at=now, eligible=eligible, **asdict(fp)))
+            post = Post(source_id=stored_id(source), first_seen_at=now, updated_at=now, eligible=eligible, **asdict(fp))
+            session.add(post)
             report.new += 1
             continue
         edited = post.content_hash != fp.content_hash
@@ -192,7 +203,7 @@ def _store_posts(session, source, posts, now, cutoff, report) -> None:
             report.unchanged += 1
 
 
-def _renamed(stored: list[Post], entries: list[feeds.FeedPost]) -> dict[str, Post]:
+def _renamed(stored: Sequence[Post], entries: list[feeds.FeedPost]) -> dict[str, Post]:
     """Stored posts back under a new GUID: {new guid: post}.
 
     Some feeds rewrite every GUID (a new blog engine, http to https, a per-request id), which would
@@ -221,7 +232,10 @@ def _renamed(stored: list[Post], entries: list[feeds.FeedPost]) -> dict[str, Pos
     return renamed
 
 
-def _identity(url: str, title: str, published_at: datetime | None) -> tuple | None:
+_Identity = tuple[str, str] | tuple[str, str, datetime]
+
+
+def _identity(url: str, title: str, published_at: datetime | None) -> _Identity | None:
     """What names a post when its GUID changed: its canonical link, else its title and date."""
     if url:
         return ("link", canonical_link(url))

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import exists, or_
+from sqlalchemy import ColumnElement, exists, or_
 from sqlmodel import Session, col, select
 
 from digest.content.editions import edition_view
-from digest.store.models import Delivery, DeliveryStatus, Edition, EditionStatus
 from digest.content.render import Renderer
+from digest.store.models import Delivery, DeliveryStatus, Edition, EditionStatus
 
 
-def _published():
+def _published() -> ColumnElement[bool]:
     """Editions that reached someone: finished, or at least one delivery sent (a reader may hold
     its "View in browser" link while the rest is still going out)."""
-    some_sent = exists().where(Delivery.edition_id == Edition.id, Delivery.status == DeliveryStatus.sent)
+    some_sent = exists().where(col(Delivery.edition_id) == col(Edition.id), col(Delivery.status) == DeliveryStatus.sent)
     return or_(col(Edition.status) == EditionStatus.sent, some_sent)
 
 

@@ -14,24 +14,23 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import Engine
 
 from digest.clock import Clock, utc_now
-from digest.service import pipeline as jobs
 from digest.config import Settings
 from digest.cron import Cron
 from digest.errors import DigestError
 from digest.mail.mailer import Mailer, SMTPMailer
+from digest.service import pipeline as jobs
 from digest.store.database import make_engine, ready, session
 
 log = logging.getLogger("digest")
-
-UTC = timezone.utc
 
 
 class CronSlots(BaseTrigger):
@@ -79,11 +78,11 @@ class Scheduler:
         self.mailer_factory = mailer_factory or (lambda: SMTPMailer(settings.smtp))
         self._busy = threading.Lock()  # one job at a time in this process
         self._aps = BackgroundScheduler(timezone=UTC, executors={"default": ThreadPoolExecutor(2)})
-        self.engine = None
+        self.engine: Engine | None = None  # made in start()
 
     def start(self) -> None:
-        self.engine = make_engine(self.settings.database_url)
-        ready(self.engine)
+        engine = self.engine = make_engine(self.settings.database_url)
+        ready(engine)
         sched = self.settings.schedule
         grace = max(1, int(sched.misfire_grace_hours * 3600))
         # At start: catch up on a missed slot (decided from the database), or poll and resume.
@@ -116,6 +115,7 @@ class Scheduler:
     def _run(self, kind: str) -> None:
         if self.stop.is_set():
             return
+        assert self.engine is not None, "the jobs run after start() made the engine"
         if kind == "poll":
             if not self._busy.acquire(blocking=False):
                 log.debug("poll skipped: another job is running")
@@ -134,7 +134,7 @@ class Scheduler:
             log_scheduled(kind, result, self.cron)
         except DigestError as exc:
             log.error("%s failed: %s", kind, exc)
-        except Exception as exc:  # noqa: BLE001 - the service keeps running; the next run retries
+        except Exception as exc:  # the service keeps running; the next run retries
             log.error("%s failed: %s: %s", kind, type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
         finally:
             self._busy.release()
@@ -154,6 +154,7 @@ def log_scheduled(kind: str, result: jobs.ScheduledResult, cron: Cron) -> None:
     log_deliveries(send.resumed, resumed=True)
     slot = send.slot
     if slot is None:  # stopped before the edition was built; the slot stays open
+        assert result.due.slot is not None, "pipeline.scheduled sends only for a due slot"
         log.info("slot %s: not built (stopping); the next start catches up", when(cron, result.due.slot))
         return
     label = f"slot {when(cron, slot.slot)}"
@@ -186,6 +187,9 @@ def log_poll(reports) -> None:
 def log_deliveries(reports, *, resumed: bool) -> None:
     for r in reports:
         if resumed and (r.sent or r.failed or r.stopped):
-            log.info("edition %d resumed: %d delivered, %d failed, %d pending", r.edition_number, r.sent, r.failed, r.deferred)
+            log.info(
+                "edition %d resumed: %d delivered, %d failed, %d pending",
+                r.edition_number, r.sent, r.failed, r.deferred,
+            )
         for address, reply in r.failures:
             log.warning("delivery failed: edition %d to %s: %s", r.edition_number, address, reply)

@@ -20,12 +20,11 @@ from datetime import datetime, timedelta
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from digest.content import editions
-from digest.store import locks
-from digest.cron import Cron
-from digest.store.models import Edition, ScheduleRun, as_utc
 from digest.clock import Clock
-
+from digest.content import editions
+from digest.cron import Cron
+from digest.store import locks
+from digest.store.models import Edition, ScheduleRun, as_utc
 
 EDITION = "edition"
 NOTHING_NEW = "nothing new"

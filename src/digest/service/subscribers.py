@@ -12,10 +12,10 @@ from pathlib import Path
 from sqlalchemy import delete, update
 from sqlmodel import Session, col, select
 
-from digest.errors import DigestError, InvalidAddress, NotFound
-from digest.store.models import Delivery, Outbox, Subscriber, SubscriberStatus, as_utc, topics_text
-from digest.content.plaintext import NAME_LIMIT, clean, shorten
 from digest.clock import Clock
+from digest.content.plaintext import NAME_LIMIT, clean, shorten
+from digest.errors import DigestError, InvalidAddress, NotFound
+from digest.store.models import Delivery, Outbox, Subscriber, SubscriberStatus, as_utc, stored_id, topics_text
 
 
 def normalize_email(address: str, *, check_deliverability: bool = False) -> str:
@@ -127,7 +127,8 @@ def import_csv(session: Session, stream: io.TextIOBase, clock: Clock, *, source:
             continue
         existing.add(address)
         name = clean_name(row[1]) if len(row) > 1 else None
-        session.add(Subscriber(email=address, name=name, status=SubscriberStatus.active, created_at=now, confirmed_at=now))
+        sub = Subscriber(email=address, name=name, status=SubscriberStatus.active, created_at=now, confirmed_at=now)
+        session.add(sub)
         report.imported += 1
         report.smtputf8 += needs_smtputf8(address)
         if report.imported % 1000 == 0:  # written, and let go of, a thousand rows at a time
@@ -166,14 +167,14 @@ def iterate(session: Session, status: SubscriberStatus | None = None, batch: int
     """Subscribers in id order, loaded a batch at a time."""
     last = 0
     while True:
-        stmt = select(Subscriber).where(col(Subscriber.id) > last).order_by(Subscriber.id).limit(batch)
+        stmt = select(Subscriber).where(col(Subscriber.id) > last).order_by(col(Subscriber.id)).limit(batch)
         if status is not None:
             stmt = stmt.where(Subscriber.status == status)
         rows = session.exec(stmt).all()
         if not rows:
             return
         yield from rows
-        last = rows[-1].id
+        last = stored_id(rows[-1])
 
 
 def unsubscribe(session: Session, sub: Subscriber, clock: Clock) -> bool:
@@ -189,7 +190,8 @@ def unsubscribe(session: Session, sub: Subscriber, clock: Clock) -> bool:
 
 def erase(session: Session, sub: Subscriber) -> None:
     """Erase a person's data: the subscriber row goes; their deliveries stay, anonymous."""
-    session.execute(update(Delivery).where(Delivery.subscriber_id == sub.id).values(subscriber_id=None, last_error=None))
-    session.execute(delete(Outbox).where(Outbox.recipient == sub.email))  # queued mail names the address
+    theirs = col(Delivery.subscriber_id) == sub.id
+    session.execute(update(Delivery).where(theirs).values(subscriber_id=None, last_error=None))
+    session.execute(delete(Outbox).where(col(Outbox.recipient) == sub.email))  # queued mail names the address
     session.delete(sub)
     session.commit()

@@ -3,7 +3,10 @@ which hands over an open connection inside one transaction; there is no alembic.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from alembic import context
+from alembic.autogenerate.api import AutogenContext
 from sqlmodel import SQLModel
 from sqlmodel.sql.sqltypes import AutoString, UTCDateTime
 
@@ -15,7 +18,7 @@ if connection is None:
     raise RuntimeError("run migrations with `digest db upgrade` (digest.schema), not the alembic command")
 
 
-def render_item(kind, obj, autogen_context):
+def render_item(kind: str, obj: object, autogen_context: AutogenContext) -> str | Literal[False]:
     """Write SQLModel's column types as plain SQLAlchemy ones, so migrations import only sqlalchemy."""
     if kind == "type":
         if isinstance(obj, AutoString):
