@@ -23,21 +23,20 @@ the second time, so it can run from cron over a mailbox that is never emptied.
 from __future__ import annotations
 
 import mailbox
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlmodel import Session
 
+from digest.clock import Clock
 from digest.mail import dsn
 from digest.config import Settings
 from digest.errors import DigestError
 from digest.store.models import Delivery, DeliveryStatus, Edition, Subscriber, SubscriberStatus, as_utc
 from digest.mail.verp import VERP
 
-Clock = Callable[[], datetime]
 
 # A bounce is recorded in the delivery's last_error with one of these prefixes.
 PREFIX = {"hard": "bounced (hard): ", "soft": "bounced (soft): "}

@@ -13,11 +13,14 @@ from sqlmodel import Session
 from digest.content import editions, sources
 from digest.service import slots as schedule
 from digest.config import Settings
-from digest.delivery.sender import DeliveryReport, build_message, deliver
+from digest.delivery.deliver import SendingSettings, deliver
+from digest.delivery.ledger import reset_for_retry
+from digest.delivery.sender import DeliveryReport
+from digest.delivery.variants import build_message, signer_for
 from digest.content.editions import EditionView
 from digest.links import Links
 from digest.mail.mailer import Envelope, Mailer, Reply
-from digest.mail.message import Message, Recipient
+from digest.mail.message import MessageTemplate, Recipient
 from digest.content.render import Renderer
 
 Clock = Callable[[], datetime]
@@ -94,7 +97,7 @@ def send(
     view = editions.edition_view(session, edition, settings.digest.sections)
     result.post_count = view.post_count
     result.recipients = editions.delivery_count(session, edition)
-    result.edition = deliver(session, edition, mailer, clock, settings, renderer=renderer, stop=stop)
+    result.edition = deliver(session, edition, mailer, clock, SendingSettings.from_settings(settings), renderer=renderer, stop=stop)
     return result
 
 
@@ -116,7 +119,7 @@ def resume(
     for unfinished in editions.unfinished(session):
         if stop():
             break
-        reports.append(deliver(session, unfinished, mailer, clock, settings, renderer=renderer, stop=stop))
+        reports.append(deliver(session, unfinished, mailer, clock, SendingSettings.from_settings(settings), renderer=renderer, stop=stop))
     return reports
 
 
@@ -173,7 +176,7 @@ def _queue_for_workers(session: Session, settings: Settings, clock: Clock, resul
 @dataclass
 class Preview:
     view: EditionView
-    message: Message
+    message: MessageTemplate
 
     @property
     def subject(self) -> str:
@@ -198,7 +201,8 @@ def preview(
     number = None if latest else editions.next_number(session)
     view = editions.view(posts, number, now, settings.digest.sections)
     subject = editions.subject_for(settings.newsletter.subject, settings.newsletter.name, view.post_count, number, now)
-    message = build_message(renderer_for(settings), view, subject, settings, now)
+    message = build_message(renderer_for(settings), view, subject, settings.newsletter, now,
+                            signer_for(settings.dkim, settings.dkim_key_path))
     return Preview(view, message)
 
 
@@ -207,7 +211,8 @@ def send_preview(preview: Preview, addresses: list[str], mailer: Mailer, setting
     from digest.service.subscribers import normalize_email
 
     now = clock()
-    message = build_message(renderer_for(settings), preview.view, "[Preview] " + preview.subject, settings, now)
+    message = build_message(renderer_for(settings), preview.view, "[Preview] " + preview.subject, settings.newsletter, now,
+                            signer_for(settings.dkim, settings.dkim_key_path))
     links = Links(settings.newsletter.secret_key, settings.newsletter.public_url)
     envelopes = []
     for addr in addresses:
@@ -245,9 +250,8 @@ def retry(
     stop: Callable[[], bool] = lambda: False,
 ) -> RetryResult:
     """`digest retry N`: try edition N's failed and deferred deliveries again, now."""
-    from digest.delivery.sender import reset_for_retry
-
     edition = editions.get(session, number)
     retried = reset_for_retry(session, edition)
-    report = deliver(session, edition, mailer, clock, settings, renderer=renderer_for(settings), stop=stop)
+    report = deliver(session, edition, mailer, clock, SendingSettings.from_settings(settings), renderer=renderer_for(settings),
+                     stop=stop)
     return RetryResult(retried, report)
