@@ -229,3 +229,75 @@ def test_a_dead_senders_journal_is_replayed_once(tmp_path):
     assert store.by_id[103].status == store.by_id[104].status == DeliveryStatus.pending
     assert not dead.exists() and alive.exists()
     assert journal.replay(store, directory) == 0
+
+
+def test_the_memory_ledger_answers_as_the_sql_one(db, clock):
+    """The same claims and results on SQLLedger (the test database) and MemoryLedger end the same."""
+    from sqlmodel import select
+
+    from digest.delivery.ledger import Results, SQLLedger
+    from digest.store.models import Edition, as_utc
+
+    db.add(Edition(number=7, created_at=START, subject="s"))
+    db.commit()
+    edition_id = db.exec(select(Edition)).one().id
+
+    def rows():
+        subs = [Subscriber(email=address(i), status=SubscriberStatus.active, created_at=START, paused=(i == 4),
+                           topics=["News"] if i == 3 else None) for i in range(1, 5)]
+        return subs
+
+    subs = rows()
+    db.add_all(subs)
+    db.commit()
+    deliveries = [Delivery(edition_id=edition_id, subscriber_id=s.id) for s in subs] + [Delivery(edition_id=edition_id)]
+    db.add_all(deliveries)
+    db.commit()
+    ids = [d.id for d in deliveries]
+    twin_subs = rows()
+    for s, original in zip(twin_subs, subs):
+        s.id = original.id
+    memory = MemoryLedger([Delivery(id=d.id, edition_id=edition_id, subscriber_id=d.subscriber_id) for d in deliveries], twin_subs)
+    t = START
+    seconds = lambda n: t + timedelta(seconds=n)  # noqa: E731
+
+    def run(store) -> list:
+        said = [store.claim(edition_id, "host-a:1:a", now=t, until=seconds(30), limit=2),
+                store.claim(edition_id, "host-b:2:b", now=t, until=seconds(30), limit=10, after=ids[0])]
+        results = Results(accepted=[(ids[0], "<7.1.1@digest.test>", seconds(1))],
+                          other=[(ids[1], DeliveryStatus.failed, 1, "550 5.1.1 no such user", None)], bounced=[subs[1].id])
+        said.append(store.claim(edition_id, "host-a:1:a", now=seconds(2), until=seconds(32), limit=10, results=results))
+        said.append(store.renew("host-a:1:a", seconds(40)))  # none left: its two have results
+        said.append(store.renew("host-b:2:b", seconds(40)))
+        store.record(Results(other=[(ids[2], DeliveryStatus.pending, 1, "451 later", seconds(300))]))
+        store.release("host-b:2:b")
+        said.append(store.replay([(ids[3], "<7.4.1@digest.test>", seconds(3)), (ids[0], "<again>", seconds(3))]))
+        said.append(store.claim(edition_id, "host-c:3:c", now=seconds(4), until=seconds(34), limit=10))
+        said.append(store.claim(edition_id, "host-c:3:c", now=seconds(300), until=seconds(330), limit=10))
+        return said
+
+    def state(deliveries, subscribers) -> list:
+        when = lambda v: None if v is None else as_utc(v)  # noqa: E731
+        return ([(d.id, d.status, d.attempts, d.last_error, d.message_id, when(d.sent_at), when(d.next_attempt_at),
+                  d.claimed_by, when(d.claimed_until)) for d in sorted(deliveries, key=lambda d: d.id)],
+                sorted((s.id, s.status) for s in subscribers))
+
+    said_sql = run(SQLLedger(db))
+    db.expire_all()
+    in_sql = state(db.exec(select(Delivery)).all(), db.exec(select(Subscriber)).all())
+    said_memory = run(memory)
+    assert said_memory == said_sql
+    assert state(memory.deliveries, memory.subscribers.values()) == in_sql
+
+    # and what they said is what the rules say
+    first, second, after_results, renew_a, renew_b, replayed, rest, retried = said_sql
+    assert [c.delivery_id for c in first] == ids[:2] and [c.delivery_id for c in second] == ids[2:]
+    assert [c.active for c in second] == [True, False, False]  # paused; no subscriber left
+    assert second[0].topics == '["News"]' and (second[0].email, second[0].subscriber_id) == (address(3), subs[2].id)
+    assert (after_results, renew_a, renew_b, replayed) == ([], 0, 3, 2)
+    assert [c.delivery_id for c in rest] == ids[4:]
+    assert [c.delivery_id for c in retried] == [ids[2], ids[4]]  # due again; host-c's claim ran out
+    statuses = [row[1] for row in in_sql[0]]
+    assert statuses == [DeliveryStatus.sent, DeliveryStatus.failed, DeliveryStatus.pending, DeliveryStatus.sent, DeliveryStatus.pending]
+    assert in_sql[0][0][4] == "<7.1.1@digest.test>"  # a replay does not touch a delivery already sent
+    assert dict(in_sql[1])[subs[1].id] == SubscriberStatus.bounced
