@@ -40,15 +40,16 @@ from multiprocessing.connection import wait
 from sqlmodel import Session
 
 from digest.clock import Clock
+from digest.content.editions import edition_view
 from digest.delivery.claims import new_sender_id
 from digest.delivery.journal import settle_dead_senders
 from digest.delivery.ledger import SQLLedger
 from digest.delivery.sender import DeliveryReport, SenderSettings, run_sender
 from digest.delivery.variants import Variants, VariantSettings
-from digest.content.editions import edition_view
 from digest.errors import DeliveryError, DigestError
 from digest.mail.mailer import Mailer
-from digest.store.database import make_engine, session as new_session
+from digest.store.database import make_engine
+from digest.store.database import session as new_session
 from digest.store.models import Edition, as_utc, parse_topics
 
 log = logging.getLogger(__name__)
