@@ -1,7 +1,7 @@
 """Micro-benchmark of the per-recipient hot path of `digest send`, in µs per message.
 
 Renders the bundled sample edition once, then times each step a sender process takes per
-recipient: the signed subscriber token, the VERP sender, the message bytes (`Message.wire_for`),
+recipient: the signed subscriber token, the VERP sender, the message bytes (`MessageTemplate.wire_for`),
 the same with DKIM (RSA-2048 and Ed25519), the Envelope, and recording the result in the
 ledger (journal line + batched executemany + commit, on a real SQLite file, as in `deliver`).
 For comparison: smtplib's regex dot-stuffing and `bytes.replace` dot-stuffing of the same bytes.
@@ -26,6 +26,10 @@ sys.path.insert(0, str(ROOT / "src"))
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa  # noqa: E402
 
 from digest.clock import utc_now  # noqa: E402
+from digest.delivery.journal import Journal  # noqa: E402
+from digest.delivery.ledger import SQLLedger  # noqa: E402
+from digest.delivery.sender import Recorder, message_id_nonce  # noqa: E402
+from digest.delivery.variants import message_from  # noqa: E402
 from digest.config import load_settings, render_config  # noqa: E402
 from digest.delivery import sender as dl  # noqa: E402
 from digest.links import Links  # noqa: E402
@@ -57,9 +61,10 @@ def main() -> None:
         jobs.poll(db, settings, utc_now)
         p = jobs.preview(db, settings, fetch=False)
     rendered, date = p.message.rendered, datetime.now(UTC)
-    plain = dl.message_from(rendered, settings, date, None)
-    rsa_msg = dl.message_from(rendered, settings, date, DKIMSigner("bench.example", "s", rsa.generate_private_key(public_exponent=65537, key_size=2048)))
-    ed_msg = dl.message_from(rendered, settings, date, DKIMSigner("bench.example", "s", ed25519.Ed25519PrivateKey.generate()))
+    nl = settings.newsletter
+    plain = message_from(rendered, nl, date, None)
+    rsa_msg = message_from(rendered, nl, date, DKIMSigner("bench.example", "s", rsa.generate_private_key(public_exponent=65537, key_size=2048)))
+    ed_msg = message_from(rendered, nl, date, DKIMSigner("bench.example", "s", ed25519.Ed25519PrivateKey.generate()))
     links = Links(settings.newsletter.secret_key, settings.newsletter.public_url)
     verp = VERP(settings.newsletter.secret_key, "bench.example")
     token = links.subscriber_token(123456, "reader0123456@bench.example")
@@ -71,7 +76,7 @@ def main() -> None:
     rows = []
     rows.append(("subscriber token (HMAC-SHA1, itsdangerous format)", per_call(lambda: links.subscriber_token(123456, "reader0123456@bench.example"))))
     rows.append(("VERP envelope sender (HMAC-SHA256)", per_call(lambda: verp.sender(123456))))
-    rows.append(("Message-ID + Recipient", per_call(lambda: Recipient(r.email, r.name, r.unsubscribe_url, r.preferences_url, f"<1.123456.{dl._unique():08x}@bench.example>"))))
+    rows.append(("Message-ID + Recipient", per_call(lambda: Recipient(r.email, r.name, r.unsubscribe_url, r.preferences_url, f"<1.123456.{message_id_nonce():08x}@bench.example>"))))
     rows.append((f"message bytes, wire_for ({len(wire)} B, dot-stuffed)", per_call(lambda: plain.wire_for(r))))
     rows.append(("Envelope", per_call(lambda: Envelope("bounce+x-0@bench.example", r.email, wire, tag=1, ready=True))))
     dkim_rsa = per_call(lambda: rsa_msg.wire_for(r), 500)
@@ -87,16 +92,16 @@ def main() -> None:
         db.execute(text("INSERT INTO delivery (edition_id, subscriber_id, status, attempts) VALUES (:e, :s, 'pending', 0)"), {"e": ed.id, "s": sid})
         db.commit()
         did = db.execute(text("SELECT id FROM delivery")).scalar()
-        ledger = dl._Ledger(db, dl.Journal(tmp / "journal", "bench:1:x"))
+        recorder = Recorder(SQLLedger(db), Journal(tmp / "journal", "bench:1:x"))
         now = datetime.now(UTC)
 
         def record_batch():
             for _ in range(200):  # acceptances of the same row: the write cost is what counts
-                ledger.add(did, DeliveryStatus.sent, 1, message_id="<1.1.0badcafe@bench.example>", sent_at=now)
-            ledger.flush()
+                recorder.accepted(did, "<1.1.0badcafe@bench.example>", now)
+            recorder.flush()
 
         ledger_us = per_call(record_batch, 5) / 200
-        ledger.journal.close()
+        recorder.journal.close()
     rows.append(("ledger: journal line + executemany + commit (per acceptance, batches of 200)", ledger_us))
     total = sum(v for _, v in rows)
     print(f"per-recipient hot path of `digest send` (µs per message, best of 5; {sys.version.split()[0]})")

@@ -168,7 +168,6 @@ def run_digest_send(config: Path, n: int, sink_pid: int) -> dict:
 
 
 def sample_message(config: Path) -> tuple[str, bytes]:
-    from digest.delivery.sender import build_message  # noqa: F401  (same code path as digest send)
     from digest.links import PublicUrls
     from digest.service import pipeline as jobs
     from digest.store.database import make_engine, session
@@ -177,8 +176,9 @@ def sample_message(config: Path) -> tuple[str, bytes]:
     with session(make_engine(settings.database_url)) as db:
         p = jobs.preview(db, settings, latest=5, fetch=False)
         # a message exactly as `digest send` builds it (DKIM-signed if configured)
-        from digest.delivery.sender import message_from, signer_for
-        m = message_from(p.message.rendered, settings, datetime.now(UTC), signer_for(settings))
+        from digest.delivery.variants import message_from, signer_for
+        m = message_from(p.message.rendered, settings.newsletter, datetime.now(UTC),
+                         signer_for(settings.dkim, settings.dkim_key_path))
     return settings.newsletter.from_address, m.for_recipient(jobs.preview_recipient(PublicUrls(settings.newsletter.public_url)))
 
 

@@ -52,7 +52,7 @@ def test_copy_keeps_subscribers_links_history_and_the_ledger(tmp_path, smtp_serv
         signup.save_preferences(db, bob, categories=["In Focus", "News, Events"], known=["Explained", "In Focus", "News, Events"])
         smtp_server.refuse["cy@example.com"] = "451 4.7.1 greylisted"
         r = jobs.send(db, settings, SMTPMailer(settings.smtp), clock).edition
-        assert (r.sent, r.deferred) == (2, 1)
+        assert (r.sent, r.pending) == (2, 1)
     before = counts(src)
     ann_mail = smtp_server.to("ann@example.com")[0]
 

@@ -31,7 +31,7 @@ def test_permanent_refusal_marks_one_failed_and_the_run_goes_on(db, settings, cl
     smtp_server.refuse[addrs[2]] = "550 5.1.1 <reader00002@example.com>: mailbox unknown"
     result = jobs.send(db, settings, SMTPMailer(settings.smtp), clock)
     r = result.edition
-    assert (r.sent, r.failed, r.deferred) == (4, 1, 0)
+    assert (r.sent, r.failed, r.pending) == (4, 1, 0)
     assert sorted(x.recipients[0] for x in smtp_server.received) == sorted(set(addrs) - {addrs[2]})
     failed = db.exec(select(Delivery).where(Delivery.status == DeliveryStatus.failed)).one()
     assert "550 5.1.1" in failed.last_error and "mailbox unknown" in failed.last_error
@@ -47,7 +47,7 @@ def test_temporary_refusal_stays_pending_for_a_later_run(db, settings, clock, sm
     addrs = add_subscribers(db, clock, 3)
     smtp_server.refuse[addrs[0]] = "451 4.3.0 try again later"
     r = jobs.send(db, settings, SMTPMailer(settings.smtp), clock).edition
-    assert (r.sent, r.failed, r.deferred) == (2, 0, 1)
+    assert (r.sent, r.failed, r.pending) == (2, 0, 1)
     d = db.exec(select(Delivery).where(Delivery.status == DeliveryStatus.pending)).one()
     assert d.attempts == 1 and "451" in d.last_error and d.next_attempt_at > clock.now
     del smtp_server.refuse[addrs[0]]

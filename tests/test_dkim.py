@@ -18,9 +18,10 @@ from digest.content.render import Rendered
 from digest.errors import ConfigError
 from digest.mail.dkim import DKIMSigner, canon_body, canon_lines, dns_record, new_private_key, write_private_key
 from digest.mail.mailer import SMTPMailer
-from digest.mail.message import Message, Recipient
+from digest.mail.message import MessageTemplate, Recipient
 from digest.service import pipeline as jobs
 from digest.service import subscribers
+from digest.content.render import Rendered
 
 REQUIRED_IN_H = {"from", "to", "subject", "date", "message-id", "list-id", "list-unsubscribe", "list-unsubscribe-post"}
 
@@ -83,7 +84,7 @@ def test_signature_survives_whitespace_and_the_canonical_body_matches_the_refere
     rendered = Rendered("Tabs\tand  spaces", "<p>  two  spaces\tand tab  </p>\n<a href=\"XDIGESTUNSUBSCRIBEURLX\">XDIGESTNAMEX</a>\n\n\n",
                         "Hi XDIGESTNAMEX,\n  indented   text \t\nXDIGESTPREFERENCESURLX\n")
     signer = DKIMSigner("digest.test", "digest", key)
-    message = Message(rendered, from_="Ann Ö <n@digest.test>", list_id="<l.digest.test>", reply_to="r@digest.test",
+    message = MessageTemplate(rendered, from_="Ann Ö <n@digest.test>", list_id="<l.digest.test>", reply_to="r@digest.test",
                       feedback_id="weekly:digest", date=datetime(2026, 11, 26, tzinfo=UTC), signer=signer)
     raw = message.for_recipient(Recipient("a@x.test", "Zoë   Q", "https://u.test/unsubscribe/" + "t" * 120, "https://p", "<1@digest.test>"))
     assert dkim.verify(raw, dnsfunc=dns_for(key))

@@ -15,11 +15,12 @@ from sqlmodel import select
 from digest.content.render import Rendered
 from digest.links import Links, PublicUrls
 from digest.mail.mailer import SMTPMailer
-from digest.mail.message import Message, Recipient
+from digest.mail.message import MessageTemplate, Recipient
 from digest.mail.verp import VERP
 from digest.service import pipeline as jobs
 from digest.service import subscribers
 from digest.store.models import Delivery
+from digest.content.render import Rendered
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -71,8 +72,8 @@ def test_each_message_is_multipart_alternative_with_list_headers(db, settings, c
 def test_quoted_printable_lines_are_short_and_decode_exactly():
     long_url = "https://news.example/unsubscribe/" + "x" * 150
     rendered = Rendered("S", "<p>" + "é" * 300 + "</p><a href=\"XDIGESTUNSUBSCRIBEURLX\">u</a> XDIGESTNAMEX!\n", "Hi XDIGESTNAMEX,\n" + "word " * 100 + "\nXDIGESTUNSUBSCRIBEURLX\n")
-    from datetime import datetime
-    message = Message(rendered, from_="N <n@x.test>", list_id="<l.x.test>", date=datetime(2026, 11, 26, tzinfo=UTC))
+    from datetime import datetime, timezone
+    message = MessageTemplate(rendered, from_="N <n@x.test>", list_id="<l.x.test>", date=datetime(2026, 11, 26, tzinfo=UTC))
     raw = message.for_recipient(Recipient("a@x.test", "<Zoë & Co>", long_url, "https://p", "<1@x.test>"))
     bodies = raw.split(b"\r\n\r\n", 1)[1]
     assert max(len(line) for line in bodies.split(b"\r\n")) <= 76
@@ -85,7 +86,7 @@ def test_quoted_printable_lines_are_short_and_decode_exactly():
 def test_nothing_a_subscriber_or_feed_controls_can_inject_a_header():
     from datetime import datetime
     rendered = Rendered("Weekly\r\nBcc: victim@example.com", "<p>x</p>", "x")
-    message = Message(rendered, from_="N <n@x.test>", list_id="<l.x.test>", date=datetime(2026, 11, 26, tzinfo=UTC))
+    message = MessageTemplate(rendered, from_="N <n@x.test>", list_id="<l.x.test>", date=datetime(2026, 11, 26, tzinfo=UTC))
     raw = message.for_recipient(Recipient("a@x.test", "Eve\r\nX-Injected: 1", "https://u", "https://p", "<1@x.test>"))
     msg = email.message_from_bytes(raw, policy=email.policy.default)
     assert msg["Bcc"] is None and msg["X-Injected"] is None
@@ -158,7 +159,7 @@ def test_wire_bytes_are_exactly_the_dot_stuffed_message_and_tokens_match_itsdang
 
     html = "<style>\n.post a { color: red }\n</style>\n<p>100% sure</p>\n.\n..dots\n<a href=\"XDIGESTUNSUBSCRIBEURLX\">u</a>\n"
     rendered = Rendered("S", html, ".leading dot\nXDIGESTNAMEX\n%s %b %%\n")
-    message = Message(rendered, from_="N <n@x.test>", list_id="<l.x.test>", date=datetime(2026, 11, 26, tzinfo=UTC))
+    message = MessageTemplate(rendered, from_="N <n@x.test>", list_id="<l.x.test>", date=datetime(2026, 11, 26, tzinfo=UTC))
     for name in (".dotty", "Ann", None, "x" * 200):
         r = Recipient("a@x.test", name, "https://u.test/unsubscribe/tok", "https://p", "<1@x.test>")
         assert message.wire_for(r) == dot_stuff(message.for_recipient(r))

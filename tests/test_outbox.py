@@ -38,7 +38,7 @@ def test_two_senders_at_once_send_every_row_exactly_once(db, settings, clock, sm
 
     def sender(name: str) -> None:
         with session(engine) as s, SMTPMailer(settings.smtp) as mailer:
-            outbox.drain(s, mailer, kinds, clock, worker=name, max_attempts=8)
+            outbox.drain(s, mailer, kinds, clock, sender=name, max_attempts=8)
 
     threads = [threading.Thread(target=sender, args=(f"sender-{i}",)) for i in range(3)]
     for t in threads:
@@ -71,7 +71,7 @@ def test_a_confirmation_no_longer_needed_is_skipped(db, settings, clock, smtp_se
     bob = db.exec(select(Subscriber).where(Subscriber.email == "bob@example.com")).one()
     subs.erase(db, bob)  # erased: their queued mail goes with them
     with SMTPMailer(settings.smtp) as mailer:
-        done = outbox.drain(db, mailer, outbox_kinds(settings, clock), clock, worker="w", max_attempts=8)
+        done = outbox.drain(db, mailer, outbox_kinds(settings, clock), clock, sender="w", max_attempts=8)
     assert (done.sent, done.skipped) == (0, 1)
     assert smtp_server.received == []
     assert [r.recipient for r in db.exec(select(Outbox)).all()] == ["ann@example.com"]
@@ -83,11 +83,11 @@ def test_temporary_failures_are_retried_with_backoff_then_given_up(db, settings,
     kinds = outbox_kinds(settings, clock)
     with SMTPMailer(settings.smtp) as mailer:
         for attempt in range(1, 4):
-            done = outbox.send_due(db, mailer, kinds, clock, worker="w", max_attempts=3)
+            done = outbox.send_due(db, mailer, kinds, clock, sender="w", max_attempts=3)
             assert done.claimed == 1
             row = db.exec(select(Outbox)).one()
             assert row.attempts == attempt
-            assert outbox.send_due(db, mailer, kinds, clock, worker="w", max_attempts=3).claimed == 0  # not due yet
+            assert outbox.send_due(db, mailer, kinds, clock, sender="w", max_attempts=3).claimed == 0  # not due yet
             clock.now += outbox.backoff(attempt) + timedelta(seconds=1)
     assert row.status == OutboxStatus.failed and row.last_error == "451 4.7.1 try later"
     sub = db.exec(select(Subscriber)).one()

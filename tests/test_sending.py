@@ -44,7 +44,7 @@ def per_address(server) -> Counter:
 
 def test_a_small_edition_starts_no_sender_processes(tmp_path, smtp_server, clock, monkeypatch):
     from digest.delivery import pool
-    monkeypatch.setattr(pool, "run", lambda *a, **k: pytest.fail("no sender process needed"))
+    monkeypatch.setattr(pool, "run_processes", lambda *a, **k: pytest.fail("no sender process needed"))
     config = write_config(tmp_path, smtp_port=smtp_server.port, connections=4)  # batch_size 200
     settings, db = open_db(config)
     with db:
@@ -68,7 +68,7 @@ def test_four_sender_processes_mail_everyone_once_and_render_once(tmp_path, smtp
         smtp_server.refuse[addrs[7]] = "550 5.1.1 <x>: no such user"
         smtp_server.refuse[addrs[8]] = "451 4.7.1 greylisted, try later"
         r = jobs.send(db, settings, SMTPMailer(settings.smtp), clock).edition
-        assert (r.sent, r.failed, r.deferred, r.bounced) == (148, 1, 1, 1)
+        assert (r.sent, r.failed, r.pending, r.bounced) == (148, 1, 1, 1)
         assert per_address(smtp_server) == Counter({a: 1 for a in addrs if a not in (addrs[7], addrs[8])})
         assert len(calls) == 2  # the parent rendered each distinct choice; the senders only personalized
         assert "ARCHITECTURE" not in smtp_server.to(addrs[101])[0].message.get_body(("plain",)).get_content()
@@ -103,7 +103,7 @@ def test_dropped_connections_are_reopened_and_the_messages_resent(tmp_path, smtp
     with db:
         addrs = add(db, clock, 80)
         r = jobs.send(db, settings, SMTPMailer(settings.smtp), clock).edition
-        assert (r.sent, r.failed, r.deferred) == (80, 0, 0)
+        assert (r.sent, r.failed, r.pending) == (80, 0, 0)
     # the dropped messages were never accepted, so each address got exactly one
     assert per_address(smtp_server) == Counter({a: 1 for a in addrs})
     assert 1 + 4 <= smtp_server.connections <= connections + 4  # one new connection per drop and per 421
@@ -126,7 +126,7 @@ def test_a_message_that_keeps_breaking_the_connection_is_deferred_not_lost(tmp_p
         smtp_server.refuse = Watch()
         smtp_server.data_hook = hook
         r = jobs.send(db, settings, SMTPMailer(settings.smtp), clock).edition
-        assert (r.sent, r.failed, r.deferred) == (9, 0, 1)
+        assert (r.sent, r.failed, r.pending) == (9, 0, 1)
         d = db.exec(select(Delivery).where(Delivery.status == DeliveryStatus.pending)).one()
         # one attempt, retried after the first back-off step (300 s), and the reason is the drop
         assert d.attempts == 1
@@ -295,10 +295,10 @@ def _slow_relay_setup(tmp_path, smtp_server, clock, n):
 def _rival_claim(rival, clock):
     from datetime import timedelta
 
-    from digest.delivery.sender import claim
+    from digest.delivery.ledger import SQLLedger
 
     edition = rival.exec(select(Edition)).one()
-    return claim(rival, edition.id, "rival-host:1:abc", clock.now, timedelta(seconds=30), 100)
+    return SQLLedger(rival).claim(edition.id, "rival-host:1:abc", now=clock.now, until=clock.now + timedelta(seconds=30), limit=100)
 
 
 def test_a_batch_that_outlasts_its_lease_keeps_it_and_is_not_taken_over(tmp_path, smtp_server, clock):

@@ -244,13 +244,13 @@ def send(
         q = result.new_queued
         out.print(f"Edition {q.edition_number}: {result.post_count} posts, {q.pending} deliveries queued for `digest worker`")
     for r in result.resumed:
-        out.print(f"Resumed edition {r.edition_number}: {r.sent} delivered, {r.failed} failed, {r.deferred} pending")
+        out.print(f"Resumed edition {r.edition_number}: {r.sent} delivered, {r.failed} failed, {r.pending} pending")
         _print_failures(r)
     if result.edition is not None:
         r = result.edition
         out.print(
             f"Edition {r.edition_number}: {result.post_count} posts, {r.sent} delivered, {r.failed} failed"
-            + (f", {r.deferred} pending (will retry)" if r.deferred else "")
+            + (f", {r.pending} pending (will retry)" if r.pending else "")
         )
         _print_failures(r)
     if stop():
@@ -423,12 +423,12 @@ def worker(
                   + (f", {m.skipped} no longer needed" if m.skipped else ""))
     for r in report.editions.values():
         out.print(f"Edition {r.edition_number}: {r.sent} delivered, {r.failed} failed"
-                  + (f", {r.skipped} skipped" if r.skipped else "") + f", {r.deferred} pending")
+                  + (f", {r.skipped} skipped" if r.skipped else "") + f", {r.pending} pending")
         _print_failures(r)
 
 
 def _print_progress(r) -> None:
-    out.print(f"Edition {r.edition_number}: {r.sent} delivered, {r.failed} failed, {r.deferred} pending")
+    out.print(f"Edition {r.edition_number}: {r.sent} delivered, {r.failed} failed, {r.pending} pending")
 
 
 # --- db ---------------------------------------------------------------------------------------
@@ -466,6 +466,8 @@ def db_copy(
     ids (links in sent emails keep working), posts, editions and the delivery ledger."""
     from sqlalchemy.exc import ArgumentError, OperationalError
 
+    from digest.delivery.journal import settle_dead_senders
+    from digest.delivery.ledger import SQLLedger
     from digest.store import copy as dbcopy
 
     cfg = settings()
@@ -475,7 +477,8 @@ def db_copy(
         raise DigestError(f"not a database URL: {target!r} (e.g. postgresql+psycopg://user@host/dbname)") from None
     source = make_engine(cfg.database_url)
     try:
-        report = dbcopy.copy_database(source, dest, utc_now(), journal_dir=cfg.journal_dir)
+        report = dbcopy.copy_database(source, dest, utc_now(),
+                                      settle=lambda s: settle_dead_senders(SQLLedger(s), cfg.journal_dir))
     except OperationalError as exc:
         raise DigestError(f"database error: {str(exc.orig or exc).strip().splitlines()[0]}") from None
     finally:
@@ -648,7 +651,7 @@ def retry(number: int) -> None:
             mailer.close()
     r = result.report
     out.print(f"Edition {r.edition_number}: retried {result.retried}: {r.sent} delivered, {r.failed} failed"
-              + (f", {r.deferred} pending (will retry)" if r.deferred else ""))
+              + (f", {r.pending} pending (will retry)" if r.pending else ""))
     _print_failures(r)
 
 

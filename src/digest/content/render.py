@@ -1,8 +1,8 @@
-"""Edition -> Message: Jinja2 templates (MJML for the HTML part, plain text for the other).
+"""Edition -> MessageTemplate: Jinja2 templates (MJML for the HTML part, plain text for the other).
 
 MJML is compiled once per edition variant (a few times for a variant too large for one email:
 see ``Renderer.render_within``). Per-subscriber values are left in the output as placeholders
-(``PLACEHOLDERS``) and filled in by ``message.Message`` for each recipient.
+(``PLACEHOLDERS``) and filled in by ``message.MessageTemplate`` for each recipient.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlmodel import Session
 
+from digest.clock import Clock
 from digest.mail import dsn
 from digest.errors import DigestError
 from digest.store.models import Delivery, DeliveryStatus, Edition, Subscriber, SubscriberStatus, as_utc

@@ -35,7 +35,8 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from digest.delivery.sender import new_worker_id
+from digest.clock import Clock
+from digest.delivery.claims import new_sender_id
 from digest.errors import DeliveryError
 from digest.mail.mailer import Envelope, Mailer, Pacer, Reply
 from digest.store.models import Outbox, OutboxStatus, as_utc
@@ -87,7 +88,7 @@ def payload(row: Outbox) -> dict[str, Any]:
     return json.loads(row.payload)
 
 
-def claim(session: Session, worker: str, now: datetime, limit: int = BATCH, lease: timedelta = LEASE) -> list[Outbox]:
+def claim(session: Session, sender: str, now: datetime, limit: int = BATCH, lease: timedelta = LEASE) -> list[Outbox]:
     """Atomically take up to `limit` due pending rows that nobody holds; commits."""
     until = now + lease
     due = (
@@ -103,14 +104,14 @@ def claim(session: Session, worker: str, now: datetime, limit: int = BATCH, leas
     if session.get_bind().dialect.name == "postgresql":
         due = due.with_for_update(skip_locked=True)
     taken = session.execute(
-        update(Outbox).where(col(Outbox.id).in_(due.scalar_subquery())).values(claimed_by=worker, claimed_until=until),
+        update(Outbox).where(col(Outbox.id).in_(due.scalar_subquery())).values(claimed_by=sender, claimed_until=until),
         execution_options={"synchronize_session": False},
     ).rowcount
     session.commit()
     if not taken:
         return []
     rows = list(session.exec(
-        select(Outbox).where(Outbox.claimed_by == worker, Outbox.claimed_until == until, Outbox.status == OutboxStatus.pending)
+        select(Outbox).where(Outbox.claimed_by == sender, Outbox.claimed_until == until, Outbox.status == OutboxStatus.pending)
         .order_by(Outbox.id).execution_options(populate_existing=True)
     ).all())
     session.commit()
@@ -143,7 +144,7 @@ def send_due(
     kinds: Mapping[str, Kind],
     clock: Clock,
     *,
-    worker: str,
+    sender: str,
     max_attempts: int,
     limit: int = BATCH,
     stop: Callable[[], bool] = lambda: False,
@@ -152,7 +153,7 @@ def send_due(
     """Claim due rows, send them over `mailer`, record each outcome as its reply comes. `pace()`
     is called before each message (a rate limit; False stops like `stop()`)."""
     result = Pass()
-    rows = claim(session, worker, as_utc(clock()), limit)
+    rows = claim(session, sender, as_utc(clock()), limit)
     result.claimed = len(rows)
     if not rows:
         return result
@@ -297,14 +298,14 @@ class Relay:
             return self._pacer.wait(self._stop.is_set)
 
     def _run(self) -> None:
-        worker = new_worker_id()
+        sender = new_sender_id()
         mailer = self.mailer_factory()
         try:
             while not self._stop.is_set():
                 self._wake.clear()
                 try:
                     with new_session(self.engine) as s:
-                        done = send_due(s, mailer, self.kinds, self.clock, worker=worker, max_attempts=self.max_attempts,
+                        done = send_due(s, mailer, self.kinds, self.clock, sender=sender, max_attempts=self.max_attempts,
                                         stop=self._stop.is_set, pace=self._pace)
                 except Exception as exc:  # noqa: BLE001 - the relay keeps running; the rows stay queued
                     log.error("outbox: %s: %s", type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
@@ -323,14 +324,14 @@ def drain(
     kinds: Mapping[str, Kind],
     clock: Clock,
     *,
-    worker: str,
+    sender: str,
     max_attempts: int,
     stop: Callable[[], bool] = lambda: False,
 ) -> Pass:
     """Send everything due now, batch after batch (`digest worker`); the sums of the passes."""
     total = Pass()
     while not stop():
-        done = send_due(session, mailer, kinds, clock, worker=worker, max_attempts=max_attempts, stop=stop)
+        done = send_due(session, mailer, kinds, clock, sender=sender, max_attempts=max_attempts, stop=stop)
         total.add(done)
         if not done.claimed or done.error:
             break

@@ -1,12 +1,18 @@
-"""Worker processes for one job, with a stop that reaches all of them.
+"""Sender processes: one edition sent over several SMTP connections at once, with a stop that
+reaches all of them.
 
-`run(target, jobs, stop)` starts one process per job, each calling ``target(job, stop)``, and
-returns their outcomes in order. The workers' own ``stop()`` turns true when:
+`deliver_in_pool` renders each variant once, then starts `smtp.connections` sender processes
+(`pool_sender`), each with its own database session, SMTP connection, sender id and journal, all
+running the same claim -> send -> record loop (`sender.run_sender`) on the edition.
 
-- the caller's ``stop()`` turns true (the parent polls it and sends each worker SIGTERM);
-- a worker receives SIGTERM or SIGINT itself (a service manager signalling the whole process
+Underneath, `run_processes(target, jobs, stop)` starts one process per job, each calling
+``target(job, stop)``, and returns their results in order. The processes' own ``stop()`` turns
+true when:
+
+- the caller's ``stop()`` turns true (the parent polls it and sends each process SIGTERM);
+- a process receives SIGTERM or SIGINT itself (a service manager signalling the whole process
   group, or Ctrl-C in a terminal): it finishes the message in flight and returns;
-- the parent process disappears (killed, even with SIGKILL): the workers notice within
+- the parent process disappears (killed, even with SIGKILL): the processes notice within
   ``PARENT_CHECK`` seconds and stop the same way, so no orphan keeps mailing.
 
 Start method: ``fork`` when the calling process has a single thread (the CLI: cheapest, nothing
@@ -17,6 +23,7 @@ deadlock the child on a lock another thread held), which needs the jobs to be pi
 from __future__ import annotations
 
 import gc
+import logging
 import multiprocessing as mp
 import os
 import pickle
@@ -27,14 +34,34 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from multiprocessing.connection import wait
+
+from sqlmodel import Session
+
+from digest.clock import Clock
+from digest.content.editions import edition_view
+from digest.delivery.claims import new_sender_id
+from digest.delivery.journal import settle_dead_senders
+from digest.delivery.ledger import SQLLedger
+from digest.delivery.sender import DeliveryReport, SenderSettings, run_sender
+from digest.delivery.variants import Variants, VariantSettings
+from digest.errors import DeliveryError, DigestError
+from digest.mail.mailer import Mailer
+from digest.store.database import make_engine
+from digest.store.database import session as new_session
+from digest.store.models import Edition, as_utc, parse_topics
+
+log = logging.getLogger(__name__)
 
 PARENT_CHECK = 0.25  # seconds between checks that the parent is still there
 POLL = 0.1  # seconds between the parent's polls of stop()
 
 
 @dataclass
-class Outcome:
+class ProcessResult:
+    """What became of one process: its target's return value, or one line saying what went wrong."""
+
     ok: bool
     value: object = None  # target's return value when ok
     error: str = ""  # one line when not ok
@@ -60,8 +87,9 @@ class CannotStart(Exception):
     """The jobs cannot be handed to processes started this way (not picklable)."""
 
 
-def run(target: Callable, jobs: Sequence, stop: Callable[[], bool], *, method: str | None = None) -> list[Outcome]:
-    """Run ``target(job, stop)`` for each job in its own process; the outcomes, in order.
+def run_processes(target: Callable, jobs: Sequence, stop: Callable[[], bool], *,
+                  method: str | None = None) -> list[ProcessResult]:
+    """Run ``target(job, stop)`` for each job in its own process; the results, in order.
     CannotStart (before any process starts) when the jobs would have to be pickled and cannot."""
     method = method or start_method()
     if method != "fork":
@@ -92,7 +120,7 @@ def run(target: Callable, jobs: Sequence, stop: Callable[[], bool], *, method: s
         if frozen:
             gc.unfreeze()
 
-    outcomes: list[Outcome | None] = [None] * len(procs)
+    outcomes: list[ProcessResult | None] = [None] * len(procs)
     signalled = False
     interrupted: BaseException | None = None
     while any(o is None for o in outcomes):
@@ -112,7 +140,7 @@ def run(target: Callable, jobs: Sequence, stop: Callable[[], bool], *, method: s
                         outcomes[i] = _died(p)
                 elif not p.is_alive():
                     outcomes[i] = _died(p)
-        except KeyboardInterrupt as exc:  # Ctrl-C: the workers got SIGINT too; make sure, then wait
+        except KeyboardInterrupt as exc:  # Ctrl-C: the processes got SIGINT too; make sure, then wait
             interrupted = exc
             if not signalled:
                 _signal_all([p for p, _ in procs])
@@ -135,17 +163,17 @@ def _signal_all(procs) -> None:
                 pass
 
 
-def _outcome(message) -> Outcome:
+def _outcome(message) -> ProcessResult:
     kind, payload = message
     if kind == "ok":
-        return Outcome(True, payload)
-    return Outcome(False, error=payload)
+        return ProcessResult(True, payload)
+    return ProcessResult(False, error=payload)
 
 
-def _died(p) -> Outcome:
+def _died(p) -> ProcessResult:
     code = p.exitcode
     how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
-    return Outcome(False, error=f"sender process {p.pid} died ({how}); its unfinished work stays pending")
+    return ProcessResult(False, error=f"sender process {p.pid} died ({how}); its unfinished work stays pending")
 
 
 def _signal_when_parent_dies(signum: int) -> None:
@@ -189,8 +217,6 @@ def _child(target: Callable, job, conn) -> None:
     try:
         result = target(job, stop)
     except BaseException as exc:  # reported to the parent, which decides
-        from digest.errors import DigestError
-
         if isinstance(exc, DigestError):
             message = ("error", str(exc))
         else:
@@ -204,3 +230,89 @@ def _child(target: Callable, job, conn) -> None:
         conn.send(("ok", result))
     except OSError:
         pass
+
+
+# ---------------------------------------------------------------------------------------------
+# The sender pool
+
+
+@dataclass
+class SenderJob:
+    """What a sender process needs; picklable (the pool may start processes with forkserver)."""
+
+    sender: SenderSettings
+    variants: VariantSettings
+    database_url: str
+    edition_id: int
+    subject: str
+    date: datetime
+    rendered: dict
+    mailer_factory: Callable[[], Mailer]
+    clock: Clock
+    rate: float
+
+
+def deliver_in_pool(session: Session, edition: Edition, variants: Variants, factory: Callable[[], Mailer],
+                    clock: Clock, cfg: SenderSettings, variant_cfg: VariantSettings, *, database_url: str,
+                    rate_limit: float, stop: Callable[[], bool], n: int) -> DeliveryReport:
+    """Send `edition` from `n` sender processes, each over its own `factory()` mailer, sharing
+    `rate_limit` (messages a second, 0: none). Falls back to this process and one connection when
+    the job cannot go to another process."""
+    ledger = SQLLedger(session)
+    # Render, here and once, every variant the pending deliveries need (a sender process that
+    # meets another one renders it itself).
+    for t in ledger.pending_topics(edition.id):
+        variants.render(variants.key(parse_topics(t)))
+    session.commit()  # hold no transaction while the senders write
+    job = SenderJob(cfg, variant_cfg, database_url, edition.id, edition.subject, variants.date, variants.rendered,
+                    factory, clock, rate_limit / n)
+    try:
+        results = run_processes(pool_sender, [job] * n, stop)
+    except CannotStart as exc:
+        log.warning("sending from this process over one connection: %s", exc)
+        mailer = factory()
+        try:
+            return run_sender(ledger, edition.id, edition.number, variants, mailer, clock, cfg,
+                              sender=new_sender_id(), stop=stop, rate=rate_limit)
+        finally:
+            mailer.close()
+    report = DeliveryReport(edition.number)
+    errors: list[str] = []
+    for result in results:
+        if result.ok:
+            report.merge(result.value)  # type: ignore[arg-type]
+        else:
+            errors.append(result.error)
+    if errors:
+        # A sender that died leaves its journal and its claims: settle them now.
+        settle_dead_senders(ledger, cfg.journal_dir)
+        if ledger.count_due(edition.id, as_utc(clock())):
+            raise DeliveryError(errors[0])
+    return report
+
+
+def pool_sender(job: SenderJob, stop: Callable[[], bool]) -> DeliveryReport:
+    """Runs in a sender process: its own engine, session, mailer and sender id."""
+    engine = make_engine(job.database_url)
+    try:
+        with new_session(engine) as s:
+            edition = s.get(Edition, job.edition_id)
+            variant_cfg = job.variants
+            variants = Variants(
+                lambda: edition_view(s, edition, variant_cfg.sections),
+                job.subject,
+                variant_cfg.newsletter,
+                variant_cfg.renderer,
+                job.date,
+                variant_cfg.signer(),
+                job.rendered,
+            )
+            mailer = job.mailer_factory()
+            try:
+                return run_sender(SQLLedger(s), job.edition_id, edition.number, variants,  # type: ignore[union-attr]
+                                  mailer, job.clock, job.sender,
+                                  sender=new_sender_id(), stop=stop, rate=job.rate)
+            finally:
+                mailer.close()
+    finally:
+        engine.dispose()

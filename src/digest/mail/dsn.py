@@ -98,7 +98,7 @@ def failure_kind(status: str | None, diagnostic: str | None) -> str:
     enhanced status code (RFC 3463; None: a 5xx reply without one) and the diagnostic text.
 
     The one rule for both a bounce (a DSN, `bounce_kind`) and a 5xx reply at send time
-    (`delivery.py`). Hard: 5.1.1 bad mailbox, 5.1.2 bad domain, 5.1.3 bad syntax, 5.1.6 moved,
+    (`delivery/sender.py`). Hard: 5.1.1 bad mailbox, 5.1.2 bad domain, 5.1.3 bad syntax, 5.1.6 moved,
     5.1.10 null MX — or a generic 5.0.0 / no code whose text says the mailbox does not exist
     ("user unknown", "no such user", ...) and says nothing of quota, size, sender or policy.
     Everything else is soft: 4.x.x (given up after retrying), 5.2.x full or disabled, 5.6.0

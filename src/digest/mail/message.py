@@ -1,4 +1,4 @@
-"""Message: one rendered edition variant as MIME bytes, personalized per recipient cheaply.
+"""MessageTemplate: one rendered edition variant as MIME bytes, personalized per recipient cheaply.
 
 The message (multipart/alternative: text part first, then HTML; UTF-8, quoted-printable) is
 encoded once. Each part is kept as a list of pre-encoded static byte runs and placeholder slots;
@@ -53,6 +53,14 @@ def format_address(name: str | None, email: str) -> str:
     # formataddr makes one encoded word whatever the length: 1,070 characters for 200 emoji, past
     # SMTP's 998 a line ("500 Line too long"). Header folds it (but costs ~30 µs more a name).
     return Header(name, "utf-8", maxlinelen=76, header_name="To").encode(linesep="\r\n") + f" <{email}>"
+
+
+def default_list_id(name: str, domain: str) -> str:
+    """The List-Id header when newsletter.list_id is not set: "Name <slug.domain>"."""
+    slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-") or "digest"
+    while "--" in slug:
+        slug = slug.replace("--", "-")
+    return f"{name} <{slug}.{domain}>"
 
 
 class Recipient(NamedTuple):
@@ -125,8 +133,9 @@ def _html_escape(value: str) -> str:
     return value
 
 
-class Message:
-    """A rendered edition variant, ready to send to any number of recipients.
+class MessageTemplate:
+    """A rendered edition variant, ready to send to any number of recipients (built once per
+    variant; `wire_for` / `for_recipient` give one recipient's copy).
 
     The body is kept as one ``bytes`` format string (static runs, ``%%`` escaped, with a ``%b``
     per personal slot), so a recipient's copy is one C-level ``bytes % tuple``. With a DKIM

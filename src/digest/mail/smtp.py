@@ -104,7 +104,7 @@ class Envelope:
 
     ``ready=True`` says ``data`` is already exactly what follows DATA: CRLF line endings only,
     dot-stuffed, and ending with the ``.\\r\\n`` line. It is sent as it is, saving two scans of
-    the message; only for bytes built that way (``Message.wire_for``), never for outside input.
+    the message; only for bytes built that way (``MessageTemplate.wire_for``), never for outside input.
     """
 
     sender: str

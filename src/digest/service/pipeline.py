@@ -14,11 +14,14 @@ from digest.clock import Clock, utc_now
 from digest.content import editions, feeds, sources
 from digest.service import slots as schedule
 from digest.config import Settings
-from digest.delivery.sender import DeliveryReport, build_message, deliver
+from digest.delivery.deliver import SendingSettings, deliver
+from digest.delivery.ledger import reset_for_retry
+from digest.delivery.sender import DeliveryReport
+from digest.delivery.variants import build_message, signer_for
 from digest.content.editions import EditionView
 from digest.links import PublicUrls
 from digest.mail.mailer import Envelope, Mailer, Reply
-from digest.mail.message import Message, Recipient
+from digest.mail.message import MessageTemplate, Recipient
 from digest.content.render import Renderer
 
 # A scheduled run starts a moment after its slot (later if another job of the process was running):
@@ -97,7 +100,7 @@ def send(
     view = editions.edition_view(session, edition, settings.digest.sections)
     result.post_count = view.post_count
     result.recipients = editions.delivery_count(session, edition)
-    result.edition = deliver(session, edition, mailer, clock, settings, renderer=renderer, stop=stop)
+    result.edition = deliver(session, edition, mailer, clock, SendingSettings.from_settings(settings), renderer=renderer, stop=stop)
     return result
 
 
@@ -119,7 +122,7 @@ def resume(
     for unfinished in editions.unfinished(session):
         if stop():
             break
-        reports.append(deliver(session, unfinished, mailer, clock, settings, renderer=renderer, stop=stop))
+        reports.append(deliver(session, unfinished, mailer, clock, SendingSettings.from_settings(settings), renderer=renderer, stop=stop))
     return reports
 
 
@@ -177,7 +180,7 @@ def _queue_for_workers(session: Session, clock: Clock, result: SendResult, slot:
 @dataclass
 class Preview:
     view: EditionView
-    message: Message
+    message: MessageTemplate
 
     @property
     def subject(self) -> str:
@@ -202,7 +205,8 @@ def preview(
     number = None if latest else editions.next_number(session)
     view = editions.view(posts, number, now, settings.digest.sections)
     subject = editions.subject_for(settings.newsletter.subject, settings.newsletter.name, view.post_count, number, now)
-    message = build_message(Renderer.from_settings(settings), view, subject, settings, now)
+    message = build_message(Renderer.from_settings(settings), view, subject, settings.newsletter, now,
+                            signer_for(settings.dkim, settings.dkim_key_path))
     return Preview(view, message)
 
 
@@ -212,7 +216,8 @@ def send_preview(preview: Preview, addresses: list[str], mailer: Mailer, setting
 
     now = clock()
     renderer = Renderer.from_settings(settings)
-    message = build_message(renderer, preview.view, "[Preview] " + preview.subject, settings, now)
+    message = build_message(renderer, preview.view, "[Preview] " + preview.subject, settings.newsletter, now,
+                            signer_for(settings.dkim, settings.dkim_key_path))
     nl, urls = settings.newsletter, renderer.urls
     envelopes = []
     for addr in addresses:
@@ -250,9 +255,8 @@ def retry(
     stop: Callable[[], bool] = lambda: False,
 ) -> RetryResult:
     """`digest retry N`: try edition N's failed and deferred deliveries again, now."""
-    from digest.delivery.sender import reset_for_retry
-
     edition = editions.get(session, number)
     retried = reset_for_retry(session, edition)
-    report = deliver(session, edition, mailer, clock, settings, renderer=Renderer.from_settings(settings), stop=stop)
+    report = deliver(session, edition, mailer, clock, SendingSettings.from_settings(settings), renderer=Renderer.from_settings(settings),
+                     stop=stop)
     return RetryResult(retried, report)

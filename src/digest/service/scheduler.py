@@ -164,7 +164,7 @@ def log_scheduled(kind: str, result: jobs.ScheduledResult, cron: Cron) -> None:
     r = send.edition
     log.info(
         "edition %d for %s: %d post(s), %d recipient(s); %d delivered, %d failed, %d pending%s",
-        r.edition_number, label, send.post_count, send.recipients, r.sent, r.failed, r.deferred,
+        r.edition_number, label, send.post_count, send.recipients, r.sent, r.failed, r.pending,
         " (stopped; the rest is sent on the next start)" if r.stopped else "",
     )
     log_deliveries([r], resumed=False)
@@ -189,7 +189,7 @@ def log_deliveries(reports, *, resumed: bool) -> None:
         if resumed and (r.sent or r.failed or r.stopped):
             log.info(
                 "edition %d resumed: %d delivered, %d failed, %d pending",
-                r.edition_number, r.sent, r.failed, r.deferred,
+                r.edition_number, r.sent, r.failed, r.pending,
             )
         for address, reply in r.failures:
             log.warning("delivery failed: edition %d to %s: %s", r.edition_number, address, reply)

@@ -1,7 +1,7 @@
 """Service: a sender worker. It delivers every edition that still has pending deliveries, batch by
 batch through `delivery.deliver()`, alongside any number of other workers on any number of hosts.
 
-Workers never coordinate directly: each batch is claimed in the Delivery table (`delivery.claim`:
+Workers never coordinate directly: each batch is claimed in the Delivery table (`SQLLedger.claim`:
 FOR UPDATE SKIP LOCKED on PostgreSQL; SQLite's single writer lock makes the same UPDATE atomic), so
 two workers never hold the same delivery. A worker that dies keeps its claims until their lease
 (`delivery.lease_seconds`) runs out, or, on its own host, until the next worker there sees its
@@ -20,17 +20,18 @@ from digest.content import editions
 from digest.delivery import outbox
 from digest.service import signup
 from digest.config import Settings
-from digest.delivery.sender import DeliveryReport, deliver, new_worker_id
+from digest.delivery.claims import new_sender_id
+from digest.delivery.deliver import SendingSettings, deliver
+from digest.delivery.sender import DeliveryReport
 from digest.errors import DeliveryError
 from digest.links import Links
 from digest.mail.mailer import Mailer
-from digest.content.render import Renderer
 from digest.clock import Clock
 
 
 @dataclass
 class WorkerReport:
-    worker: str
+    sender: str  # this worker's sender id
     editions: dict[int, DeliveryReport] = field(default_factory=dict)  # by edition number
     errors: list[str] = field(default_factory=list)  # SMTP trouble met while polling
     mails: outbox.Pass = field(default_factory=outbox.Pass)  # the outbox's confirmation mails
@@ -42,7 +43,7 @@ class WorkerReport:
     def add(self, r: DeliveryReport) -> None:
         total = self.editions.setdefault(r.edition_number, DeliveryReport(r.edition_number))
         total.merge(r)
-        total.deferred = r.deferred  # pending now, not a sum
+        total.pending = r.pending  # pending now, not a sum
 
 
 def run(
@@ -56,7 +57,7 @@ def run(
     wait: Callable[[float], None] | None = None,
     progress: Callable[[DeliveryReport], None] = lambda r: None,
     on_error: Callable[[str], None] = lambda message: None,
-    worker: str | None = None,
+    sender: str | None = None,
 ) -> WorkerReport:
     """Deliver pending deliveries of every unfinished edition, and the mail waiting in the outbox
     (confirmation mails, which `digest serve` sends too). With `once`, return after one pass,
@@ -67,9 +68,10 @@ def run(
     With `once`, an unreachable SMTP server raises DeliveryError; a polling worker reports it in
     `errors` and tries again at the next poll. Either way nothing claimed is lost: deliver() hands
     its claims back."""
-    worker = worker or new_worker_id()
-    report = WorkerReport(worker)
-    renderer = Renderer.from_settings(settings)
+    sender = sender or new_sender_id()
+    report = WorkerReport(sender)
+    sending = SendingSettings.from_settings(settings)
+    renderer = sending.variants.renderer()
     nl = settings.newsletter
     kinds = signup.outbox_kinds(Links(nl.secret_key, nl.public_url, clock), nl, clock, renderer.env)
     if wait is None:
@@ -81,13 +83,13 @@ def run(
             for edition in editions.unfinished(session):
                 if stop():
                     break
-                r = deliver(session, edition, mailer, clock, settings, renderer=renderer, stop=stop, worker=worker)
+                r = deliver(session, edition, mailer, clock, sending, renderer=renderer, stop=stop, sender=sender)
                 if r.sent or r.failed or r.skipped:
                     busy = True
                     report.add(r)
                     progress(r)
             if not stop():
-                mails = outbox.drain(session, mailer, kinds, clock, worker=worker,
+                mails = outbox.drain(session, mailer, kinds, clock, sender=sender,
                                      max_attempts=settings.smtp.max_attempts, stop=stop)
                 report.mails.add(mails)
                 if mails.error:

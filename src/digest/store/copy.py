@@ -7,8 +7,9 @@ sources, posts (so nothing already sent is sent again), editions with their post
 and every delivery (the ledger: sent, failed, and pending ones with their next attempt). On
 PostgreSQL the id sequences are moved past the copied ids.
 
-The source must not be in use: acceptances a dead sender left in its journal are written to the
-source first, and the copy is refused while a sender holds a live claim. The target is brought
+The source must not be in use: the caller's `settle` writes to the source first what dead senders
+left (acceptances in their journals: `delivery.journal.settle_dead_senders`), and the copy is
+refused while a sender holds a live claim. The target is brought
 to the newest schema and must be empty; the copy is one transaction there, so a failure leaves
 it empty. The source is only read.
 """
@@ -22,8 +23,10 @@ from pathlib import Path
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Engine
-from sqlmodel import SQLModel, col
+from sqlmodel import Session, SQLModel, col
 
+from digest.store import schema
+from digest.store.database import session
 from digest.errors import DigestError
 from digest.store import schema
 from digest.store.models import Delivery, DeliveryStatus, as_utc
@@ -37,21 +40,19 @@ class CopyReport:
     replayed: int = 0  # acceptances taken from dead senders' journals into the source first
 
 
-def copy_database(source: Engine, target: Engine, now: datetime, *, journal_dir: Path | None = None,
+def copy_database(source: Engine, target: Engine, now: datetime, *, settle: Callable[[Session], int] | None = None,
                   progress: Callable[[str, int], None] | None = None) -> CopyReport:
     """Copy every table of `source` into `target` (empty, or a new database). DigestError when the
-    two are the same database, the target has data, or a sender is still working on the source."""
+    two are the same database, the target has data, or a sender is still working on the source.
+    `settle(session)` runs on the source first (once its schema is checked) and returns the
+    acceptances it recorded (CopyReport.replayed)."""
     if _same(source, target):
         raise DigestError("the target is the configured database itself: give a new, empty database")
     schema.ready(source)
     report = CopyReport()
-    if journal_dir is not None:
-        from digest.delivery.sender import Journal, release_dead_claims
-        from digest.store.database import session
-
+    if settle is not None:
         with session(source) as s:
-            report.replayed = Journal.replay(s, journal_dir)
-            release_dead_claims(s)
+            report.replayed = settle(s)
     with source.connect() as src:
         live = src.execute(
             select(func.count()).select_from(Delivery).where(

@@ -1,0 +1,98 @@
+"""Deliver an edition: settle what dead senders left, build the variants, send from this process or
+from a pool of sender processes, and mark the edition sent when nothing is left pending."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlmodel import Session
+
+from digest.clock import Clock
+from digest.config import Settings
+from digest.content.editions import edition_view, pending_count
+from digest.content.render import Renderer
+from digest.delivery import pool
+from digest.delivery.claims import new_sender_id
+from digest.delivery.journal import settle_dead_senders
+from digest.delivery.ledger import SQLLedger
+from digest.delivery.sender import DeliveryReport, SenderSettings, run_sender
+from digest.delivery.variants import Variants, VariantSettings
+from digest.mail.mailer import Mailer
+from digest.store.models import Edition, EditionStatus, as_utc
+
+
+@dataclass(frozen=True)
+class SendingSettings:
+    """What deliver() reads from the configuration; built once by the entry point."""
+
+    sender: SenderSettings
+    variants: VariantSettings
+    connections: int  # SMTP connections, each from its own sender process
+    rate_limit: float  # messages a second over all of them (0: no limit)
+    database_url: str  # for the sender processes
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> SendingSettings:
+        return cls(SenderSettings.from_settings(s), VariantSettings.from_settings(s), s.smtp.connections,
+                   s.smtp.rate_limit, s.database_url)
+
+
+def deliver(
+    session: Session,
+    edition: Edition,
+    mailer: Mailer,
+    clock: Clock,
+    cfg: SendingSettings,
+    *,
+    renderer: Renderer,
+    stop: Callable[[], bool] = lambda: False,
+    sender: str | None = None,
+    connections: int | None = None,
+) -> DeliveryReport:
+    """Send every due pending delivery of `edition`. Raises DeliveryError when the SMTP server
+    cannot be reached; whatever was not sent stays pending.
+
+    `connections` (default `cfg.connections`) > 1 spreads the work over that many sender
+    processes when the mailer has a `factory` and the database can be shared; otherwise this
+    process sends over `mailer` (as `sender`, default a new sender id). `stop()` is polled between
+    messages (and forwarded to the sender processes): when it turns true, messages in flight
+    finish and the rest stays pending.
+    """
+    ledger = SQLLedger(session)
+    settle_dead_senders(ledger, cfg.sender.journal_dir)
+    variants = Variants(
+        lambda: edition_view(session, edition, cfg.variants.sections),
+        edition.subject,
+        cfg.variants.newsletter,
+        lambda: renderer,
+        clock(),
+        cfg.variants.signer(),
+    )
+    n = cfg.connections if connections is None else connections
+    factory = getattr(mailer, "factory", None)
+    if n > 1 and factory is not None:
+        # No more sender processes than there are batches to claim (a small edition goes out
+        # from this process, without starting any).
+        due = ledger.count_due(edition.id, as_utc(clock()))  # type: ignore[arg-type]
+        n = min(n, -(-due // cfg.sender.batch_size))
+    try:
+        if n > 1 and factory is not None and pool.can_share(cfg.database_url):
+            report = pool.deliver_in_pool(session, edition, variants, factory, clock, cfg.sender, cfg.variants,
+                                          database_url=cfg.database_url, rate_limit=cfg.rate_limit, stop=stop, n=n)
+        else:
+            report = run_sender(ledger, edition.id, edition.number, variants, mailer, clock, cfg.sender,  # type: ignore[arg-type]
+                                sender=sender or new_sender_id(), stop=stop, rate=cfg.rate_limit)
+    finally:
+        finish_if_done(session, edition, clock)
+    report.pending = pending_count(session, edition)
+    return report
+
+
+def finish_if_done(session: Session, edition: Edition, clock: Clock) -> None:
+    """Mark the edition sent once none of its deliveries is pending."""
+    if pending_count(session, edition) == 0 and edition.status != EditionStatus.sent:
+        edition.status = EditionStatus.sent
+        edition.finished_at = as_utc(clock())
+        session.add(edition)
+        session.commit()

@@ -1,0 +1,159 @@
+"""The render-once cache: one MessageTemplate per distinct category choice of an edition.
+
+Rendering (Jinja2 + MJML) is the expensive step, so each variant is rendered once (the parent of a
+sender pool renders every variant the pending deliveries need and hands the results over) and
+every recipient's copy is then filled in from its template (`MessageTemplate.wire_for`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from digest.config import DKIMSettings, NewsletterSettings, Settings
+from digest.content.editions import EditionView
+from digest.content.plaintext import NAME_LIMIT
+from digest.content.render import Rendered, Renderer
+from digest.links import Links
+from digest.mail.dkim import DKIMSigner
+from digest.mail.message import MessageTemplate, Recipient, default_list_id
+from digest.store.models import parse_topics
+
+# Gmail clips a message larger than 102 KB ("[Message clipped]"), and the unsubscribe link at
+# the end goes with the rest. It counts the message as it arrives, so the headers added on the way
+# (Received, Authentication-Results, ARC: 2-3 KB at Gmail) count too: every message is built to
+# stay within MESSAGE_BUDGET bytes for any recipient (see Renderer.render_within).
+GMAIL_CLIP_BYTES = 102_000
+MESSAGE_BUDGET = GMAIL_CLIP_BYTES - 4_000
+
+
+class Variants:
+    """One MessageTemplate per distinct category choice, built on first use from a Rendered edition.
+
+    `rendered` can be filled in advance (the parent of a sender pool renders every variant its
+    pending deliveries need, once) and handed to other processes, which then only build templates
+    from it (quoted-printable, ~ms)."""
+
+    def __init__(self, view_loader: Callable[[], EditionView], subject: str, newsletter: NewsletterSettings,
+                 renderer_factory: Callable[[], Renderer], date: datetime, signer: DKIMSigner | None = None,
+                 rendered: dict | None = None):
+        self._view_loader = view_loader
+        self._view: EditionView | None = None
+        self.subject = subject
+        self.newsletter = newsletter
+        self._renderer_factory = renderer_factory
+        self._renderer: Renderer | None = None
+        self.date = date
+        self.signer = signer
+        self.rendered: dict[frozenset[str] | None, Rendered | None] = dict(rendered or {})
+        self._cache: dict[frozenset[str] | None, MessageTemplate | None] = {}
+        self._by_text: dict[str | None, MessageTemplate | None] = {}
+
+    @property
+    def view(self) -> EditionView:
+        if self._view is None:
+            self._view = self._view_loader()
+        return self._view
+
+    def key(self, categories: frozenset[str] | None) -> frozenset[str] | None:
+        key = None if categories is None else (categories & self.view.categories)
+        return None if key == self.view.categories else key
+
+    def render(self, key: frozenset[str] | None) -> Rendered | None:
+        if key not in self.rendered:
+            v = self.view.only(key)
+            if not v.sections:
+                self.rendered[key] = None
+            else:
+                if self._renderer is None:
+                    self._renderer = self._renderer_factory()
+                self.rendered[key] = render_fitted(self._renderer, v, self.subject, self.newsletter, self.date, self.signer)
+        return self.rendered[key]
+
+    def for_categories(self, categories: frozenset[str] | None) -> MessageTemplate | None:
+        key = self.key(categories)
+        if key not in self._cache:
+            rendered = self.render(key)
+            self._cache[key] = None if rendered is None else message_from(rendered, self.newsletter, self.date, self.signer)
+        return self._cache[key]
+
+    def for_text(self, topics: str | None) -> MessageTemplate | None:
+        """for_categories() of a subscriber's raw `topics` column, cached by its text (which is
+        the same for the same choice: see models.topics_text)."""
+        try:
+            return self._by_text[topics]
+        except KeyError:
+            m = self._by_text[topics] = self.for_categories(parse_topics(topics))
+            return m
+
+
+def signer_for(dkim: DKIMSettings, key_path: Path | None) -> DKIMSigner | None:
+    """The DKIM signer `[dkim]` configures, or None (load_settings() already checked the key)."""
+    if not dkim.enabled:
+        return None
+    return DKIMSigner.from_file(dkim.domain, dkim.selector, key_path)  # type: ignore[arg-type]
+
+
+def message_from(rendered: Rendered, newsletter: NewsletterSettings, date: datetime,
+                 signer: DKIMSigner | None) -> MessageTemplate:
+    nl = newsletter
+    return MessageTemplate(
+        rendered,
+        from_=nl.from_,
+        list_id=nl.list_id or default_list_id(nl.name, nl.domain),
+        date=date,
+        reply_to=nl.reply_to,
+        feedback_id=nl.feedback_id,
+        signer=signer,
+    )
+
+
+def build_message(renderer: Renderer, view: EditionView, subject: str, newsletter: NewsletterSettings,
+                  date: datetime, signer: DKIMSigner | None) -> MessageTemplate:
+    return message_from(render_fitted(renderer, view, subject, newsletter, date, signer), newsletter, date, signer)
+
+
+def render_fitted(renderer: Renderer, view: EditionView, subject: str, newsletter: NewsletterSettings,
+                  date: datetime, signer: DKIMSigner | None) -> Rendered:
+    """`view` rendered so that the largest copy anyone can get stays within MESSAGE_BUDGET."""
+    largest = largest_recipient(newsletter)
+
+    def size(rendered: Rendered) -> int:
+        return len(message_from(rendered, newsletter, date, signer).for_recipient(largest))
+
+    return renderer.render_within(view, subject, size, MESSAGE_BUDGET)
+
+
+def largest_recipient(newsletter: NewsletterSettings) -> Recipient:
+    """The recipient with the largest copy: a name of NAME_LIMIT characters of 4 UTF-8 bytes (12
+    bytes each in quoted-printable), the longest address (254 characters), and ids in the links
+    and the Message-ID as long as they get."""
+    links = Links(newsletter.secret_key, newsletter.public_url)
+    email = "x" * 64 + "@" + "y" * 184 + ".test"
+    token = links.subscriber_token(2**62, email)
+    message_id = f"<{2**62}.{2**62}.ffffffff@{newsletter.domain}>"
+    return Recipient(email, "\U0001F4EC" * NAME_LIMIT, links.unsubscribe_url(token), links.preferences_url(token), message_id)
+
+
+@dataclass(frozen=True)
+class VariantSettings:
+    """What building an edition's variants reads from the configuration. Picklable: a sender
+    process builds its own renderer and signer from it."""
+
+    newsletter: NewsletterSettings  # From, Reply-To, List-Id, Feedback-ID; the links' key and URL
+    sections: tuple[str, ...]  # the order of the edition's sections
+    templates_dir: Path | None
+    dkim: DKIMSettings
+    dkim_key_path: Path | None
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> VariantSettings:
+        return cls(s.newsletter, tuple(s.digest.sections), s.templates_dir, s.dkim, s.dkim_key_path)
+
+    def renderer(self) -> Renderer:
+        return Renderer(newsletter_name=self.newsletter.name, public_url=self.newsletter.public_url,
+                        templates_dir=self.templates_dir)
+
+    def signer(self) -> DKIMSigner | None:
+        return signer_for(self.dkim, self.dkim_key_path)
