@@ -42,7 +42,8 @@ def per_call(fn, number: int = 2000) -> float:
 def main() -> None:
     from digest.content import sources
     from digest.service import pipeline as jobs
-    from digest.store.database import create_schema, make_engine, session
+    from digest.store.database import make_engine, session
+    from digest.store.schema import create_schema
 
     tmp = Path(tempfile.mkdtemp())
     config = tmp / "digest.toml"

@@ -28,7 +28,8 @@ from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
 from digest.config import load_settings, render_config
-from digest.store.database import create_schema, make_engine, ready, session
+from digest.store.database import make_engine, session
+from digest.store.schema import create_schema, ready
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).parent.parent

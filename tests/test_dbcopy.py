@@ -16,7 +16,8 @@ from digest.config import load_settings
 from digest.links import Links
 from digest.mail.mailer import SMTPMailer
 from digest.store.models import Delivery, DeliveryStatus, Edition, Subscriber, SubscriberStatus
-from digest.store.database import create_schema, make_engine, session
+from digest.store.database import make_engine, session
+from digest.store.schema import create_schema
 
 
 def counts(engine) -> dict[str, int]:

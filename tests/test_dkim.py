@@ -50,7 +50,8 @@ def test_sent_messages_carry_a_signature_dkimpy_verifies(tmp_path, smtp_server, 
     config = write_config(tmp_path, smtp_port=smtp_server.port,
                           dkim={"domain": "digest.test", "selector": "digest", "private_key_file": "dkim.pem"})
     settings = load_settings(config)
-    from digest.store.database import create_schema, make_engine, session
+    from digest.store.database import make_engine, session
+    from digest.store.schema import create_schema
     engine = make_engine(settings.database_url)
     create_schema(engine)
     with session(engine) as db:

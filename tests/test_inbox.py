@@ -19,7 +19,8 @@ from conftest import FIXTURES, write_config
 from digest.service import pipeline as jobs, subscribers
 from digest.config import load_settings
 from digest.mail.mailer import SMTPMailer
-from digest.store.database import create_schema, make_engine, session
+from digest.store.database import make_engine, session
+from digest.store.schema import create_schema
 
 GMAIL_CLIP = 102 * 1024
 WORDS = ("replication partition consumer producer warehouse cluster network interface subnet latency "

@@ -94,7 +94,8 @@ def test_nothing_a_subscriber_or_feed_controls_can_inject_a_header():
 def test_hostile_feed_is_inert_in_the_email(tmp_path, smtp_server, clock):
     from conftest import FIXTURES, write_config
     from digest.config import load_settings
-    from digest.store.database import create_schema, make_engine, session
+    from digest.store.database import make_engine, session
+    from digest.store.schema import create_schema
     cfg = load_settings(write_config(tmp_path, feeds=[str(FIXTURES / "hostile.atom")], smtp_port=smtp_server.port))
     engine = make_engine(cfg.database_url)
     create_schema(engine)
@@ -195,7 +196,8 @@ def send_feed(tmp_path, smtp_server, clock, feed: str, people, *, max_bytes: int
     from conftest import write_config
     from digest.config import load_settings
     from digest.store.models import Subscriber, SubscriberStatus
-    from digest.store.database import create_schema, make_engine, session
+    from digest.store.database import make_engine, session
+    from digest.store.schema import create_schema
     path = tmp_path / "blog.atom"
     path.write_text(feed, encoding="utf-8")
     cfg = load_settings(write_config(tmp_path, feeds=[str(path)], smtp_port=smtp_server.port))

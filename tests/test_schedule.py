@@ -20,7 +20,8 @@ from digest.config import load_settings
 from digest.mail.mailer import MemoryMailer
 from digest.errors import DeliveryError
 from digest.store.models import Delivery, DeliveryStatus, Edition, EditionStatus, ScheduleRun
-from digest.store.database import create_schema, make_engine, session
+from digest.store.database import make_engine, session
+from digest.store.schema import create_schema
 
 from conftest import FixedClock, write_config
 from feedgen import write_feed

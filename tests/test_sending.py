@@ -19,7 +19,8 @@ from digest.service import pipeline as jobs, signup, subscribers
 from digest.config import load_settings
 from digest.mail.mailer import Pacer, SMTPMailer
 from digest.store.models import Delivery, DeliveryStatus, Edition, EditionStatus, SubscriberStatus
-from digest.store.database import create_schema, make_engine, session
+from digest.store.database import make_engine, session
+from digest.store.schema import create_schema
 
 
 def open_db(config):

@@ -22,7 +22,8 @@ from digest.service import subscribers as subs
 from digest.config import load_settings
 from digest.mail.mailer import MemoryMailer
 from digest.store.models import Delivery, DeliveryStatus, Edition
-from digest.store.database import create_schema, make_engine, session
+from digest.store.database import make_engine, session
+from digest.store.schema import create_schema
 
 from conftest import DIGEST, FixedClock, free_port, run_digest, write_config
 from feedgen import write_feed

@@ -24,7 +24,8 @@ from digest.config import load_settings
 from digest.links import Links
 from digest.mail.mailer import SMTPMailer
 from digest.store.models import Outbox, OutboxStatus, Post, Subscriber, SubscriberStatus, as_utc
-from digest.store.database import create_schema, make_engine, session
+from digest.store.database import make_engine, session
+from digest.store.schema import create_schema
 from digest.service.web import create_app
 
 CONFIRM_LINK = re.compile(r"https?://[^\s\"<>]+/confirm/[A-Za-z0-9._-]+")

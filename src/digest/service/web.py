@@ -38,7 +38,8 @@ from digest.mail.mailer import Mailer, SMTPMailer
 from digest.store.models import SubscriberStatus
 from digest.service.ratelimit import RateLimiter
 from digest.content.render import bundled_templates_dir, environment
-from digest.store.database import make_engine, ready, session
+from digest.store.database import make_engine, session
+from digest.store.schema import ready
 
 log = logging.getLogger("digest.web")
 
