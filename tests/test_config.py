@@ -14,7 +14,7 @@ def test_env_overrides_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("DIGEST_NEWSLETTER__NAME", "From Env")
     cfg = load_settings(path)
     assert cfg.smtp.port == 2525 and cfg.newsletter.name == "From Env"
-    assert cfg.digest.excerpt_words == 60 and cfg.newsletter.public_url == "http://127.0.0.1:8000"
+    assert cfg.edition.excerpt_words == 60 and cfg.newsletter.public_url == "http://127.0.0.1:8000"
 
 
 def test_found_through_digest_config_and_cwd(tmp_path):
@@ -95,7 +95,7 @@ def line_of(path, text: str) -> int:
         ("DIGEST_DATABASE__URL", "notadb://x", "invalid setting 'database.url': unknown kind of database 'notadb'"),
         ("DIGEST_DATABASE__URL", "digest.db", "invalid setting 'database.url': not a database URL"),
         ("DIGEST_DELIVERY__JOURNAL_DIR", "digest.toml", "invalid setting 'delivery.journal_dir': {dir}/digest.toml is a file, not a directory"),
-        ("DIGEST_DIGEST__TEMPLATES_DIR", "mytemplates", "invalid setting 'digest.templates_dir': {dir}/mytemplates does not exist"),
+        ("DIGEST_EDITION__TEMPLATES_DIR", "mytemplates", "invalid setting 'edition.templates_dir': {dir}/mytemplates does not exist"),
         ("DIGEST_SMTPP__HOST", "mail.example.com", "not a digest setting: there is no section [smtpp] (did you mean DIGEST_SMTP__HOST?)"),
         ("DIGEST_SMTP__PROT", "2525", "not a digest setting: [smtp] has no key 'prot' (did you mean DIGEST_SMTP__PORT?)"),
         ("DIGEST_SMTP", '{"port": 2525}', "not a digest setting: set each key of [smtp] as DIGEST_SMTP__<KEY>"),
@@ -114,13 +114,13 @@ def test_a_bad_environment_variable_is_one_line_naming_it(tmp_path, variable, va
         ("port = 25", "port = 65536", "invalid setting 'smtp.port': Input should be less than or equal to 65535"),
         ("# rate_limit = 0", "timeout = 0", "invalid setting 'smtp.timeout': Input should be greater than 0"),
         ('host = "127.0.0.1"', 'local_hostname = "mail example com"', "invalid setting 'smtp.local_hostname': must be one host name"),
-        ("# timeout = 20        # seconds", "timeout = -1", "invalid setting 'feeds.timeout': Input should be greater than 0"),
+        ("# timeout = 20            # seconds for a whole feed fetch", "timeout = -1", "invalid setting 'feeds.timeout': Input should be greater than 0"),
         ("# max_bytes", "max_bytes = -1", "invalid setting 'feeds.max_bytes': Input should be greater than or equal to 1"),
         ("# subject =", 'subject = "{name} #{nummer}"', "invalid setting 'newsletter.subject': unknown field {nummer}"),
         ("# subject =", 'subject = "{number:03d}"', "invalid setting 'newsletter.subject': cannot be filled in"),
         ("port = 25", "prot = 25", "unknown setting 'smtp.prot' (did you mean 'smtp.port'?)"),
         ("[smtp]", "[smpt]", "unknown section [smpt] (did you mean [smtp]?)"),
-        ("# templates_dir", 'templates_dir = "digest.toml"', "invalid setting 'digest.templates_dir': {dir}/digest.toml is not a directory"),
+        ("# templates_dir", 'templates_dir = "digest.toml"', "invalid setting 'edition.templates_dir': {dir}/digest.toml is not a directory"),
         ("# journal_dir", 'journal_dir = "digest.toml"', "invalid setting 'delivery.journal_dir': {dir}/digest.toml is a file, not a directory"),
     ],
 )
@@ -157,8 +157,8 @@ def test_feed_urls_from_the_environment_are_comma_separated_or_json(tmp_path, mo
     assert load_settings(path).feeds.urls == ["https://a.example/feed", "https://b.example/feed?tags=x"]
     monkeypatch.setenv("DIGEST_FEEDS__URLS", '["https://a.example/feed?tags=x,y"]')
     assert load_settings(path).feeds.urls == ["https://a.example/feed?tags=x,y"]
-    monkeypatch.setenv("DIGEST_DIGEST__SECTIONS", "Architecture,In Focus")
-    assert load_settings(path).digest.sections == ["Architecture", "In Focus"]
+    monkeypatch.setenv("DIGEST_EDITION__SECTIONS", "Architecture,In Focus")
+    assert load_settings(path).edition.sections == ["Architecture", "In Focus"]
     proc = run_digest(path, "fetch", env={"DIGEST_FEEDS__URLS": "feed.atom"})
     assert proc.returncode == 1 and "feed.atom" in one_line_error(proc)
 

@@ -14,7 +14,15 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from digest.config import Settings, config_path, load_settings, render_config, warn_plaintext_credentials, write_config_file
+from digest.config import (
+    Settings,
+    config_path,
+    initial_value,
+    load_settings,
+    render_config,
+    warn_plaintext_credentials,
+    write_config_file,
+)
 from digest.content import editions as editions_svc
 from digest.content import sources
 from digest.errors import DigestError
@@ -151,11 +159,12 @@ def db(cfg: Settings):
 @app.command()
 def init(
     config: ConfigOpt = None,
-    name: Annotated[str, typer.Option(help="Newsletter name.")] = "My Newsletter",
-    from_: Annotated[str, typer.Option("--from", help="From address, 'Name <addr>'.")] = "My Newsletter <news@example.com>",
+    name: Annotated[str, typer.Option(help="Newsletter name.")] = initial_value("newsletter", "name"),
+    from_: Annotated[str, typer.Option("--from", help="From address, 'Name <addr>'.")] = initial_value("newsletter", "from"),
     feed: Annotated[Optional[list[str]], typer.Option(help="Feed URL or path (repeatable).")] = None,
-    public_url: Annotated[str, typer.Option(help="Base URL of `digest serve`.")] = "http://127.0.0.1:8000",
-    first_edition_days: Annotated[int, typer.Option(min=0, help="On a new install only posts this recent are sent (0: all).")] = 7,
+    public_url: Annotated[str, typer.Option(help="Base URL of `digest serve`.")] = initial_value("newsletter", "public_url"),
+    first_edition_days: Annotated[int, typer.Option(min=0, help="On a new install only posts this recent are sent (0: all).")]
+    = initial_value("edition", "first_edition_days"),
 ) -> None:
     """Write a commented config (with a new secret key) and create the database."""
     path = config_path(config or state.config)

@@ -107,8 +107,8 @@ def _record(
             parsed = feeds.parse(
                 outcome.body,
                 location,
-                category_from=settings.digest.category_from,
-                excerpt_words=settings.digest.excerpt_words,
+                category_from=settings.edition.category_from,
+                excerpt_words=settings.edition.excerpt_words,
             )
     except FeedError as exc:
         source.last_error = str(exc)
@@ -119,7 +119,7 @@ def _record(
 
     if parsed is not None:
         cutoff = None
-        days = settings.digest.first_edition_days
+        days = settings.edition.first_edition_days
         if first_fetch and days > 0:
             cutoff = now - timedelta(days=days)
         # Another process may be polling the same feed right now: take turns, so the second

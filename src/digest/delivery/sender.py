@@ -625,7 +625,7 @@ def deliver(
     Journal.replay(session, settings.journal_dir)
     release_dead_claims(session)
     variants = Variants(
-        lambda: edition_view(session, edition, settings.digest.sections),
+        lambda: edition_view(session, edition, settings.edition.sections),
         edition.subject,
         settings,
         lambda: renderer,
@@ -813,7 +813,7 @@ def _pool_sender(job: _SenderJob, stop: Callable[[], bool]) -> DeliveryReport:
         with new_session(engine) as s:
             edition = s.get(Edition, job.edition_id)
             variants = Variants(
-                lambda: edition_view(s, edition, settings.digest.sections),
+                lambda: edition_view(s, edition, settings.edition.sections),
                 job.subject,
                 settings,
                 lambda: Renderer(newsletter_name=settings.newsletter.name, public_url=settings.newsletter.public_url,

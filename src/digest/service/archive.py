@@ -29,5 +29,5 @@ def find(session: Session, number: int) -> Edition | None:
 
 def page(session: Session, edition: Edition, settings: Settings, renderer: Renderer) -> str:
     """The edition as the email showed it, with every section and no personal link."""
-    view = edition_view(session, edition, settings.digest.sections)
+    view = edition_view(session, edition, settings.edition.sections)
     return renderer.render(view, edition.subject, personal=False).html

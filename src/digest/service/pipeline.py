@@ -91,7 +91,7 @@ def send(
         edition = result.slot.edition
     if edition is None:
         return result
-    view = editions.edition_view(session, edition, settings.digest.sections)
+    view = editions.edition_view(session, edition, settings.edition.sections)
     result.post_count = view.post_count
     result.recipients = editions.delivery_count(session, edition)
     result.edition = deliver(session, edition, mailer, clock, settings, renderer=renderer, stop=stop)
@@ -196,7 +196,7 @@ def preview(
         return None
     now = clock()
     number = None if latest else editions.next_number(session)
-    view = editions.view(posts, number, now, settings.digest.sections)
+    view = editions.view(posts, number, now, settings.edition.sections)
     subject = editions.subject_for(settings.newsletter.subject, settings.newsletter.name, view.post_count, number, now)
     message = build_message(renderer_for(settings), view, subject, settings, now)
     return Preview(view, message)

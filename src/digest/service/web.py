@@ -131,7 +131,7 @@ def create_app(
     renderer = renderer_for(settings)
     limiter = RateLimiter(settings.web.rate_limit_per_minute, clock)
     stylesheet = _stylesheet(settings.templates_dir)
-    order = settings.digest.sections
+    order = settings.edition.sections
     base = urlsplit(settings.newsletter.public_url).path.rstrip("/")  # pages' links work under a path prefix
     resend_after = timedelta(minutes=settings.web.confirm_resend_minutes)
 
