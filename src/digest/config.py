@@ -696,13 +696,13 @@ def section_models() -> dict[str, type[_Section]]:
 
 def initial_value(section: str, key: str) -> Any:
     """What `digest init` writes for a key it is not given: the default, else the first example."""
-    field = _field(section, key)
+    field = field_of(section, key)
     if not field.is_required() and field.default is not None:
         return field.default
     return field.examples[0]
 
 
-def _field(section: str, key: str) -> FieldInfo:
+def field_of(section: str, key: str) -> FieldInfo:
     for name, field in section_models()[section].model_fields.items():
         if (field.alias or name) == key:
             return field
