@@ -241,7 +241,7 @@ def test_init_writes_every_key_with_its_description_and_default(tmp_path):
 
 
 def old_section_name(path) -> int:
-    """Rename the file's [edition] to [digest], its name before 0.2; the header's line number."""
+    """Rename the file's [edition] to [digest], its former name; the header's line number."""
     text = path.read_text(encoding="utf-8")
     assert text.count("\n[edition]\n") == 1
     path.write_text(text.replace("\n[edition]\n", "\n[digest]\n"), encoding="utf-8")

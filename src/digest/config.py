@@ -41,7 +41,7 @@ ENV_PREFIX = "DIGEST_"
 # `digest db copy`, and the PostgreSQL server of the test suite.
 OTHER_VARIABLES = frozenset({"DIGEST_CONFIG", "DIGEST_COPY_TO", "DIGEST_TEST_DATABASE_URL"})
 # Sections under their former names, read as the new one (with a warning) for one release:
-# [digest], the program's own name, is [edition] since 0.2.
+# [digest], the program's own name, was renamed [edition] (a section named for what it sets).
 FORMER_SECTIONS = {"digest": "edition"}
 
 
