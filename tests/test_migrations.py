@@ -106,7 +106,9 @@ def test_a_database_made_before_migrations_is_adopted_by_db_upgrade(config_path,
     schema.upgrade(engine, schema.BASELINE)  # the tables 0.1 made with create_all ...
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE alembic_version"))  # ... which had no version table
-    assert schema.state(engine).legacy
+    made_before_migrations = schema.state(engine)  # tables, and no version table
+    assert made_before_migrations.current is None
+    assert not made_before_migrations.empty
     proc = run_digest(config_path, "send")
     assert proc.returncode == 2 and OUT_OF_DATE in proc.stderr
     assert "made before migrations" in run_digest(config_path, "db", "current").stdout

@@ -114,6 +114,3 @@ class Links:
 
     def confirm_url(self, token: str) -> str:
         return f"{self.public_url}/confirm/{token}"
-
-    def archive_url(self, number: int) -> str:
-        return f"{self.public_url}/archive/{number}"

@@ -93,11 +93,6 @@ class State:
     def up_to_date(self) -> bool:
         return self.current == self.head
 
-    @property
-    def legacy(self) -> bool:
-        """Tables made before migrations existed (create_all), without a version table."""
-        return self.current is None and not self.empty
-
 
 def state(engine: Engine) -> State:
     with engine.connect() as conn:
