@@ -321,8 +321,8 @@ def _preview(s, cfg: Settings, out_dir: Path, to: list[str], open_: bool, latest
 
 @app.command()
 def serve(
-    host: Annotated[Optional[str], typer.Option(help="Address to listen on (default: web.host, 127.0.0.1).", show_default=False)] = None,
-    port: Annotated[Optional[int], typer.Option(min=1, max=65535, help="Port (default: web.port, 8000).", show_default=False)] = None,
+    host: Annotated[Optional[str], typer.Option(help=f"Address to listen on (default: web.host, {initial_value('web', 'host')}).", show_default=False)] = None,
+    port: Annotated[Optional[int], typer.Option(min=1, max=65535, help=f"Port (default: web.port, {initial_value('web', 'port')}).", show_default=False)] = None,
     no_scheduler: Annotated[bool, typer.Option("--no-scheduler", help="Do not send on schedule (web app only).")] = False,
     log_level: LogLevelOpt = None,
 ) -> None:
