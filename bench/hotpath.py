@@ -26,18 +26,16 @@ sys.path.insert(0, str(ROOT / "src"))
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa  # noqa: E402
 
 from digest.clock import utc_now  # noqa: E402
+from digest.config import load_settings, render_config  # noqa: E402
 from digest.delivery.journal import Journal  # noqa: E402
 from digest.delivery.ledger import SQLLedger  # noqa: E402
 from digest.delivery.sender import Recorder, message_id_nonce  # noqa: E402
 from digest.delivery.variants import message_from  # noqa: E402
-from digest.config import load_settings, render_config  # noqa: E402
-from digest.delivery import sender as dl  # noqa: E402
 from digest.links import Links  # noqa: E402
 from digest.mail.dkim import DKIMSigner  # noqa: E402
 from digest.mail.message import Recipient  # noqa: E402
 from digest.mail.smtp import Envelope, dot_stuff  # noqa: E402
 from digest.mail.verp import VERP  # noqa: E402
-from digest.store.models import DeliveryStatus  # noqa: E402
 
 
 def per_call(fn, number: int = 2000) -> float:
@@ -46,7 +44,8 @@ def per_call(fn, number: int = 2000) -> float:
 
 def main() -> None:
     from digest.service import pipeline as jobs
-    from digest.store.database import create_schema, make_engine, session
+    from digest.store.database import make_engine, session
+    from digest.store.schema import create_schema
 
     tmp = Path(tempfile.mkdtemp())
     config = tmp / "digest.toml"

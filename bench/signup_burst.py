@@ -44,7 +44,8 @@ from aiosmtpd.controller import Controller
 
 from digest.config import load_settings, render_config
 from digest.links import Links
-from digest.store.database import create_schema, make_engine
+from digest.store.database import make_engine
+from digest.store.schema import create_schema
 
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parent.parent

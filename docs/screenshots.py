@@ -23,7 +23,8 @@ from digest.service import pipeline as jobs
 from digest.service import subscribers as subs
 from digest.config import load_settings, render_config
 from digest.mail.mailer import MemoryMailer
-from digest.store.database import create_schema, make_engine, session
+from digest.store.database import make_engine, session
+from digest.store.schema import create_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

@@ -27,7 +27,8 @@ from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
 from digest.config import load_settings, render_config
-from digest.store.database import create_schema, make_engine, ready, session
+from digest.store.database import make_engine, session
+from digest.store.schema import create_schema, ready
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).parent.parent
@@ -247,8 +248,8 @@ def subscribe(config: Path, *emails: str) -> None:
     """Confirmed subscribers in the configured database, as `digest subscribers add` / `import`
     makes them (a new database is created at the newest schema), but in this process: for tests
     whose subject is what comes after. A `digest` subprocess costs ~0.7 s of CPU to start."""
-    from digest.service import subscribers
     from digest.clock import utc_now
+    from digest.service import subscribers
 
     engine = make_engine(load_settings(config).database_url)
     try:

@@ -8,6 +8,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -373,3 +374,26 @@ def test_importing_a_file_that_is_not_utf8_imports_nothing(config_path, tmp_path
     assert "0 subscribers" in run_digest(config_path, "subscribers", "list", check=True).stdout
     latin1.write_bytes("\ufeffemail,name\nann@example.com,Ann\nrene@example.com,René\n".encode("utf-8"))
     assert "Imported 2" in run_digest(config_path, "subscribers", "import", str(latin1), check=True).stdout
+
+
+def test_a_command_ends_as_any_program_does_output_complete_exit_handlers_run(config_path, tmp_path):
+    """cli.main() ends with gc.freeze() and sys.exit (see there, with its measured reason): what a
+    command printed through a pipe arrives whole, its exit code comes through, and exit handlers of
+    a program that embeds it (here: one that counts the rows) run."""
+    people = tmp_path / "people.csv"
+    people.write_text("email\n" + "".join(f"reader{i:05}@example.com\n" for i in range(3000)))  # > a 64 KiB pipe
+    run_digest(config_path, "subscribers", "import", str(people), check=True)
+    program = ("import atexit, sys; from digest.cli import main;"
+               " atexit.register(lambda: print('exit handler ran', file=sys.stderr));"
+               " sys.argv = ['digest', '--config', sys.argv[1], *sys.argv[2:]]; main()")
+
+    def digest_in(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", program, str(config_path), *args], capture_output=True, text=True)
+
+    export = digest_in("subscribers", "export")
+    assert export.returncode == 0, export.stderr
+    assert len(list(csv.reader(io.StringIO(export.stdout)))) == 3001
+    assert export.stderr == "exit handler ran\n"
+    missing = digest_in("subscribers", "remove", "zed@example.com")
+    assert missing.returncode == 1
+    assert missing.stderr.splitlines() == ["error: no subscriber zed@example.com", "exit handler ran"]

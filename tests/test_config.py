@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from conftest import one_line_error, run_digest, write_config
-from digest.config import load_settings
+from conftest import ROOT, one_line_error, run_digest, write_config
+from digest.config import field_of, initial_value, load_settings, section_models, toml_value
 
 
 def test_env_overrides_the_file(tmp_path, monkeypatch):
@@ -14,7 +16,7 @@ def test_env_overrides_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("DIGEST_NEWSLETTER__NAME", "From Env")
     cfg = load_settings(path)
     assert cfg.smtp.port == 2525 and cfg.newsletter.name == "From Env"
-    assert cfg.digest.excerpt_words == 60 and cfg.newsletter.public_url == "http://127.0.0.1:8000"
+    assert cfg.edition.excerpt_words == 60 and cfg.newsletter.public_url == "http://127.0.0.1:8000"
 
 
 def test_found_through_digest_config_and_cwd(tmp_path):
@@ -97,7 +99,7 @@ def line_of(path, text: str) -> int:
         ("DIGEST_DATABASE__URL", "notadb://x", "invalid setting 'database.url': unknown kind of database 'notadb'"),
         ("DIGEST_DATABASE__URL", "digest.db", "invalid setting 'database.url': not a database URL"),
         ("DIGEST_DELIVERY__JOURNAL_DIR", "digest.toml", "invalid setting 'delivery.journal_dir': {dir}/digest.toml is a file, not a directory"),
-        ("DIGEST_DIGEST__TEMPLATES_DIR", "mytemplates", "invalid setting 'digest.templates_dir': {dir}/mytemplates does not exist"),
+        ("DIGEST_EDITION__TEMPLATES_DIR", "mytemplates", "invalid setting 'edition.templates_dir': {dir}/mytemplates does not exist"),
         ("DIGEST_SMTPP__HOST", "mail.example.com", "not a digest setting: there is no section [smtpp] (did you mean DIGEST_SMTP__HOST?)"),
         ("DIGEST_SMTP__PROT", "2525", "not a digest setting: [smtp] has no key 'prot' (did you mean DIGEST_SMTP__PORT?)"),
         ("DIGEST_SMTP", '{"port": 2525}', "not a digest setting: set each key of [smtp] as DIGEST_SMTP__<KEY>"),
@@ -116,13 +118,13 @@ def test_a_bad_environment_variable_is_one_line_naming_it(tmp_path, variable, va
         ("port = 25", "port = 65536", "invalid setting 'smtp.port': Input should be less than or equal to 65535"),
         ("# rate_limit = 0", "timeout = 0", "invalid setting 'smtp.timeout': Input should be greater than 0"),
         ('host = "127.0.0.1"', 'local_hostname = "mail example com"', "invalid setting 'smtp.local_hostname': must be one host name"),
-        ("# timeout = 20        # seconds", "timeout = -1", "invalid setting 'feeds.timeout': Input should be greater than 0"),
+        ("# timeout = 20            # seconds for a whole feed fetch", "timeout = -1", "invalid setting 'feeds.timeout': Input should be greater than 0"),
         ("# max_bytes", "max_bytes = -1", "invalid setting 'feeds.max_bytes': Input should be greater than or equal to 1"),
         ("# subject =", 'subject = "{name} #{nummer}"', "invalid setting 'newsletter.subject': unknown field {nummer}"),
         ("# subject =", 'subject = "{number:03d}"', "invalid setting 'newsletter.subject': cannot be filled in"),
         ("port = 25", "prot = 25", "unknown setting 'smtp.prot' (did you mean 'smtp.port'?)"),
         ("[smtp]", "[smpt]", "unknown section [smpt] (did you mean [smtp]?)"),
-        ("# templates_dir", 'templates_dir = "digest.toml"', "invalid setting 'digest.templates_dir': {dir}/digest.toml is not a directory"),
+        ("# templates_dir", 'templates_dir = "digest.toml"', "invalid setting 'edition.templates_dir': {dir}/digest.toml is not a directory"),
         ("# journal_dir", 'journal_dir = "digest.toml"', "invalid setting 'delivery.journal_dir': {dir}/digest.toml is a file, not a directory"),
     ],
 )
@@ -159,8 +161,8 @@ def test_feed_urls_from_the_environment_are_comma_separated_or_json(tmp_path, mo
     assert load_settings(path).feeds.urls == ["https://a.example/feed", "https://b.example/feed?tags=x"]
     monkeypatch.setenv("DIGEST_FEEDS__URLS", '["https://a.example/feed?tags=x,y"]')
     assert load_settings(path).feeds.urls == ["https://a.example/feed?tags=x,y"]
-    monkeypatch.setenv("DIGEST_DIGEST__SECTIONS", "Architecture,In Focus")
-    assert load_settings(path).digest.sections == ["Architecture", "In Focus"]
+    monkeypatch.setenv("DIGEST_EDITION__SECTIONS", "Architecture,In Focus")
+    assert load_settings(path).edition.sections == ["Architecture", "In Focus"]
     proc = run_digest(path, "fetch", env={"DIGEST_FEEDS__URLS": "feed.atom"})
     assert proc.returncode == 1 and "feed.atom" in one_line_error(proc)
 
@@ -170,3 +172,115 @@ def test_digest_variables_that_are_not_settings_are_left_alone(tmp_path):
     env = {"DIGEST_COPY_TO": "sqlite:///copy.db", "DIGEST_TEST_DATABASE_URL": "postgresql+psycopg://x@127.0.0.1/y",
            "DIGEST_CONFIG": str(path), "digest_smtp__port": "2525"}
     assert run_digest(path, "editions", env=env).returncode == 0
+
+
+README = ROOT / "README.md"
+
+
+def readme_default(section: str, key: str) -> str:
+    """A key's default as the README's tables show it."""
+    field = field_of(section, key)
+    if field.is_required():
+        return "required"
+    if field.default is None:
+        return (field.json_schema_extra or {}).get("unset", "unset")
+    value = field.default
+    shown = toml_value(value) if isinstance(value, (bool, float, list)) else str(value)
+    return f"`{shown}`"
+
+
+def settings_table() -> str:
+    """README.md's configuration table, as the models say it: key, meaning, default."""
+    rows = ["| key | meaning | default |", "|---|---|---|"]
+    for section, model in section_models().items():
+        for name, field in model.model_fields.items():
+            key = field.alias or name
+            rows.append(f"| `{section}.{key}` | {field.description} | {readme_default(section, key)} |")
+    return "\n".join(rows) + "\n"
+
+
+def test_the_readme_configuration_table_is_the_settings_models():
+    expected = settings_table()
+    assert expected in README.read_text(encoding="utf-8"), (
+        "README.md's configuration table differs from the settings models (config.py); it should read:\n" + expected)
+
+
+def test_every_default_the_readme_shows_elsewhere_is_the_models():
+    """The schedule's table (key, default, longer meaning) and the commented `# key = value`
+    lines of the README's TOML examples, which show defaults."""
+    readme = README.read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `(\w+)\.(\w+)` \| ([^|]+) \| [^|]+ \|$", readme.split("### The schedule", 1)[1], re.M)
+    assert rows and {section for section, _, _ in rows} == {"schedule"}
+    for section, key, default in rows:
+        assert default.strip() == readme_default(section, key), f"{section}.{key}"
+    shown = 0
+    for block in re.findall(r"^```toml\n(.*?)^```", readme, re.M | re.S):
+        section = None
+        for line in block.splitlines():
+            header = re.match(r"\[(\w+)\]", line)
+            commented = re.match(r"# (\w+) = (\S+)", line)
+            if header:
+                section = header.group(1)
+            elif commented and section:
+                shown += 1
+                assert commented.group(2) == toml_value(initial_value(section, commented.group(1))), line
+    assert shown >= 2
+
+
+def test_init_writes_every_key_with_its_description_and_default(tmp_path):
+    path = write_config(tmp_path)
+    text = path.read_text(encoding="utf-8")
+    for section, model in section_models().items():
+        for name, field in model.model_fields.items():
+            key = field.alias or name
+            lines = re.split(r"^\[\w+\]\n", text.split(f"\n[{section}]\n", 1)[1], flags=re.M)[0]  # the section's
+            setting = re.search(rf"^(# )?{key} = (.*?)(  +# .*)?$", lines, re.M)
+            assert setting, f"{section}.{key}"
+            if setting.group(1):  # commented out: at its default (or an example of a value)
+                assert setting.group(2) == toml_value(initial_value(section, key)), f"{section}.{key}"
+            first_words = (field.description or "").split()[:3]
+            assert " ".join(first_words) in " ".join(text.split()), f"{section}.{key}: its description"
+
+
+def old_section_name(path) -> int:
+    """Rename the file's [edition] to [digest], its former name; the header's line number."""
+    text = path.read_text(encoding="utf-8")
+    assert text.count("\n[edition]\n") == 1
+    path.write_text(text.replace("\n[edition]\n", "\n[digest]\n"), encoding="utf-8")
+    return line_of(path, "[digest]")
+
+
+def test_the_former_section_digest_is_read_as_edition_with_one_warning(tmp_path, monkeypatch):
+    path = write_config(tmp_path)
+    number = old_section_name(path)
+    path.write_text(path.read_text().replace("excerpt_words = 60", "excerpt_words = 25"))
+    assert load_settings(path).edition.excerpt_words == 25
+    proc = run_digest(path, "editions")
+    assert proc.returncode == 0 and "No editions yet." in proc.stdout
+    assert one_line_error(proc).endswith(
+        f"WARNING config: [digest] is now [edition], DIGEST_DIGEST__* is now DIGEST_EDITION__*: rename [digest] in"
+        f" {path}:{number} (the former name is read until the next release)")
+    proc = run_digest(path, "editions", env={"DIGEST_DIGEST__EXCERPT_WORDS": "2"})  # the variable is named in errors
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1] == ("error: DIGEST_DIGEST__EXCERPT_WORDS: invalid setting 'edition.excerpt_words':"
+                                            " Input should be greater than or equal to 5")
+
+    (tmp_path / "new").mkdir()
+    monkeypatch.setenv("DIGEST_DIGEST__SECTIONS", "Architecture,In Focus")
+    assert load_settings(write_config(tmp_path / "new")).edition.sections == ["Architecture", "In Focus"]
+
+
+def test_both_names_of_the_section_at_once_are_an_error_naming_both(tmp_path):
+    path = write_config(tmp_path)
+    proc = run_digest(path, "editions", env={"DIGEST_DIGEST__EXCERPT_WORDS": "30", "DIGEST_EDITION__SECTIONS": "News"})
+    assert proc.returncode == 2
+    assert one_line_error(proc) == ("error: DIGEST_DIGEST__EXCERPT_WORDS and DIGEST_EDITION__SECTIONS: DIGEST_DIGEST__*"
+                                    " and DIGEST_EDITION__* set the same section, now named [edition]: use"
+                                    " DIGEST_EDITION__* only")
+    new = line_of(path, "[edition]")
+    path.write_text(path.read_text() + "\n[digest]\nexcerpt_words = 30\n")
+    old = line_of(path, "[digest]")
+    proc = run_digest(path, "editions")
+    assert proc.returncode == 2
+    assert one_line_error(proc) == (f"error: {path}:{old}: [digest] and [edition] ({path}:{new}) are the same section,"
+                                    " now named [edition]: move the keys of [digest] into [edition]")

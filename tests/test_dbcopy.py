@@ -18,8 +18,9 @@ from digest.links import Links
 from digest.mail.mailer import SMTPMailer
 from digest.service import pipeline as jobs
 from digest.service import signup, subscribers
-from digest.store.database import create_schema, make_engine, session
+from digest.store.database import make_engine, session
 from digest.store.models import Delivery, DeliveryStatus, Edition, Subscriber, SubscriberStatus
+from digest.store.schema import create_schema
 
 
 def counts(engine) -> dict[str, int]:

@@ -21,7 +21,6 @@ from digest.mail.mailer import SMTPMailer
 from digest.mail.message import MessageTemplate, Recipient
 from digest.service import pipeline as jobs
 from digest.service import subscribers
-from digest.content.render import Rendered
 
 REQUIRED_IN_H = {"from", "to", "subject", "date", "message-id", "list-id", "list-unsubscribe", "list-unsubscribe-post"}
 
@@ -53,7 +52,8 @@ def test_sent_messages_carry_a_signature_dkimpy_verifies(tmp_path, smtp_server, 
     config = write_config(tmp_path, smtp_port=smtp_server.port,
                           dkim={"domain": "digest.test", "selector": "digest", "private_key_file": "dkim.pem"})
     settings = load_settings(config)
-    from digest.store.database import create_schema, make_engine, session
+    from digest.store.database import make_engine, session
+    from digest.store.schema import create_schema
     engine = make_engine(settings.database_url)
     create_schema(engine)
     with session(engine) as db:

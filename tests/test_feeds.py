@@ -109,7 +109,7 @@ def test_values_longer_than_their_columns_are_stored_on_every_database(tmp_path,
     path = tmp_path / "long.atom"
     path.write_text(atom)
     cfg = load_settings(write_config(tmp_path, feeds=[str(path)]))
-    cfg.digest.category_from = "feed"
+    cfg.edition.category_from = "feed"
 
     async def fetch(location, **_kw):
         return feeds.FetchResult(path.read_bytes(), '"' + "e" * 600 + '"', "x" * 200)

@@ -20,7 +20,8 @@ from digest.config import load_settings
 from digest.mail.mailer import SMTPMailer
 from digest.service import pipeline as jobs
 from digest.service import subscribers
-from digest.store.database import create_schema, make_engine, session
+from digest.store.database import make_engine, session
+from digest.store.schema import create_schema
 
 GMAIL_CLIP = 102 * 1024
 WORDS = ["replication", "partition", "consumer", "producer", "warehouse", "cluster", "network", "interface", "subnet", "latency", "gateway", "schema", "registry", "throughput", "retries", "budget", "inference", "model", "platform", "team", "small", "large", "fast", "slow", "the", "a", "of", "and", "to", "in", "for", "with", "on", "at", "by", "from"]

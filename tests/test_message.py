@@ -20,7 +20,6 @@ from digest.mail.verp import VERP
 from digest.service import pipeline as jobs
 from digest.service import subscribers
 from digest.store.models import Delivery
-from digest.content.render import Rendered
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -72,7 +71,7 @@ def test_each_message_is_multipart_alternative_with_list_headers(db, settings, c
 def test_quoted_printable_lines_are_short_and_decode_exactly():
     long_url = "https://news.example/unsubscribe/" + "x" * 150
     rendered = Rendered("S", "<p>" + "é" * 300 + "</p><a href=\"XDIGESTUNSUBSCRIBEURLX\">u</a> XDIGESTNAMEX!\n", "Hi XDIGESTNAMEX,\n" + "word " * 100 + "\nXDIGESTUNSUBSCRIBEURLX\n")
-    from datetime import datetime, timezone
+    from datetime import datetime
     message = MessageTemplate(rendered, from_="N <n@x.test>", list_id="<l.x.test>", date=datetime(2026, 11, 26, tzinfo=UTC))
     raw = message.for_recipient(Recipient("a@x.test", "<Zoë & Co>", long_url, "https://p", "<1@x.test>"))
     bodies = raw.split(b"\r\n\r\n", 1)[1]
@@ -97,7 +96,8 @@ def test_nothing_a_subscriber_or_feed_controls_can_inject_a_header():
 def test_hostile_feed_is_inert_in_the_email(tmp_path, smtp_server, clock):
     from conftest import FIXTURES, write_config
     from digest.config import load_settings
-    from digest.store.database import create_schema, make_engine, session
+    from digest.store.database import make_engine, session
+    from digest.store.schema import create_schema
     cfg = load_settings(write_config(tmp_path, feeds=[str(FIXTURES / "hostile.atom")], smtp_port=smtp_server.port))
     engine = make_engine(cfg.database_url)
     create_schema(engine)
@@ -197,8 +197,9 @@ def send_feed(tmp_path, smtp_server, clock, feed: str, people, *, max_bytes: int
     names are written to the database as they are, as a row stored by an older version would be."""
     from conftest import write_config
     from digest.config import load_settings
-    from digest.store.database import create_schema, make_engine, session
+    from digest.store.database import make_engine, session
     from digest.store.models import Subscriber, SubscriberStatus
+    from digest.store.schema import create_schema
     path = tmp_path / "blog.atom"
     path.write_text(feed, encoding="utf-8")
     cfg = load_settings(write_config(tmp_path, feeds=[str(path)], smtp_port=smtp_server.port))

@@ -4,6 +4,7 @@ database whose schema is out of date and say which command to run."""
 from __future__ import annotations
 
 import subprocess
+import sys
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -24,9 +25,42 @@ def pending_diff(engine) -> list:
         return compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), SQLModel.metadata)
 
 
-def test_one_head_and_an_empty_database_upgraded_to_it_matches_the_models(tmp_path):
-    assert len(schema._script().get_heads()) == 1, "two migrations share a parent: add a merge revision"
-    assert schema.head() == schema.HEAD, "a new migration: set schema.HEAD to its revision"
+def test_the_revisions_read_without_alembic_are_alembics():
+    script = schema._script()
+    assert len(script.get_heads()) == 1, "two migrations share a parent: add a merge revision"
+    assert schema.head() == script.get_current_head()
+    parents = {rev.revision: rev.down_revision for rev in script.walk_revisions()}  # None, an id or a tuple
+    assert schema.revisions() == {
+        rev: (down,) if isinstance(down, str) else tuple(down or ()) for rev, down in parents.items()
+    }
+
+
+def test_two_heads_are_an_error_naming_both(tmp_path, monkeypatch):
+    versions = tmp_path / "versions"
+    versions.mkdir()
+    for rev, parent in (("aaa", None), ("bbb", "aaa"), ("ccc", "aaa")):
+        (versions / f"{rev}.py").write_text(f"revision = {rev!r}\ndown_revision = {parent!r}\n")
+    monkeypatch.setattr(schema, "MIGRATIONS", tmp_path)
+    schema.revisions.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match=r"2 heads \['bbb', 'ccc'\]: add a merge revision"):
+            schema.head()
+        (versions / "merge.py").write_text("revision = 'ddd'\ndown_revision: tuple = ('bbb', 'ccc')\n")
+        schema.revisions.cache_clear()
+        assert schema.head() == "ddd"
+    finally:
+        schema.revisions.cache_clear()
+
+
+def test_a_command_on_a_database_at_head_loads_no_alembic(config_path):
+    run_digest(config_path, "editions", check=True)  # a new database, made at head
+    probe = ("import sys; from digest.cli import main; sys.argv = ['digest', '--config', sys.argv[1], 'editions'];"
+             " import atexit; atexit.register(lambda: print('alembic' in sys.modules)); main()")
+    proc = subprocess.run([sys.executable, "-c", probe, str(config_path)], capture_output=True, text=True, check=True)
+    assert proc.stdout.splitlines()[-1] == "False", proc.stdout
+
+
+def test_an_empty_database_upgraded_to_head_matches_the_models(tmp_path):
     engine = make_engine(database_url(tmp_path))
     assert schema.state(engine).empty
     assert schema.upgrade(engine) == (None, schema.head())
@@ -72,7 +106,9 @@ def test_a_database_made_before_migrations_is_adopted_by_db_upgrade(config_path,
     schema.upgrade(engine, schema.BASELINE)  # the tables 0.1 made with create_all ...
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE alembic_version"))  # ... which had no version table
-    assert schema.state(engine).legacy
+    made_before_migrations = schema.state(engine)  # tables, and no version table
+    assert made_before_migrations.current is None
+    assert not made_before_migrations.empty
     proc = run_digest(config_path, "send")
     assert proc.returncode == 2 and OUT_OF_DATE in proc.stderr
     assert "made before migrations" in run_digest(config_path, "db", "current").stdout
@@ -118,7 +154,7 @@ def test_create_schema_works_on_an_in_memory_sqlite_database():
     from sqlalchemy.pool import StaticPool
     from sqlmodel import create_engine
 
-    from digest.store.database import create_schema
+    from digest.store.schema import create_schema
 
     engine = create_engine("sqlite://", poolclass=StaticPool)
     create_schema(engine)

@@ -20,8 +20,9 @@ from digest.mail.mailer import MemoryMailer
 from digest.service import pipeline as jobs
 from digest.service import slots as schedule
 from digest.service import subscribers as subs
-from digest.store.database import create_schema, make_engine, session
+from digest.store.database import make_engine, session
 from digest.store.models import Delivery, DeliveryStatus, Edition, EditionStatus, ScheduleRun
+from digest.store.schema import create_schema
 from feedgen import write_feed
 
 UTC = UTC

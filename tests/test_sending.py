@@ -20,8 +20,9 @@ from digest.content import render
 from digest.mail.mailer import Pacer, SMTPMailer
 from digest.service import pipeline as jobs
 from digest.service import signup, subscribers
-from digest.store.database import create_schema, make_engine, session
+from digest.store.database import make_engine, session
 from digest.store.models import Delivery, DeliveryStatus, Edition, EditionStatus, SubscriberStatus
+from digest.store.schema import create_schema
 
 
 def open_db(config):

@@ -23,8 +23,9 @@ from digest.config import load_settings
 from digest.mail.mailer import MemoryMailer
 from digest.service import pipeline as jobs
 from digest.service import subscribers as subs
-from digest.store.database import create_schema, make_engine, session
+from digest.store.database import make_engine, session
 from digest.store.models import Delivery, DeliveryStatus, Edition
+from digest.store.schema import create_schema
 from feedgen import write_feed
 from feedserver import FeedServer
 

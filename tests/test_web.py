@@ -24,8 +24,9 @@ from digest.mail.mailer import SMTPMailer
 from digest.service import pipeline as jobs
 from digest.service import subscribers as subs
 from digest.service.web import create_app
-from digest.store.database import create_schema, make_engine, session
+from digest.store.database import make_engine, session
 from digest.store.models import Outbox, OutboxStatus, Post, Subscriber, SubscriberStatus, as_utc
+from digest.store.schema import create_schema
 
 CONFIRM_LINK = re.compile(r"https?://[^\s\"<>]+/confirm/[A-Za-z0-9._-]+")
 

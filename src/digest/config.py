@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import secrets
+import textwrap
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -38,6 +40,9 @@ ENV_PREFIX = "DIGEST_"
 # Variables named DIGEST_* that are not settings: where the config file is, the target of
 # `digest db copy`, and the PostgreSQL server of the test suite.
 OTHER_VARIABLES = frozenset({"DIGEST_CONFIG", "DIGEST_COPY_TO", "DIGEST_TEST_DATABASE_URL"})
+# Sections under their former names, read as the new one (with a warning) for one release:
+# [digest], the program's own name, was renamed [edition] (a section named for what it sets).
+FORMER_SECTIONS = {"digest": "edition"}
 
 
 def _env_list(value: Any) -> Any:
@@ -60,19 +65,26 @@ log = logging.getLogger("digest")
 
 
 class _Section(BaseModel):
+    """A section of the config file. Each key's `description` is its documentation: `digest
+    init` writes it as the key's comment and the README's configuration table shows it (a test
+    checks the table). `examples[0]` is what `digest init` writes for a key without a default;
+    `unset` (json_schema_extra) says what an unset optional key means, for the table."""
+
     model_config = ConfigDict(extra="forbid")
 
 
 class NewsletterSettings(_Section):
-    name: str
-    from_: str = Field(alias="from")
-    public_url: str = "http://127.0.0.1:8000"
-    secret_key: str = Field(min_length=16)
-    subject: str = "{name}: {n} new posts"  # fields: editions.SUBJECT_FIELDS
-    reply_to: str | None = None
-    list_id: str | None = None  # defaults to "<slug>.<from domain>"
-    # Feedback-ID header (Gmail feedback loop), e.g. "weekly:codelooru"; unset = no header.
-    feedback_id: str | None = None
+    name: str = Field(description="shown in the subject and the header", examples=["My Newsletter"])
+    from_: str = Field(alias="from", description="From address, `Name <addr>`; its domain names Message-IDs and the List-Id",
+                       examples=["My Newsletter <news@example.com>"])
+    public_url: str = Field("http://127.0.0.1:8000", description="base URL of the web app (`digest serve`), used in every link")
+    secret_key: str = Field(min_length=16, description="signs links (at least 16 characters; `digest init` generates one): keep it secret")
+    subject: str = Field("{name}: {n} new posts",  # fields: editions.SUBJECT_FIELDS
+                         description="subject template: `{name}`, `{n}` (posts), `{number}` (edition), `{date}`")
+    reply_to: str | None = Field(None, description="a Reply-To address", examples=["editor@example.com"])
+    list_id: str | None = Field(None, description="the List-Id header", examples=["My Newsletter <my-newsletter.example.com>"],
+                                json_schema_extra={"unset": "`Name <slug.from-domain>`"})
+    feedback_id: str | None = Field(None, description="a `Feedback-ID` header (Gmail's feedback loop)", examples=["weekly:newsletter"])
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -109,7 +121,8 @@ class NewsletterSettings(_Section):
 
 
 class DatabaseSettings(_Section):
-    url: str = "sqlite:///digest.db"
+    url: str = Field("sqlite:///digest.db", description="SQLAlchemy URL: SQLite (a relative path is relative to the config"
+                     " file), or PostgreSQL as `postgresql+psycopg://user@host/db`")
 
     @field_validator("url")
     @classmethod
@@ -142,10 +155,12 @@ class FeedLocation:
 
 
 class FeedsSettings(_Section):
-    urls: StrList = Field(min_length=1)
-    timeout: float = Field(default=20.0, gt=0)  # seconds for a whole fetch: connect, headers and body
-    max_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
-    user_agent: str = "digest/0.1 (+self-hosted newsletter digest)"
+    urls: StrList = Field(min_length=1, description="list of http(s) URLs or local file paths (a `file:///path` URL is"
+                          " that path; any other scheme is a config error)", examples=[["https://www.example.com/feeds/posts/default"]])
+    timeout: float = Field(default=20.0, gt=0, description="seconds for a whole feed fetch (connect, headers and body);"
+                           " feeds are fetched 8 at a time")
+    max_bytes: int = Field(default=10 * 1024 * 1024, ge=1, description="largest feed accepted, in bytes")
+    user_agent: str = Field("digest/0.1 (+self-hosted newsletter digest)", description="the User-Agent sent")
 
     @field_validator("urls")
     @classmethod
@@ -184,21 +199,25 @@ def feed_location_problem(url: str) -> str | None:
 
 
 class SMTPSettings(_Section):
-    host: str = "127.0.0.1"
-    port: int = Field(default=25, ge=1, le=65535)
-    security: Literal["none", "starttls", "tls"] = "none"
-    username: str | None = None  # both or neither: load_settings checks
-    password: str | None = None
-    timeout: float = Field(default=20.0, gt=0)
-    local_hostname: str = "localhost"  # the EHLO name: one word
-    # Parallel SMTP connections, one sender process each (1 = send from the calling process).
-    connections: int = Field(default=4, ge=1, le=64)
-    # Messages per second over all connections; 0 = unlimited (for relays with quotas).
-    rate_limit: float = Field(default=0, ge=0)
-    # Temporary failures (4xx, dropped connections) are retried with backoff up to this many attempts.
-    max_attempts: int = Field(default=8, ge=1, le=100)
-    # Envelope sender domain: bounces go to bounce+<token>@<bounce_domain>. Unset = the From domain.
-    bounce_domain: str | None = None
+    host: str = Field("127.0.0.1", description="the SMTP server")
+    port: int = Field(default=25, ge=1, le=65535, description="its port")
+    security: Literal["none", "starttls", "tls"] = Field("none", description="`none`, `starttls` or `tls`")
+    # Both or neither: load_settings checks.
+    username: str | None = Field(None, description="AUTH user name, when the server wants one (with `security = \"none\"`"
+                                 " and a host other than loopback, sending logs a warning: it would cross the network in clear)",
+                                 examples=[""])
+    password: str | None = Field(None, description="AUTH password; better: `DIGEST_SMTP__PASSWORD` in the environment",
+                                 examples=[""])
+    timeout: float = Field(default=20.0, gt=0, description="seconds")
+    local_hostname: str = Field("localhost", description="the name given in EHLO (one word)")
+    connections: int = Field(default=4, ge=1, le=64, description="parallel SMTP connections, one sender process each;"
+                             " `1`: send from the calling process")
+    rate_limit: float = Field(default=0, ge=0, description="messages per second over all connections, for relays with"
+                              " quotas; `0`: unlimited")
+    max_attempts: int = Field(default=8, ge=1, le=100, description="attempts before a temporary failure (4xx, dropped"
+                              " connection) becomes `failed`; retried after 5 min, 30 min, 2 h, 6 h, then every 12 h")
+    bounce_domain: str | None = Field(None, description="domain of the VERP envelope sender `bounce+{token}@…`",
+                                      examples=["bounces.example.com"], json_schema_extra={"unset": "the From domain"})
 
     @field_validator("username", "password")
     @classmethod
@@ -224,53 +243,70 @@ class SMTPSettings(_Section):
 
 
 class DKIMSettings(_Section):
-    """DKIM signing; unset (no domain) = messages are not signed."""
+    """DKIM signing (rsa-sha256, or ed25519-sha256 with an Ed25519 key): all three keys, or none
+    (messages are not signed). `digest dkim keygen` makes a key and prints the TXT record to
+    publish at <selector>._domainkey.<domain> (docs/delivery.md)."""
 
-    domain: str | None = None
-    selector: str | None = None
-    private_key_file: Path | None = None
+    domain: str | None = Field(None, description="`d=`: the signing domain", examples=["example.com"],
+                               json_schema_extra={"unset": "unset: no signing"})
+    selector: str | None = Field(None, description="`s=`: the DNS label the key is published under", examples=["digest"],
+                                 json_schema_extra={"unset": "unset: no signing"})
+    private_key_file: Path | None = Field(None, description="a PEM key, RSA (2048 bits) or Ed25519, relative to the config file",
+                                          examples=["dkim.pem"], json_schema_extra={"unset": "unset: no signing"})
 
     @property
     def enabled(self) -> bool:
         return self.domain is not None
 
 
-class DigestSettings(_Section):
-    category_from: Literal["title", "feed"] = "title"
-    sections: StrList = []
-    excerpt_words: int = Field(default=60, ge=5)
-    first_edition_days: int = Field(default=7, ge=0)
-    templates_dir: Path | None = None
+class EditionSettings(_Section):
+    """How an edition is made from the posts."""
+
+    category_from: Literal["title", "feed"] = Field("title", description="`title` (the prefix before `: `) or `feed`"
+                                                    " (the post's first feed category)")
+    sections: StrList = Field([], description="section order; unlisted categories follow alphabetically")
+    excerpt_words: int = Field(default=60, ge=5, description="excerpt length in words")
+    first_edition_days: int = Field(default=7, ge=0, description="when a source is new, only its posts this recent are sent"
+                                    " (`0`: all)")
+    templates_dir: Path | None = Field(None, description="a directory whose templates override the bundled ones",
+                                       examples=["templates"])
 
 
 class DeliverySettings(_Section):
-    batch_size: int = Field(default=200, ge=1)  # deliveries claimed (and committed) per batch
-    # A claim older than this is abandoned. Any positive value is accepted (the tests sleep out a
-    # 3 s lease); in use it must outlast an SMTP exchange with room to spare (docs/scaling.md).
-    lease_seconds: int = Field(default=600, ge=1)
-    # Where each sender journals acceptances between ledger commits (local disk).
-    journal_dir: Path = Path(".digest-journal")
-    # "inline": `digest send` (and the schedule) delivers the edition itself. "workers": it only
-    # creates the edition and its deliveries; `digest worker` processes send them.
-    mode: Literal["inline", "workers"] = "inline"
-    poll_seconds: float = Field(default=5.0, gt=0)  # how often an idle `digest worker` looks for work
+    batch_size: int = Field(default=200, ge=1, description="deliveries a sender claims (and commits) at a time")
+    # Any positive value is accepted (the tests sleep out a 3 s lease); in use it must outlast an
+    # SMTP exchange with room to spare (docs/scaling.md).
+    lease_seconds: int = Field(default=600, ge=1, description="a sender that stops answering loses its claim after this")
+    journal_dir: Path = Field(Path(".digest-journal"), description="where a sender journals acceptances between database"
+                              " commits (local disk; survives a crash)")
+    mode: Literal["inline", "workers"] = Field("inline", description="`inline`: `digest send` and the schedule deliver;"
+                                               " `workers`: they only build and queue the edition, `digest worker` processes send it")
+    poll_seconds: float = Field(default=5.0, gt=0, description="how often an idle `digest worker` looks for work")
 
 
 class WebSettings(_Section):
-    host: str = "127.0.0.1"  # `digest serve` listens here (--host overrides)
-    port: int = Field(default=8000, ge=1, le=65535)  # ... and on this port (--port overrides)
-    rate_limit_per_minute: int = Field(default=5, ge=1)  # subscribe posts per client address
-    confirm_resend_minutes: int = Field(default=10, ge=0)  # at most one confirmation mail per address this often
-    check_deliverability: bool = False  # also look up the address's domain in DNS when subscribing
-    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (uvicorn's forwarded_allow_ips).
-    forwarded_allow_ips: str = "127.0.0.1"
+    """`digest serve`: subscribe, confirm, unsubscribe, preferences, archive."""
+
+    host: str = Field("127.0.0.1", description="where `digest serve` listens (`--host` overrides)")
+    port: int = Field(default=8000, ge=1, le=65535, description="... and on which port (`--port` overrides)")
+    rate_limit_per_minute: int = Field(default=5, ge=1, description="subscribe posts per client per minute; more get 429")
+    confirm_resend_minutes: int = Field(default=10, ge=0, description="at most one confirmation mail per pending address"
+                                        " this often")
+    check_deliverability: bool = Field(False, description="also check an address's domain in DNS (needs DNS from the server)")
+    # uvicorn's forwarded_allow_ips: X-Forwarded-For and X-Forwarded-Proto are believed from these.
+    forwarded_allow_ips: str = Field("127.0.0.1", description="reverse proxies whose `X-Forwarded-For` is trusted")
 
 
 class ScheduleSettings(_Section):
-    cron: str = "0 9 * * mon"  # when `digest serve` sends; crontab, optionally with seconds first
-    timezone: str = "UTC"  # IANA name the cron is read in, e.g. "Europe/Berlin"
-    poll_minutes: int = Field(default=30, ge=0)  # feed polling (and retries) between sends; 0: off
-    misfire_grace_hours: float = Field(default=24, ge=0)  # a send missed by downtime is made this late (at least 1 min)
+    """When `digest serve` sends the digest (`digest schedule` shows the next times)."""
+
+    cron: str = Field("0 9 * * mon", description="when `digest serve` sends: crontab (minute hour day month weekday),"
+                      " weekday 0/7 = Sunday, names work, an optional seconds field first")
+    timezone: str = Field("UTC", description="IANA zone the cron is read in, e.g. `Europe/Berlin`")
+    poll_minutes: int = Field(default=30, ge=0, description="feed polling (and retries of deferred deliveries) between"
+                              " sends; `0`: off")
+    misfire_grace_hours: float = Field(default=24, ge=0, description="after downtime, a missed send is made if at most"
+                                       " this late (at least 1 min)")
 
     @field_validator("timezone")
     @classmethod
@@ -290,15 +326,17 @@ class ScheduleSettings(_Section):
 
 
 class Settings(BaseSettings):
+    """Every setting: the sections in the order `digest init` writes them."""
+
     newsletter: NewsletterSettings
     database: DatabaseSettings = DatabaseSettings()
     feeds: FeedsSettings
     smtp: SMTPSettings = SMTPSettings()
-    digest: DigestSettings = DigestSettings()
+    dkim: DKIMSettings = DKIMSettings()
+    edition: EditionSettings = EditionSettings()
     delivery: DeliverySettings = DeliverySettings()
     web: WebSettings = WebSettings()
     schedule: ScheduleSettings = ScheduleSettings()
-    dkim: DKIMSettings = DKIMSettings()
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -333,7 +371,7 @@ class Settings(BaseSettings):
 
     @property
     def templates_dir(self) -> Path | None:
-        return self._beside_config(self.digest.templates_dir)
+        return self._beside_config(self.edition.templates_dir)
 
     def feed_locations(self) -> list[FeedLocation]:
         """feeds.urls, each with its key and where to fetch it."""
@@ -441,9 +479,10 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{cfg}: cannot read: {exc}") from None
     _check_environment(os.environ)
+    origin = _Origin(cfg, text, os.environ)
+    _read_former_sections(data, os.environ, origin)
     for section, values in overrides.items():
         data.setdefault(section, {}).update(values)
-    origin = _Origin(cfg, text, os.environ)
     try:
         settings = Settings(**data)
     except ValidationError as exc:
@@ -453,6 +492,40 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
     _check_directories(settings, origin)
     _check_dkim(settings, origin)
     return settings
+
+
+def _read_former_sections(data: dict[str, Any], environ: Mapping[str, str], origin: _Origin) -> None:
+    """Move a section given under its former name (FORMER_SECTIONS), in the file or as
+    DIGEST_<FORMER>__<KEY>, to its name, with one warning line. Both names in the file, or both
+    in the environment, is an error naming both."""
+    for former, section in FORMER_SECTIONS.items():
+        used = []
+        if former in data:
+            if section in data:
+                raise ConfigError(f"{origin.of(former)}: [{former}] and [{section}] ({origin.of(section)}) are the same"
+                                  f" section, now named [{section}]: move the keys of [{former}] into [{section}]")
+            data[section] = data.pop(former)
+            origin.former[section] = former
+            used.append(f"[{former}] in {origin.of(section)}")
+        variables = _section_variables(environ, former)
+        if variables:
+            current = _section_variables(environ, section)
+            if current:
+                raise ConfigError(f"{variables[0]} and {current[0]}: {env_name(former)}__* and {env_name(section)}__* set"
+                                  f" the same section, now named [{section}]: use {env_name(section)}__* only")
+            for name in variables:
+                data.setdefault(section, {})[name[len(env_name(former)) + 2:].lower()] = environ[name]
+            origin.former[section] = former
+            used += variables
+        if used:
+            log.warning("config: [%s] is now [%s], %s__* is now %s__*: rename %s (the former name is read until"
+                        " the next release)", former, section, env_name(former), env_name(section), ", ".join(used))
+
+
+def _section_variables(environ: Mapping[str, str], section: str) -> list[str]:
+    """The DIGEST_<SECTION>__<KEY> variables set, by name."""
+    prefix = env_name(section) + "__"
+    return sorted(name for name in environ if name.upper().startswith(prefix))
 
 
 def env_name(section: str, key: str | None = None) -> str:
@@ -482,6 +555,7 @@ def _check_environment(environ: Mapping[str, str]) -> None:
         if not upper.startswith(ENV_PREFIX) or upper in OTHER_VARIABLES:
             continue
         section, _, key = upper[len(ENV_PREFIX):].lower().partition("__")
+        section = FORMER_SECTIONS.get(section, section)
         if section not in sections:
             guess = _closest(section, sections)
             hint = f" (did you mean {env_name(guess, key)}?)" if guess else f" (sections: {', '.join(sections)})"
@@ -503,13 +577,18 @@ class _Origin:
         self.path = path
         self._lines = text.splitlines()
         self._env = {name.upper() for name in environ}
+        self.former: dict[str, str] = {}  # section -> the former name it was given under
 
     def of(self, section: str, key: str | None = None) -> str:
-        name = env_name(section, key)
-        if key is not None and name in self._env:
-            return name
-        line = self._line(section, key)
-        return f"{self.path}:{line}" if line else str(self.path)
+        names = [section] + ([self.former[section]] if section in self.former else [])
+        for name in names:
+            if key is not None and env_name(name, key) in self._env:
+                return env_name(name, key)
+        for name in names:
+            line = self._line(name, key)
+            if line:
+                return f"{self.path}:{line}"
+        return str(self.path)
 
     def _line(self, section: str, key: str | None) -> int | None:
         """The line of `key = ` under `[section]` (of the header when key is None). None for what
@@ -562,7 +641,7 @@ def _check_directories(settings: Settings, origin: _Origin) -> None:
     templates = settings.templates_dir
     if templates is not None and not templates.is_dir():
         reason = "is not a directory" if templates.exists() else "does not exist"
-        raise ConfigError(f"{origin.of('digest', 'templates_dir')}: invalid setting 'digest.templates_dir': {templates} {reason}")
+        raise ConfigError(f"{origin.of('edition', 'templates_dir')}: invalid setting 'edition.templates_dir': {templates} {reason}")
     journal = settings.journal_dir
     if journal.exists() and not journal.is_dir():
         raise ConfigError(f"{origin.of('delivery', 'journal_dir')}: invalid setting 'delivery.journal_dir': {journal} is a file, not a directory")
@@ -580,7 +659,11 @@ def _check_dkim(settings: Settings, origin: _Origin) -> None:
                 f"{origin.path}: missing required setting 'dkim.{key}' (DKIM needs domain, selector and"
                 f" private_key_file; set it in the file or as {env_name('dkim', key)})"
             )
-    from digest.mail.dkim import load_private_key  # here: only configs that sign pay for the import
+    # The one import of a higher layer (mail) by config, listed in import-linter's ignore_imports:
+    # the key must load when the settings do, so that a bad key is a one-line error naming
+    # dkim.private_key_file. mail/dkim.py imports nothing from digest; importing it here, not at
+    # the top, means only configs that sign pay for it.
+    from digest.mail.dkim import load_private_key
 
     path = settings.dkim_key_path
     try:
@@ -596,91 +679,101 @@ def new_secret_key() -> str:
     return secrets.token_urlsafe(32)
 
 
+# The keys `digest init` writes as settings; every other key is written commented out, at its
+# default (or an example), with its description.
+WRITTEN_BY_INIT = {
+    "newsletter": ("name", "from", "public_url", "secret_key"),
+    "database": ("url",),
+    "feeds": ("urls",),
+    "smtp": ("host", "port", "security"),
+    "edition": ("category_from", "sections", "excerpt_words", "first_edition_days"),
+    "schedule": ("cron", "timezone"),
+}
+_COMMENT_COLUMN = 26  # where a key's comment starts in the written file
+_WIDTH = 100
+
+
+def section_models() -> dict[str, type[_Section]]:
+    """Each section of the config file and its model, in the file's order."""
+    return {name: field.annotation for name, field in Settings.model_fields.items()}  # type: ignore[misc]
+
+
+def initial_value(section: str, key: str) -> Any:
+    """What `digest init` writes for a key it is not given: the default, else the first example."""
+    field = field_of(section, key)
+    if not field.is_required() and field.default is not None:
+        return field.default
+    return field.examples[0]
+
+
+def field_of(section: str, key: str) -> FieldInfo:
+    for name, field in section_models()[section].model_fields.items():
+        if (field.alias or name) == key:
+            return field
+    raise KeyError(f"{section}.{key}")
+
+
+def toml_value(value: Any) -> str:
+    """A value as TOML writes it (TOML basic strings accept JSON string escapes)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(str(value), ensure_ascii=False)
+
+
 def render_config(
     *,
-    name: str = "My Newsletter",
-    from_: str = "My Newsletter <news@example.com>",
-    public_url: str = "http://127.0.0.1:8000",
+    name: str | None = None,
+    from_: str | None = None,
+    public_url: str | None = None,
     feeds: list[str] | None = None,
-    database_url: str = "sqlite:///digest.db",
-    smtp_host: str = "127.0.0.1",
-    smtp_port: int = 25,
+    database_url: str | None = None,
+    smtp_host: str | None = None,
+    smtp_port: int | None = None,
     secret_key: str | None = None,
-    first_edition_days: int = 7,
+    first_edition_days: int | None = None,
 ) -> str:
-    """The commented config file that `digest init` writes."""
-    import json
+    """The commented config file that `digest init` writes, made from the models: every key with
+    its description, the keys of WRITTEN_BY_INIT set (to the values given, else their defaults or
+    examples), the others commented out at their defaults. A new secret key unless one is given."""
+    given = {
+        ("newsletter", "name"): name, ("newsletter", "from"): from_, ("newsletter", "public_url"): public_url,
+        ("newsletter", "secret_key"): secret_key or new_secret_key(), ("feeds", "urls"): feeds,
+        ("database", "url"): database_url, ("smtp", "host"): smtp_host, ("smtp", "port"): smtp_port,
+        ("edition", "first_edition_days"): first_edition_days,
+    }
+    lines = ["# digest configuration. Every key can be overridden from the environment as",
+             "# DIGEST_<SECTION>__<KEY>, e.g. DIGEST_SMTP__PORT=2525."]
+    for section, model in section_models().items():
+        lines.append("")
+        about = model.__dict__.get("__doc__")  # the section's own docstring, not _Section's
+        if about:
+            lines += ["# " + line for line in _wrap(" ".join(about.split()), _WIDTH - 2)]
+        lines.append(f"[{section}]")
+        for attr, field in model.model_fields.items():
+            key = field.alias or attr
+            value = given.get((section, key))
+            setting = f"{key} = {toml_value(initial_value(section, key) if value is None else value)}"
+            if key not in WRITTEN_BY_INIT.get(section, ()):
+                setting = "# " + setting
+            lines += _with_comment(setting, field.description or "")
+    return "\n".join(lines) + "\n"
 
-    feeds = feeds or ["https://www.example.com/feeds/posts/default"]
-    q = json.dumps  # TOML basic strings accept JSON string escapes
-    feed_list = ", ".join(q(f) for f in feeds)
-    return f"""\
-# digest configuration. Every key can be overridden from the environment as
-# DIGEST_<SECTION>__<KEY>, e.g. DIGEST_SMTP__PORT=2525.
 
-[newsletter]
-name = {q(name)}                 # shown in the subject and the header
-from = {q(from_)}   # From address
-public_url = {q(public_url)}     # base URL of `digest serve`; used in every link
-secret_key = {q(secret_key or new_secret_key())}  # signs links; keep it secret
-# subject = "{{name}}: {{n}} new posts"  # {{name}}, {{n}} (posts), {{number}} (edition), {{date}}
-# reply_to = "editor@example.com"
-# feedback_id = "weekly:newsletter"   # Feedback-ID header for Gmail's feedback loop
+def _with_comment(setting: str, comment: str) -> list[str]:
+    """`setting  # comment`, the comment at _COMMENT_COLUMN and wrapped under itself; a comment
+    that would wrap beside a long setting goes on the lines above it instead."""
+    column = max(_COMMENT_COLUMN, len(setting) + 2)
+    if column > _COMMENT_COLUMN and column + 2 + len(comment) > _WIDTH:
+        return ["# " + part for part in _wrap(comment, _WIDTH - 2)] + [setting]
+    parts = _wrap(comment, _WIDTH - column - 2) or [""]
+    return [f"{setting.ljust(column)}# {parts[0]}".rstrip()] + [" " * column + "# " + part for part in parts[1:]]
 
-[database]
-url = {q(database_url)}   # any SQLAlchemy URL; relative SQLite paths are relative to this file
 
-[feeds]
-urls = [{feed_list}]   # http(s) URLs or local file paths
-# timeout = 20        # seconds for a whole feed fetch (connect, headers and body)
-# max_bytes = 10485760
-
-[smtp]
-host = {q(smtp_host)}
-port = {smtp_port}
-security = "none"     # none | starttls | tls
-# username = ""
-# password = ""       # better: DIGEST_SMTP__PASSWORD in the environment
-# timeout = 20
-# connections = 4     # parallel SMTP connections (one sender process each); 1 = no extra processes
-# rate_limit = 0      # messages per second over all connections, for relays with quotas; 0 = unlimited
-# max_attempts = 8    # a 4xx or dropped connection is retried (5 min, 30 min, 2 h, 6 h, then every 12 h) this often
-# bounce_domain = "bounces.example.com"  # envelope sender: bounce+<token>@<this>; default: the From domain
-
-# DKIM signing (rsa-sha256, or ed25519-sha256 with an Ed25519 key). Leave unset to not sign.
-# Generate a key:  openssl genrsa -out dkim.pem 2048
-# and publish the TXT record that docs/delivery.md shows at <selector>._domainkey.<domain>.
-[dkim]
-# domain = "example.com"
-# selector = "digest"
-# private_key_file = "dkim.pem"   # relative to this file
-
-[digest]
-category_from = "title"   # "title": the prefix before ": "; "feed": the post's first feed category
-sections = []             # section order; unlisted categories follow alphabetically
-excerpt_words = 60
-first_edition_days = {first_edition_days}    # on a new install, only posts this recent go into the first edition (0: all)
-# templates_dir = "templates"   # override the bundled templates
-
-[delivery]
-# batch_size = 200      # deliveries claimed and committed per batch
-# lease_seconds = 600   # a sender that stops answering loses its claim after this
-# journal_dir = ".digest-journal"  # acceptances not yet in the database; survives a crash
-# mode = "inline"       # "workers": `digest send` only queues the edition; `digest worker` sends it
-# poll_seconds = 5      # how often an idle `digest worker` looks for pending deliveries
-
-[web]                   # `digest serve`: subscribe, confirm, unsubscribe, preferences, archive
-# host = "127.0.0.1"
-# port = 8000
-# rate_limit_per_minute = 5      # subscribe posts per client address; more get 429
-# confirm_resend_minutes = 10    # at most one confirmation mail per pending address this often
-# check_deliverability = false   # also check the address's domain in DNS (needs DNS from the server)
-# forwarded_allow_ips = "127.0.0.1"  # reverse proxies whose X-Forwarded-For is trusted
-
-[schedule]
-# When `digest serve` sends the digest (`digest schedule` shows the next times).
-cron = "0 9 * * mon"      # crontab: minute hour day month weekday (0/7 = Sunday; names work)
-timezone = "UTC"          # IANA name the cron is read in, e.g. "Europe/Berlin", "America/New_York"
-# poll_minutes = 30       # between sends, poll the feeds and retry deferred deliveries (0: off)
-# misfire_grace_hours = 24  # if the service was down at send time, send on start if this late at most
-"""
+def _wrap(text: str, width: int) -> list[str]:
+    return textwrap.wrap(text, width, break_on_hyphens=False, break_long_words=False)

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from digest.clock import Clock
-from digest.config import DigestSettings, FeedLocation, FeedsSettings
+from digest.config import EditionSettings, FeedLocation, FeedsSettings
 from digest.content import feeds
 from digest.errors import FeedError
 from digest.store import locks
@@ -37,7 +37,7 @@ def poll(
     session: Session,
     configured: Sequence[FeedLocation],
     fetching: FeedsSettings,
-    edition: DigestSettings,
+    edition: EditionSettings,
     clock: Clock,
     fetch: Callable[..., Awaitable[feeds.FetchResult]] = feeds.fetch_one,
     stop: Callable[[], bool] = lambda: False,
@@ -95,7 +95,7 @@ def _record(
     source: Source,
     location: str,
     outcome: feeds.FetchResult | FeedError,
-    edition: DigestSettings,
+    edition: EditionSettings,
     now: datetime,
 ) -> SourceReport:
     """Store one fetched feed: its posts, validators and error; report what changed."""

@@ -31,12 +31,10 @@ from sqlalchemy import select
 from sqlmodel import Session
 
 from digest.clock import Clock
-from digest.mail import dsn
 from digest.errors import DigestError
-from digest.store.models import Delivery, DeliveryStatus, Edition, Subscriber, SubscriberStatus, as_utc
+from digest.mail import dsn
 from digest.mail.verp import VERP
-from digest.clock import Clock
-
+from digest.store.models import Delivery, DeliveryStatus, Edition, Subscriber, SubscriberStatus, as_utc
 
 # A bounce is recorded in the delivery's last_error with one of these prefixes.
 PREFIX = {"hard": "bounced (hard): ", "soft": "bounced (soft): "}

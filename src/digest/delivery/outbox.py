@@ -39,9 +39,8 @@ from digest.clock import Clock
 from digest.delivery.claims import new_sender_id
 from digest.errors import DeliveryError
 from digest.mail.mailer import Envelope, Mailer, Pacer, Reply
-from digest.store.models import Outbox, OutboxStatus, as_utc
 from digest.store.database import session as new_session
-from digest.clock import Clock
+from digest.store.models import Outbox, OutboxStatus, as_utc
 
 log = logging.getLogger(__name__)
 

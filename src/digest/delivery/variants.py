@@ -149,7 +149,7 @@ class VariantSettings:
 
     @classmethod
     def from_settings(cls, s: Settings) -> VariantSettings:
-        return cls(s.newsletter, tuple(s.digest.sections), s.templates_dir, s.dkim, s.dkim_key_path)
+        return cls(s.newsletter, tuple(s.edition.sections), s.templates_dir, s.dkim, s.dkim_key_path)
 
     def renderer(self) -> Renderer:
         return Renderer(newsletter_name=self.newsletter.name, public_url=self.newsletter.public_url,

@@ -253,17 +253,6 @@ class SMTPConnection:
         mechs = self.extensions.get("AUTH", "")
         return {m.upper() for m in mechs.split()}
 
-    @property
-    def max_size(self) -> int | None:
-        """Server's SIZE limit, if it announced one (0 = no fixed limit)."""
-        value = self.extensions.get("SIZE")
-        if value is None:
-            return None
-        try:
-            return int(value.split()[0]) if value.strip() else 0
-        except ValueError:
-            return 0
-
     # ---------------------------------------------------------------- context manager
 
     def __enter__(self) -> SMTPConnection:

@@ -3,26 +3,26 @@ edition, build the next one from every unsent post, deliver it. And the preview 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlmodel import Session
 
 from digest.clock import Clock, utc_now
-from digest.content import editions, feeds, sources
-from digest.service import slots as schedule
 from digest.config import Settings
+from digest.content import editions, feeds, sources
+from digest.content.editions import EditionView
+from digest.content.render import Renderer
 from digest.delivery.deliver import SendingSettings, deliver
 from digest.delivery.ledger import reset_for_retry
 from digest.delivery.sender import DeliveryReport
 from digest.delivery.variants import build_message, signer_for
-from digest.content.editions import EditionView
 from digest.links import PublicUrls
 from digest.mail.mailer import Envelope, Mailer, Reply
 from digest.mail.message import MessageTemplate, Recipient
-from digest.content.render import Renderer
+from digest.service import slots as schedule
 
 # A scheduled run starts a moment after its slot (later if another job of the process was running):
 # whatever misfire_grace_hours says, a slot is still due this long after it.
@@ -97,7 +97,7 @@ def send(
         edition = result.slot.edition
     if edition is None:
         return result
-    view = editions.edition_view(session, edition, settings.digest.sections)
+    view = editions.edition_view(session, edition, settings.edition.sections)
     result.post_count = view.post_count
     result.recipients = editions.delivery_count(session, edition)
     result.edition = deliver(session, edition, mailer, clock, SendingSettings.from_settings(settings), renderer=renderer, stop=stop)
@@ -203,7 +203,7 @@ def preview(
         return None
     now = clock()
     number = None if latest else editions.next_number(session)
-    view = editions.view(posts, number, now, settings.digest.sections)
+    view = editions.view(posts, number, now, settings.edition.sections)
     subject = editions.subject_for(settings.newsletter.subject, settings.newsletter.name, view.post_count, number, now)
     message = build_message(Renderer.from_settings(settings), view, subject, settings.newsletter, now,
                             signer_for(settings.dkim, settings.dkim_key_path))

@@ -28,7 +28,8 @@ from digest.cron import Cron
 from digest.errors import DigestError
 from digest.mail.mailer import Mailer, SMTPMailer
 from digest.service import pipeline as jobs
-from digest.store.database import make_engine, ready, session
+from digest.store.database import make_engine, session
+from digest.store.schema import ready
 
 log = logging.getLogger("digest")
 

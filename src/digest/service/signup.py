@@ -23,16 +23,16 @@ from sqlalchemy import or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from digest.delivery import outbox
-from digest.service import subscribers as subs
+from digest.clock import Clock
 from digest.config import NewsletterSettings
+from digest.content.plaintext import clean
+from digest.content.render import compile_mjml
+from digest.delivery import outbox
 from digest.errors import BadToken
 from digest.links import CONFIRM_MAX_AGE, Links
 from digest.mail.mailer import Envelope
+from digest.service import subscribers as subs
 from digest.store.models import Outbox, Post, Subscriber, SubscriberStatus, as_utc
-from digest.content.plaintext import clean
-from digest.content.render import compile_mjml
-from digest.clock import Clock
 
 
 class SignupOutcome(str, Enum):

@@ -11,8 +11,8 @@ its own transaction, and the app's Relay threads send it.
 import logging
 import re
 import threading
-from contextlib import asynccontextmanager
 from collections.abc import Callable, Iterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path as FilePath
 from typing import Annotated, Any
@@ -27,17 +27,18 @@ from sqlmodel import Session
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from digest.delivery import outbox
-from digest.service import archive, signup
 from digest.clock import Clock, utc_now
 from digest.config import Settings, WebSettings
+from digest.content.render import Renderer, bundled_templates_dir, environment
+from digest.delivery import outbox
 from digest.errors import BadToken, InvalidAddress
 from digest.links import ARCHIVE, CONFIRM, HOME, PREFERENCES, STYLESHEET, SUBSCRIBE, TOKEN_PATHS, UNSUBSCRIBE, Links
 from digest.mail.mailer import Mailer, SMTPMailer
-from digest.store.models import SubscriberStatus
+from digest.service import archive, signup
 from digest.service.ratelimit import RateLimiter
-from digest.content.render import Renderer, bundled_templates_dir, environment
-from digest.store.database import make_engine, ready, session
+from digest.store.database import make_engine, session
+from digest.store.models import SubscriberStatus
+from digest.store.schema import ready
 
 log = logging.getLogger("digest.web")
 
@@ -130,7 +131,7 @@ def create_app(
     urls = renderer.urls  # the pages' links: paths under public_url's path prefix
     limiter = RateLimiter(settings.web.rate_limit_per_minute, clock)
     stylesheet = _stylesheet(settings.templates_dir)
-    order = settings.digest.sections
+    order = settings.edition.sections
     resend_after = timedelta(minutes=settings.web.confirm_resend_minutes)
 
     relay = outbox.Relay(

@@ -16,17 +16,17 @@ from dataclasses import dataclass, field
 
 from sqlmodel import Session
 
+from digest.clock import Clock
+from digest.config import Settings
 from digest.content import editions
 from digest.delivery import outbox
-from digest.service import signup
-from digest.config import Settings
 from digest.delivery.claims import new_sender_id
 from digest.delivery.deliver import SendingSettings, deliver
 from digest.delivery.sender import DeliveryReport
 from digest.errors import DeliveryError
 from digest.links import Links
 from digest.mail.mailer import Mailer
-from digest.clock import Clock
+from digest.service import signup
 
 
 @dataclass

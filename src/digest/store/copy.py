@@ -25,10 +25,9 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, col
 
-from digest.store import schema
-from digest.store.database import session
 from digest.errors import DigestError
 from digest.store import schema
+from digest.store.database import session
 from digest.store.models import Delivery, DeliveryStatus, as_utc
 
 BATCH = 5000  # rows read and written at a time: memory stays flat whatever the size

@@ -1,7 +1,8 @@
-"""The database: engine, schema, sessions.
+"""The database: engines and sessions.
 
-The schema is made and changed by the migrations (digest.schema); `create_schema` runs them to
-the newest revision, `ready` is the cheap check every command makes first."""
+The schema is made and changed by the migrations (digest.store.schema, which imports this module;
+nothing here imports it): `schema.create_schema` runs them to the newest revision, `schema.ready`
+is the cheap check every command makes first."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, create_engine
 
-from digest.store import models  # noqa: F401  (registers the tables)
 from digest.errors import ConfigError, DatabaseError
+from digest.store import models  # noqa: F401  (registers the tables)
 
 
 def make_engine(url: str, *, echo: bool = False, connections: int | None = None) -> Engine:
@@ -59,20 +60,6 @@ def database_error(url: str, exc: OperationalError) -> DatabaseError:
     'connection to server at "127.0.0.1", port 5432 failed: Connection refused'."""
     reason = str(exc.orig or exc).strip().splitlines()[0]
     return DatabaseError(f"database {display_url(url)}: {reason}")
-
-
-def create_schema(engine: Engine) -> None:
-    """Bring the database to the newest schema revision (creating it when empty)."""
-    from digest.store import schema
-
-    schema.upgrade(engine)
-
-
-def ready(engine: Engine) -> None:
-    """Create an empty database; refuse (SchemaOutOfDate, exit 2) one that needs `digest db upgrade`."""
-    from digest.store import schema
-
-    schema.ready(engine)
 
 
 def session(engine: Engine) -> Session:
