@@ -152,7 +152,6 @@ def _due(session: Session, sub: Subscriber, outcome: Outcome, now: datetime, res
     if taken:
         outbox.enqueue(session, CONFIRMATION, sub.email, {"subscriber_id": sub.id}, now)
     session.commit()
-    session.refresh(sub)
     if not taken:
         return SubscribeResult(Outcome.throttled, False)
     return SubscribeResult(outcome, True)
