@@ -6,14 +6,15 @@ Starts `digest serve --no-scheduler` (uvicorn, a subprocess of this Python, so
 SQLite file holding `--unsubscribes` active subscribers, with an aiosmtpd sink in this process that
 takes `--relay-seconds` (0.5) per message, as a loaded relay does. Then, all at once:
 
-- `--clients` (40) sign-up clients, each its own address in X-Forwarded-For (the server trusts
-  127.0.0.1 as a proxy, so the rate limit sees 40 readers), each posting `--signups-per-client` (5,
-  the rate limit) sign-ups one after the other;
-- `--unsubscribes` (500) one-click unsubscribes (RFC 8058 POSTs), `--unsubscribe-connections`
-  (50) at a time, as a mail provider sends them;
+- `--clients` (40) sign-up clients, each its own connection and its own address in
+  X-Forwarded-For (the server trusts 127.0.0.1 as a proxy, so the rate limit sees 40 readers),
+  each posting `--signups-per-client` (5, the rate limit) sign-ups one after the other;
+- `--unsubscribes` (500) one-click unsubscribes (RFC 8058 POSTs), over `--unsubscribe-connections`
+  (50) connections, as a mail provider sends them;
 - a `GET /healthz` every 0.25 s.
 
-Prints the errors (5xx, refused or timed-out requests), p50/p99/max latency per kind, then waits
+Prints the server's CPU and the clients' (they share the machine's cores), the errors (5xx,
+refused or timed-out requests), p50/p99/max latency per kind, then waits
 (at most `--drain-timeout` s) for the confirmation mails and prints how many arrived, to how many
 addresses, and how many addresses got more than one.
 

@@ -46,7 +46,7 @@ class TurnTakingConnection(sqlite3.Connection):
         super().__init__(*args, **kwargs)
         self.has_turn = False
 
-    def cursor(self, factory=None):  # noqa: ANN001 - sqlite3's own signature
+    def cursor(self, factory=None):
         return super().cursor(factory or TurnTakingCursor)
 
     def take_turn(self, statement: str) -> None:
@@ -80,14 +80,14 @@ class TurnTakingConnection(sqlite3.Connection):
 
 
 class TurnTakingCursor(sqlite3.Cursor):
-    def execute(self, sql, parameters=(), /):  # noqa: ANN001
+    def execute(self, sql, parameters=(), /):
         self.connection.take_turn(sql)
         try:
             return super().execute(sql, parameters)
         finally:
             self.connection.end_turn()  # (only when no transaction was opened: a failed write)
 
-    def executemany(self, sql, seq_of_parameters, /):  # noqa: ANN001
+    def executemany(self, sql, seq_of_parameters, /):
         self.connection.take_turn(sql)
         try:
             return super().executemany(sql, seq_of_parameters)
