@@ -151,7 +151,6 @@ def _due(session: Session, sub: Subscriber, outcome: SignupOutcome, now: datetim
     if taken:
         outbox.enqueue(session, CONFIRMATION, sub.email, {"subscriber_id": sub.id}, now)
     session.commit()
-    session.refresh(sub)
     if not taken:
         return SubscribeResult(SignupOutcome.throttled, False)
     return SubscribeResult(outcome, True)

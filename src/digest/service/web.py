@@ -11,7 +11,7 @@ its own transaction, and the app's Relay threads send it.
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path as FilePath
@@ -52,8 +52,12 @@ ARCHIVE_CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' https: data:; script-src 'none'; "
     "form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
 )
-# Threads that run the (sync) handlers: anyio's default, set here so the pool can match it.
-REQUEST_THREADS = 40
+# Threads that run the (sync) handlers, and the database pool matches it. Few: a handler is
+# Python work with short database calls between, and more threads only take turns on the GIL
+# (bench/signup_burst.py on 2 cores: p99 0.8-0.9 s with anyio's default of 40, 0.5-0.6 s with 8,
+# and the server spent a quarter less CPU a request); 8 still leave room for requests waiting on
+# the database (a PostgreSQL round trip, SQLite's write lock held by `digest send`).
+REQUEST_THREADS = 8
 
 # Pages reached through a personal link (links.TOKEN_PATHS): not cached, not indexed, and the
 # token never logged.
@@ -156,9 +160,20 @@ def create_app(
     app.state.limiter = limiter
     app.state.relay = relay
 
-    def db() -> Iterator[Session]:
-        with session(engine) as s:
+    async def db() -> AsyncIterator[Session]:
+        # Made and closed here on the event loop, not by two more trips through the thread pool
+        # (~0.2 ms of CPU a request, and two more waits for the GIL under load): making a Session
+        # touches no database, and neither does closing one whose handler committed last. One
+        # still in a transaction is closed in a thread: its ROLLBACK may wait on a server.
+        s = session(engine)
+        try:
             yield s
+        finally:
+            if s.in_transaction():
+                with anyio.CancelScope(shield=True):  # a client gone away still gets its connection back to the pool
+                    await anyio.to_thread.run_sync(s.close)
+            else:
+                s.close()
 
     DB = Annotated[Session, Depends(db)]
 
@@ -248,8 +263,8 @@ def create_app(
         # The body is not read: `List-Unsubscribe=One-Click` (urlencoded or multipart), the
         # page's own form or nothing at all — the signed URL alone says who leaves.
         try:
+            sub = signup.from_token(s, links, token)  # held, so the unsubscribe finds it loaded
             signup.unsubscribe(s, clock, links, token)
-            sub = signup.from_token(s, links, token)
         except BadToken:
             return page("invalid_link.html", 400)
         return page("unsubscribed.html", prefs_url=prefs_path(sub) if sub else None)
