@@ -11,8 +11,9 @@ from sqlalchemy import insert, select
 from sqlalchemy.engine import Engine
 
 from conftest import sqlite_only
-from digest.store.database import create_schema, make_engine
+from digest.store.database import make_engine
 from digest.store.models import Subscriber
+from digest.store.schema import create_schema
 
 subscriber = Subscriber.__table__
 SOON = 10.0  # seconds; a turn left taken would hold the next writer for the busy timeout (30 s)

@@ -807,7 +807,7 @@ def test_templates_of_ones_own_still_get_base_and_public_url(tmp_path, smtp_serv
         '<a id="old" href="{{ base }}/archive">a</a><a id="new" href="{{ urls.archive_index_path }}">b</a>')
     (own / "edition.txt.j2").write_text("past: {{ newsletter.public_url }}/archive and {{ archive_index_url }}\n")
     cfg = write_config(tmp_path, smtp_port=smtp_server.port, public_url="https://blog.example.org/news/")
-    settings = load_settings(cfg, digest={"templates_dir": str(own)})
+    settings = load_settings(cfg, edition={"templates_dir": str(own)})
     with TestClient(create_app(settings, clock=clock)) as c:
         page = c.get("/unsubscribe/forged").text
     assert 'id="old" href="/news/archive"' in page and 'id="new" href="/news/archive"' in page

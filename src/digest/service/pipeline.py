@@ -42,7 +42,7 @@ def poll(
     fetch=feeds.fetch_one,
 ) -> list[sources.SourceReport]:
     """`digest fetch`: poll every configured feed and store its posts (see sources.poll)."""
-    return sources.poll(session, settings.feed_locations(), settings.feeds, settings.digest, clock, fetch=fetch, stop=stop)
+    return sources.poll(session, settings.feed_locations(), settings.feeds, settings.edition, clock, fetch=fetch, stop=stop)
 
 
 @dataclass(frozen=True)
