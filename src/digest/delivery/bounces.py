@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from digest.clock import Clock
 from digest.errors import DigestError
@@ -75,9 +75,9 @@ def read_messages(path: Path) -> Iterator[tuple[str, bytes]]:
     except OSError as exc:
         raise DigestError(f"cannot read {path}: {exc.strerror}") from None
     if head == b"From ":
-        box = mailbox.mbox(str(path), factory=None, create=False)
-        for i, key in enumerate(box.keys(), 1):
-            yield f"{path}#{i}", box.get_bytes(key)
+        mbox = mailbox.mbox(str(path), factory=None, create=False)
+        for i, key in enumerate(mbox.keys(), 1):
+            yield f"{path}#{i}", mbox.get_bytes(key)
         return
     yield str(path), path.read_bytes()
 
@@ -95,7 +95,8 @@ def process(session: Session, verp: VERP, path: Path, clock: Clock) -> BounceRep
             continue
         delivery = _find_delivery(session, verp, notice)
         if delivery is None:
-            report.unreadable.append((label, "names no delivery of ours (no valid bounce+ address, no known Message-ID)"))
+            report.unreadable.append(
+                (label, "names no delivery of ours (no valid bounce+ address, no known Message-ID)"))
             continue
         sub = session.get(Subscriber, delivery.subscriber_id) if delivery.subscriber_id is not None else None
         verdict = notice.status_for(sub.email if sub is not None else None)
@@ -116,13 +117,16 @@ def _find_delivery(session: Session, verp: VERP, notice: dsn.DSN) -> Delivery | 
                 return found
     if notice.original_message_id:
         return session.execute(
-            select(Delivery).where(Delivery.message_id == notice.original_message_id)
+            select(Delivery).where(col(Delivery.message_id) == notice.original_message_id)
         ).scalars().first()
     return None
 
 
-def _record(session: Session, delivery: Delivery, status: dsn.RecipientStatus, report: BounceReport, label: str, clock: Clock) -> None:
+def _record(session: Session, delivery: Delivery, status: dsn.RecipientStatus, report: BounceReport, label: str,
+            clock: Clock) -> None:
     kind = status.kind
+    if kind is None:  # not a bounce: process() records bounces only
+        return
     previous = _kind_of(delivery)
     if previous is not None and _RANK[previous] >= _RANK[kind]:
         report.ignored.append((label, f"{kind} bounce of delivery {delivery.id} already recorded"))
@@ -161,13 +165,14 @@ def soft_bounces_in_a_row(session: Session, sub: Subscriber) -> int:
     were last confirmed or reactivated) whose delivery soft-bounced. Bounces may arrive in any
     order; an edition that went out and has not bounced breaks the run."""
     stmt = (
-        select(Delivery.status, Delivery.last_error)
-        .join(Edition, Edition.id == Delivery.edition_id)
-        .where(Delivery.subscriber_id == sub.id, Delivery.status.in_([DeliveryStatus.sent, DeliveryStatus.failed]))  # type: ignore[attr-defined]
-        .order_by(Edition.number)
+        select(col(Delivery.status), col(Delivery.last_error))
+        .join(Edition, col(Edition.id) == col(Delivery.edition_id))
+        .where(col(Delivery.subscriber_id) == sub.id,
+               col(Delivery.status).in_([DeliveryStatus.sent, DeliveryStatus.failed]))
+        .order_by(col(Edition.number))
     )
     if sub.confirmed_at is not None:
-        stmt = stmt.where(Edition.created_at >= as_utc(sub.confirmed_at))
+        stmt = stmt.where(col(Edition.created_at) >= as_utc(sub.confirmed_at))
     run = best = 0
     for status, error in session.execute(stmt).all():
         if status == DeliveryStatus.failed and (error or "").startswith(PREFIX["soft"]):

@@ -79,12 +79,15 @@ def enqueue(session: Session, kind: str, recipient: str, payload: Mapping[str, A
 def waiting(session: Session, kind: str, recipient: str) -> bool:
     """Whether a row of `kind` for `recipient` is still waiting to be sent."""
     return session.exec(
-        select(Outbox.id).where(Outbox.recipient == recipient, Outbox.kind == kind, Outbox.status == OutboxStatus.pending).limit(1)
+        select(Outbox.id)
+        .where(col(Outbox.recipient) == recipient, col(Outbox.kind) == kind, col(Outbox.status) == OutboxStatus.pending)
+        .limit(1)
     ).first() is not None
 
 
 def payload(row: Outbox) -> dict[str, Any]:
-    return json.loads(row.payload)
+    data: dict[str, Any] = json.loads(row.payload)
+    return data
 
 
 def claim(session: Session, sender: str, now: datetime, limit: int = BATCH, lease: timedelta = LEASE) -> list[Outbox]:
@@ -93,16 +96,16 @@ def claim(session: Session, sender: str, now: datetime, limit: int = BATCH, leas
     due = (
         select(Outbox.id)
         .where(
-            Outbox.status == OutboxStatus.pending,
+            col(Outbox.status) == OutboxStatus.pending,
             col(Outbox.next_attempt_at) <= now,
             (col(Outbox.claimed_until).is_(None)) | (col(Outbox.claimed_until) < now),
         )
-        .order_by(Outbox.next_attempt_at)
+        .order_by(col(Outbox.next_attempt_at))
         .limit(limit)
     )
     if session.get_bind().dialect.name == "postgresql":
         due = due.with_for_update(skip_locked=True)
-    taken = session.execute(
+    taken: int = session.execute(  # type: ignore[attr-defined]  # an UPDATE's result is a CursorResult
         update(Outbox).where(col(Outbox.id).in_(due.scalar_subquery())).values(claimed_by=sender, claimed_until=until),
         execution_options={"synchronize_session": False},
     ).rowcount
@@ -110,8 +113,10 @@ def claim(session: Session, sender: str, now: datetime, limit: int = BATCH, leas
     if not taken:
         return []
     rows = list(session.exec(
-        select(Outbox).where(Outbox.claimed_by == sender, Outbox.claimed_until == until, Outbox.status == OutboxStatus.pending)
-        .order_by(Outbox.id).execution_options(populate_existing=True)
+        select(Outbox)
+        .where(col(Outbox.claimed_by) == sender, col(Outbox.claimed_until) == until,
+               col(Outbox.status) == OutboxStatus.pending)
+        .order_by(col(Outbox.id)).execution_options(populate_existing=True)
     ).all())
     session.commit()
     return rows
@@ -156,7 +161,7 @@ def send_due(
     result.claimed = len(rows)
     if not rows:
         return result
-    by_id: dict[int, Outbox] = {}
+    by_id: dict[object, Outbox] = {}  # by the envelope's tag: the row's id
     envelopes: list[Envelope] = []
     for row in rows:
         kind = kinds.get(row.kind)
@@ -203,7 +208,8 @@ def send_due(
     return result
 
 
-def _record(session: Session, kinds: Mapping[str, Kind], row: Outbox, reply: Reply, clock: Clock, max_attempts: int, result: Pass) -> None:
+def _record(session: Session, kinds: Mapping[str, Kind], row: Outbox, reply: Reply, clock: Clock, max_attempts: int,
+            result: Pass) -> None:
     if reply.ok:
         row.attempts += 1
         _finish(session, row, OutboxStatus.sent, clock)
@@ -216,7 +222,8 @@ def _record(session: Session, kinds: Mapping[str, Kind], row: Outbox, reply: Rep
         _retry(session, kinds, row, str(reply), clock, max_attempts, result)
 
 
-def _retry(session: Session, kinds: Mapping[str, Kind], row: Outbox, error: str, clock: Clock, max_attempts: int, result: Pass) -> None:
+def _retry(session: Session, kinds: Mapping[str, Kind], row: Outbox, error: str, clock: Clock, max_attempts: int,
+           result: Pass) -> None:
     row.attempts += 1
     row.last_error = error
     if row.attempts >= max_attempts:
@@ -229,7 +236,8 @@ def _retry(session: Session, kinds: Mapping[str, Kind], row: Outbox, error: str,
 
 
 def _fail(session: Session, kinds: Mapping[str, Kind], row: Outbox, clock: Clock, result: Pass) -> None:
-    log.warning("outbox: %s to %s failed after %d attempt(s): %s", row.kind, row.recipient, row.attempts, row.last_error)
+    log.warning("outbox: %s to %s failed after %d attempt(s): %s", row.kind, row.recipient, row.attempts,
+                row.last_error)
     _finish(session, row, OutboxStatus.failed, clock)
     kind = kinds.get(row.kind)
     if kind is not None:
@@ -304,9 +312,9 @@ class Relay:
                 self._wake.clear()
                 try:
                     with new_session(self.engine) as s:
-                        done = send_due(s, mailer, self.kinds, self.clock, sender=sender, max_attempts=self.max_attempts,
-                                        stop=self._stop.is_set, pace=self._pace)
-                except Exception as exc:  # noqa: BLE001 - the relay keeps running; the rows stay queued
+                        done = send_due(s, mailer, self.kinds, self.clock, sender=sender,
+                                        max_attempts=self.max_attempts, stop=self._stop.is_set, pace=self._pace)
+                except Exception as exc:  # the relay keeps running; the rows stay queued
                     log.error("outbox: %s: %s", type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
                     done = Pass()
                 if done.claimed and not done.error:

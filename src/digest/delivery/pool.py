@@ -22,6 +22,7 @@ deadlock the child on a lock another thread held), which needs the jobs to be pi
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import multiprocessing as mp
@@ -35,7 +36,10 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from types import FrameType
+from typing import Any, TypeVar
 
 from sqlmodel import Session
 
@@ -45,17 +49,19 @@ from digest.delivery.claims import new_sender_id
 from digest.delivery.journal import settle_dead_senders
 from digest.delivery.ledger import SQLLedger
 from digest.delivery.sender import DeliveryReport, SenderSettings, run_sender
-from digest.delivery.variants import Variants, VariantSettings
+from digest.delivery.variants import RenderedVariants, Variants, VariantSettings
 from digest.errors import DeliveryError, DigestError
 from digest.mail.mailer import Mailer
 from digest.store.database import make_engine
 from digest.store.database import session as new_session
-from digest.store.models import Edition, as_utc, parse_topics
+from digest.store.models import Edition, as_utc, parse_topics, stored_id
 
 log = logging.getLogger(__name__)
 
 PARENT_CHECK = 0.25  # seconds between checks that the parent is still there
 POLL = 0.1  # seconds between the parent's polls of stop()
+
+Job = TypeVar("Job")
 
 
 @dataclass
@@ -87,7 +93,7 @@ class CannotStart(Exception):
     """The jobs cannot be handed to processes started this way (not picklable)."""
 
 
-def run_processes(target: Callable, jobs: Sequence, stop: Callable[[], bool], *,
+def run_processes(target: Callable[[Job, Callable[[], bool]], object], jobs: Sequence[Job], stop: Callable[[], bool], *,
                   method: str | None = None) -> list[ProcessResult]:
     """Run ``target(job, stop)`` for each job in its own process; the results, in order.
     CannotStart (before any process starts) when the jobs would have to be pickled and cannot."""
@@ -95,19 +101,21 @@ def run_processes(target: Callable, jobs: Sequence, stop: Callable[[], bool], *,
     if method != "fork":
         try:
             pickle.dumps((target, list(jobs)))
-        except Exception as exc:  # PicklingError, TypeError, AttributeError: a lambda, a socket...
+        except Exception as exc:  # noqa: BLE001 PicklingError, TypeError, AttributeError: a lambda, a socket...
             raise CannotStart(f"cannot hand the job to a {method} process: {exc}") from None
     ctx = mp.get_context(method)
     if method == "forkserver":
         ctx.set_forkserver_preload([target.__module__])  # the target's module, loaded once in the server
-    procs: list[tuple[mp.Process, object]] = []
+    procs: list[tuple[BaseProcess, Connection[Any, Any]]] = []
     frozen = method == "fork"
     if frozen:
         gc.freeze()  # keep the collector from touching (and so copying) the parent's objects
     try:
         for job in jobs:
             reader, writer = ctx.Pipe(duplex=False)
-            p = ctx.Process(target=_child, args=(target, job, writer), daemon=True, name="digest-sender")
+            # typeshed gives get_context(str) the BaseContext, which declares no Process
+            p = ctx.Process(target=_child, args=(target, job, writer), daemon=True,  # type: ignore[attr-defined]
+                            name="digest-sender")
             p.start()
             writer.close()
             procs.append((p, reader))
@@ -145,32 +153,31 @@ def run_processes(target: Callable, jobs: Sequence, stop: Callable[[], bool], *,
             if not signalled:
                 _signal_all([p for p, _ in procs])
                 signalled = True
-    for (p, reader), outcome in zip(procs, outcomes):
+    done = [o for o in outcomes if o is not None]  # all of them: the loop above ran until then
+    for (p, reader), outcome in zip(procs, done, strict=True):
         p.join()
         reader.close()
         outcome.exitcode = p.exitcode
     if interrupted is not None:
         raise interrupted
-    return outcomes  # type: ignore[return-value]
+    return done
 
 
-def _signal_all(procs) -> None:
+def _signal_all(procs: Sequence[BaseProcess]) -> None:
     for p in procs:
         if p.is_alive() and p.pid:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
 
-def _outcome(message) -> ProcessResult:
+def _outcome(message: tuple[str, Any]) -> ProcessResult:
     kind, payload = message
     if kind == "ok":
         return ProcessResult(True, payload)
     return ProcessResult(False, error=payload)
 
 
-def _died(p) -> ProcessResult:
+def _died(p: BaseProcess) -> ProcessResult:
     code = p.exitcode
     how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
     return ProcessResult(False, error=f"sender process {p.pid} died ({how}); its unfinished work stays pending")
@@ -189,11 +196,13 @@ def _signal_when_parent_dies(signum: int) -> None:
         pass
 
 
-def _child(target: Callable, job, conn) -> None:
-    state = {"stop": False, "checked": time.monotonic()}
+def _child(target: Callable[[Job, Callable[[], bool]], object], job: Job, conn: Connection[Any, Any]) -> None:
+    stopping = False
+    checked = time.monotonic()
 
-    def on_signal(_signum, _frame) -> None:
-        state["stop"] = True
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -201,35 +210,32 @@ def _child(target: Callable, job, conn) -> None:
     ppid = os.getppid()
     _signal_when_parent_dies(signal.SIGTERM)
     if os.getppid() != ppid:  # it died before the line above
-        state["stop"] = True
+        stopping = True
 
     def stop() -> bool:
-        if state["stop"]:
+        nonlocal stopping, checked
+        if stopping:
             return True
         now = time.monotonic()
-        if now - state["checked"] >= PARENT_CHECK:
-            state["checked"] = now
+        if now - checked >= PARENT_CHECK:
+            checked = now
             # Reparented (the parent, or the fork server, is gone) or the parent's pipe closed.
             if os.getppid() != ppid or (parent is not None and not parent.is_alive()):
-                state["stop"] = True
-        return state["stop"]
+                stopping = True
+        return stopping
 
     try:
         result = target(job, stop)
-    except BaseException as exc:  # reported to the parent, which decides
+    except BaseException as exc:  # noqa: BLE001 reported to the parent, which decides
         if isinstance(exc, DigestError):
             message = ("error", str(exc))
         else:
             message = ("error", f"sender process {os.getpid()} failed: {exc!r}\n{traceback.format_exc()}")
-        try:
+        with contextlib.suppress(OSError):
             conn.send(message)
-        except OSError:
-            pass
         return
-    try:
+    with contextlib.suppress(OSError):
         conn.send(("ok", result))
-    except OSError:
-        pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,7 +252,7 @@ class SenderJob:
     edition_id: int
     subject: str
     date: datetime
-    rendered: dict
+    rendered: RenderedVariants
     mailer_factory: Callable[[], Mailer]
     clock: Clock
     rate: float
@@ -259,12 +265,13 @@ def deliver_in_pool(session: Session, edition: Edition, variants: Variants, fact
     `rate_limit` (messages a second, 0: none). Falls back to this process and one connection when
     the job cannot go to another process."""
     ledger = SQLLedger(session)
+    edition_id = stored_id(edition)
     # Render, here and once, every variant the pending deliveries need (a sender process that
     # meets another one renders it itself).
-    for t in ledger.pending_topics(edition.id):
+    for t in ledger.pending_topics(edition_id):
         variants.render(variants.key(parse_topics(t)))
     session.commit()  # hold no transaction while the senders write
-    job = SenderJob(cfg, variant_cfg, database_url, edition.id, edition.subject, variants.date, variants.rendered,
+    job = SenderJob(cfg, variant_cfg, database_url, edition_id, edition.subject, variants.date, variants.rendered,
                     factory, clock, rate_limit / n)
     try:
         results = run_processes(pool_sender, [job] * n, stop)
@@ -272,7 +279,7 @@ def deliver_in_pool(session: Session, edition: Edition, variants: Variants, fact
         log.warning("sending from this process over one connection: %s", exc)
         mailer = factory()
         try:
-            return run_sender(ledger, edition.id, edition.number, variants, mailer, clock, cfg,
+            return run_sender(ledger, edition_id, edition.number, variants, mailer, clock, cfg,
                               sender=new_sender_id(), stop=stop, rate=rate_limit)
         finally:
             mailer.close()
@@ -286,7 +293,7 @@ def deliver_in_pool(session: Session, edition: Edition, variants: Variants, fact
     if errors:
         # A sender that died leaves its journal and its claims: settle them now.
         settle_dead_senders(ledger, cfg.journal_dir)
-        if ledger.count_due(edition.id, as_utc(clock())):
+        if ledger.count_due(edition_id, as_utc(clock())):
             raise DeliveryError(errors[0])
     return report
 
@@ -297,6 +304,8 @@ def pool_sender(job: SenderJob, stop: Callable[[], bool]) -> DeliveryReport:
     try:
         with new_session(engine) as s:
             edition = s.get(Edition, job.edition_id)
+            if edition is None:  # the parent read it in the same database before starting this process
+                raise DeliveryError(f"edition {job.edition_id} is not in the database")
             variant_cfg = job.variants
             variants = Variants(
                 lambda: edition_view(s, edition, variant_cfg.sections),
@@ -309,7 +318,7 @@ def pool_sender(job: SenderJob, stop: Callable[[], bool]) -> DeliveryReport:
             )
             mailer = job.mailer_factory()
             try:
-                return run_sender(SQLLedger(s), job.edition_id, edition.number, variants,  # type: ignore[union-attr]
+                return run_sender(SQLLedger(s), job.edition_id, edition.number, variants,
                                   mailer, job.clock, job.sender,
                                   sender=new_sender_id(), stop=stop, rate=job.rate)
             finally:

@@ -214,9 +214,9 @@ def run_sender(
             mailer.open()
             lost = False
 
-            def envelopes() -> Iterator[Envelope]:
+            def envelopes(work: list[tuple[Claimed, MessageTemplate]]) -> Iterator[Envelope]:
                 nonlocal lost
-                for c, template in queue:
+                for c, template in work:
                     if stop() or not pacer.wait(stop):
                         return
                     renew_at = lease.renewal_due()
@@ -226,20 +226,26 @@ def run_sender(
                         if not lease.renewed(renew_at, store.renew(sender, renew_at + cfg.lease)):
                             lost = True
                             return
-                    token = links.subscriber_token(c.subscriber_id, c.email)
+                    email, subscriber_id = c.email, c.subscriber_id
+                    # set: a claim is active only with its subscriber (the ledger's join found it)
+                    assert email is not None and subscriber_id is not None
+                    token = links.subscriber_token(subscriber_id, email)
                     mid = f"<{number}.{c.delivery_id}.{message_id_nonce():08x}@{domain}>"
                     data = template.wire_for(
-                        Recipient(c.email, c.name, links.unsubscribe_url(token), links.preferences_url(token), mid)
+                        Recipient(email, c.name, links.unsubscribe_url(token), links.preferences_url(token), mid)
                     )
-                    yield Envelope(verp.sender(c.delivery_id), c.email, data, tag=(c, mid), ready=True)
+                    yield Envelope(verp.sender(c.delivery_id), email, data, tag=(c, mid), ready=True)
 
             done = 0
-            for env, reply in mailer.send(envelopes()):
-                c, mid = env.tag  # results are paired by tag: a resent envelope comes back later
+            for env, reply in mailer.send(envelopes(queue)):
+                # results are paired by tag: a resent envelope comes back later
+                tag: tuple[Claimed, str] = env.tag  # type: ignore[assignment]  # mail.smtp types Envelope.tag object
+                c, mid = tag
                 record_reply(recorder, report, c, env, reply, mid, as_utc(clock()), max_attempts)
                 done += 1
             if lost:
-                log.warning("%s: a claim outlived its lease and may have been taken over; the rest of the batch is left to whoever holds it", sender)
+                log.warning("%s: a claim outlived its lease and may have been taken over; the rest of the batch"
+                            " is left to whoever holds it", sender)
                 recorder.flush()
                 store.release(sender)
                 lease.held = 0
@@ -265,7 +271,8 @@ def record_reply(recorder: Recorder, report: DeliveryReport, c: Claimed, env: En
     elif reply.permanent or attempts >= max_attempts:
         error = f"{reply.code} {reply.text}".strip()
         # the same rule as for a bounce that comes back later (`dsn.failure_kind`)
-        if reply.permanent and c.subscriber_id is not None and dsn.failure_kind(dsn.reply_status(reply.code, reply.text), reply.text) == "hard":
+        if (reply.permanent and c.subscriber_id is not None
+                and dsn.failure_kind(dsn.reply_status(reply.code, reply.text), reply.text) == "hard"):
             recorder.bounce(c.subscriber_id)
             report.bounced += 1
         recorder.outcome(c.delivery_id, DeliveryStatus.failed, attempts, error)

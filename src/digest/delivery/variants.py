@@ -27,6 +27,10 @@ from digest.store.models import parse_topics
 GMAIL_CLIP_BYTES = 102_000
 MESSAGE_BUDGET = GMAIL_CLIP_BYTES - 4_000
 
+# The rendered edition of each variant (None: nothing in the edition for that choice), by category
+# choice (None: everything).
+RenderedVariants = dict[frozenset[str] | None, Rendered | None]
+
 
 class Variants:
     """One MessageTemplate per distinct category choice, built on first use from a Rendered edition.
@@ -37,7 +41,7 @@ class Variants:
 
     def __init__(self, view_loader: Callable[[], EditionView], subject: str, newsletter: NewsletterSettings,
                  renderer_factory: Callable[[], Renderer], date: datetime, signer: DKIMSigner | None = None,
-                 rendered: dict | None = None):
+                 rendered: RenderedVariants | None = None):
         self._view_loader = view_loader
         self._view: EditionView | None = None
         self.subject = subject
@@ -46,7 +50,7 @@ class Variants:
         self._renderer: Renderer | None = None
         self.date = date
         self.signer = signer
-        self.rendered: dict[frozenset[str] | None, Rendered | None] = dict(rendered or {})
+        self.rendered: RenderedVariants = dict(rendered or {})
         self._cache: dict[frozenset[str] | None, MessageTemplate | None] = {}
         self._by_text: dict[str | None, MessageTemplate | None] = {}
 
@@ -68,14 +72,16 @@ class Variants:
             else:
                 if self._renderer is None:
                     self._renderer = self._renderer_factory()
-                self.rendered[key] = render_fitted(self._renderer, v, self.subject, self.newsletter, self.date, self.signer)
+                self.rendered[key] = render_fitted(self._renderer, v, self.subject, self.newsletter, self.date,
+                                                   self.signer)
         return self.rendered[key]
 
     def for_categories(self, categories: frozenset[str] | None) -> MessageTemplate | None:
         key = self.key(categories)
         if key not in self._cache:
             rendered = self.render(key)
-            self._cache[key] = None if rendered is None else message_from(rendered, self.newsletter, self.date, self.signer)
+            self._cache[key] = (None if rendered is None
+                                else message_from(rendered, self.newsletter, self.date, self.signer))
         return self._cache[key]
 
     def for_text(self, topics: str | None) -> MessageTemplate | None:
@@ -133,7 +139,8 @@ def largest_recipient(newsletter: NewsletterSettings) -> Recipient:
     email = "x" * 64 + "@" + "y" * 184 + ".test"
     token = links.subscriber_token(2**62, email)
     message_id = f"<{2**62}.{2**62}.ffffffff@{newsletter.domain}>"
-    return Recipient(email, "\U0001F4EC" * NAME_LIMIT, links.unsubscribe_url(token), links.preferences_url(token), message_id)
+    return Recipient(email, "\U0001F4EC" * NAME_LIMIT, links.unsubscribe_url(token), links.preferences_url(token),
+                     message_id)
 
 
 @dataclass(frozen=True)
