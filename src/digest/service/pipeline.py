@@ -23,6 +23,7 @@ from digest.links import PublicUrls
 from digest.mail.mailer import Envelope, Mailer, Reply
 from digest.mail.message import MessageTemplate, Recipient
 from digest.service import slots as schedule
+from digest.subject import subject_for
 
 # A scheduled run starts a moment after its slot (later if another job of the process was running):
 # whatever misfire_grace_hours says, a slot is still due this long after it.
@@ -204,7 +205,7 @@ def preview(
     now = clock()
     number = None if latest else editions.next_number(session)
     view = editions.view(posts, number, now, settings.edition.sections)
-    subject = editions.subject_for(settings.newsletter.subject, settings.newsletter.name, view.post_count, number, now)
+    subject = subject_for(settings.newsletter.subject, settings.newsletter.name, view.post_count, number, now)
     message = build_message(Renderer.from_settings(settings), view, subject, settings.newsletter, now,
                             signer_for(settings.dkim, settings.dkim_key_path))
     return Preview(view, message)
