@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import socket
 import ssl
@@ -144,10 +145,8 @@ async def burst(base: str, args, tokens: list[str]) -> tuple[Timings, Timings, T
     async def prober() -> None:
         while not done.is_set():
             await timed(probe_client, health, "GET", "/healthz")
-            try:
+            with contextlib.suppress(TimeoutError):  # a probe every 0.25 s until the burst is done
                 await asyncio.wait_for(done.wait(), 0.25)
-            except asyncio.TimeoutError:
-                pass
 
     probe = asyncio.create_task(prober())
     start = time.perf_counter()

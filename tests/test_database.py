@@ -26,9 +26,9 @@ def _engine(tmp_path) -> Engine:
 
 
 def _row(email: str) -> dict:
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
-    return {"email": email, "status": "active", "paused": False, "created_at": datetime.now(timezone.utc)}
+    return {"email": email, "status": "active", "paused": False, "created_at": datetime.now(UTC)}
 
 
 class Writer(threading.Thread):

@@ -255,7 +255,7 @@ def test_the_memory_ledger_answers_as_the_sql_one(db, clock):
     db.commit()
     ids = [d.id for d in deliveries]
     twin_subs = rows()
-    for s, original in zip(twin_subs, subs):
+    for s, original in zip(twin_subs, subs, strict=True):
         s.id = original.id
     memory = MemoryLedger([Delivery(id=d.id, edition_id=edition_id, subscriber_id=d.subscriber_id) for d in deliveries], twin_subs)
     t = START

@@ -8,7 +8,7 @@ import sys
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -44,10 +44,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 subscribers_app = typer.Typer(help="Manage the subscriber list.", no_args_is_help=True)
-editions_app = typer.Typer(help="List editions, or show one with `digest editions show N`.", invoke_without_command=True)
+editions_app = typer.Typer(
+    help="List editions, or show one with `digest editions show N`.", invoke_without_command=True
+)
 bounces_app = typer.Typer(help="Process bounce messages (DSNs).", no_args_is_help=True)
 dkim_app = typer.Typer(help="DKIM signing keys and the DNS record to publish.", no_args_is_help=True)
-db_app = typer.Typer(help="The database schema: `digest db upgrade` after installing a new version.", no_args_is_help=True)
+db_app = typer.Typer(
+    help="The database schema: `digest db upgrade` after installing a new version.", no_args_is_help=True
+)
 app.add_typer(subscribers_app, name="subscribers")
 app.add_typer(editions_app, name="editions")
 app.add_typer(bounces_app, name="bounces")
@@ -61,8 +65,10 @@ out = Console(markup=False, emoji=False, highlight=False, soft_wrap=True)
 err = Console(stderr=True, markup=False, emoji=False, highlight=False, soft_wrap=True)
 
 ConfigOpt = Annotated[
-    Optional[Path],
-    typer.Option("--config", "-c", help="Config file (default: $DIGEST_CONFIG, else ./digest.toml).", show_default=False),
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="Config file (default: $DIGEST_CONFIG, else ./digest.toml).", show_default=False
+    ),
 ]
 
 
@@ -74,7 +80,7 @@ class LogLevel(str, Enum):
 
 
 LogLevelOpt = Annotated[
-    Optional[LogLevel],
+    LogLevel | None,
     typer.Option(
         "--log-level",
         help="Log level (default: info for serve, warning otherwise).",
@@ -162,18 +168,25 @@ def db(url: str):
 def init(
     config: ConfigOpt = None,
     name: Annotated[str, typer.Option(help="Newsletter name.")] = initial_value("newsletter", "name"),
-    from_: Annotated[str, typer.Option("--from", help="From address, 'Name <addr>'.")] = initial_value("newsletter", "from"),
-    feed: Annotated[Optional[list[str]], typer.Option(help="Feed URL or path (repeatable).")] = None,
-    public_url: Annotated[str, typer.Option(help="Base URL of `digest serve`.")] = initial_value("newsletter", "public_url"),
-    first_edition_days: Annotated[int, typer.Option(min=0, help="On a new install only posts this recent are sent (0: all).")]
-    = initial_value("edition", "first_edition_days"),
+    from_: Annotated[
+        str, typer.Option("--from", help="From address, 'Name <addr>'.")
+    ] = initial_value("newsletter", "from"),
+    feed: Annotated[list[str] | None, typer.Option(help="Feed URL or path (repeatable).")] = None,
+    public_url: Annotated[
+        str, typer.Option(help="Base URL of `digest serve`.")
+    ] = initial_value("newsletter", "public_url"),
+    first_edition_days: Annotated[
+        int, typer.Option(min=0, help="On a new install only posts this recent are sent (0: all).")
+    ] = initial_value("edition", "first_edition_days"),
 ) -> None:
     """Write a commented config (with a new secret key) and create the database."""
     path = config_path(config or state.config)
     if path.exists():
         out.print(f"Config exists, left as it is: {path}")
     else:
-        text = render_config(name=name, from_=from_, feeds=feed, public_url=public_url, first_edition_days=first_edition_days)
+        text = render_config(
+            name=name, from_=from_, feeds=feed, public_url=public_url, first_edition_days=first_edition_days
+        )
         try:
             write_config_file(path, text)
         except OSError as exc:
@@ -212,11 +225,19 @@ def _print_poll(reports: list[sources.SourceReport]) -> None:
 
 @app.command()
 def send(
-    preview: Annotated[bool, typer.Option("--preview", help="Render the next edition to files; record and send nothing.")] = False,
-    out_dir: Annotated[Path, typer.Option("--out", help="Where --preview writes preview.html and preview.txt.")] = Path("."),
-    to: Annotated[Optional[list[str]], typer.Option("--to", help="With --preview: mail it to this address only (repeatable).")] = None,
+    preview: Annotated[
+        bool, typer.Option("--preview", help="Render the next edition to files; record and send nothing.")
+    ] = False,
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Where --preview writes preview.html and preview.txt.")
+    ] = Path("."),
+    to: Annotated[
+        list[str] | None, typer.Option("--to", help="With --preview: mail it to this address only (repeatable).")
+    ] = None,
     open_: Annotated[bool, typer.Option("--open", help="With --preview: open preview.html in a browser.")] = False,
-    latest: Annotated[Optional[int], typer.Option("--latest", min=1, help="With --preview: the newest N posts, sent or not.")] = None,
+    latest: Annotated[
+        int | None, typer.Option("--latest", min=1, help="With --preview: the newest N posts, sent or not.")
+    ] = None,
     no_fetch: Annotated[bool, typer.Option("--no-fetch", help="Do not poll the feeds first.")] = False,
 ) -> None:
     """Fetch, finish any unfinished edition, then build and deliver the next one."""
@@ -241,7 +262,8 @@ def send(
         out.print(f"Edition {q.edition_number} is still being sent by the workers: {q.pending} pending")
     if result.new_queued is not None:
         q = result.new_queued
-        out.print(f"Edition {q.edition_number}: {result.post_count} posts, {q.pending} deliveries queued for `digest worker`")
+        out.print(f"Edition {q.edition_number}: {result.post_count} posts,"
+                  f" {q.pending} deliveries queued for `digest worker`")
     for r in result.resumed:
         out.print(f"Resumed edition {r.edition_number}: {r.sent} delivered, {r.failed} failed, {r.pending} pending")
         _print_failures(r)
@@ -291,7 +313,8 @@ def _preview(s, cfg: Settings, out_dir: Path, to: list[str], open_: bool, latest
         _print_poll(jobs.poll(s, cfg, utc_now))
     p = jobs.preview(s, cfg, latest=latest, fetch=False)
     if p is None:
-        out.print("Nothing new to send: every post is already in an edition. Use --latest N to preview the newest posts.")
+        out.print("Nothing new to send: every post is already in an edition."
+                  " Use --latest N to preview the newest posts.")
         return
     html, text = p.message.parts_for(jobs.preview_recipient(PublicUrls(cfg.newsletter.public_url)))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -323,9 +346,15 @@ def _preview(s, cfg: Settings, out_dir: Path, to: list[str], open_: bool, latest
 
 @app.command()
 def serve(
-    host: Annotated[Optional[str], typer.Option(help=f"Address to listen on (default: web.host, {initial_value('web', 'host')}).", show_default=False)] = None,
-    port: Annotated[Optional[int], typer.Option(min=1, max=65535, help=f"Port (default: web.port, {initial_value('web', 'port')}).", show_default=False)] = None,
-    no_scheduler: Annotated[bool, typer.Option("--no-scheduler", help="Do not send on schedule (web app only).")] = False,
+    host: Annotated[str | None, typer.Option(
+        help=f"Address to listen on (default: web.host, {initial_value('web', 'host')}).", show_default=False
+    )] = None,
+    port: Annotated[int | None, typer.Option(
+        min=1, max=65535, help=f"Port (default: web.port, {initial_value('web', 'port')}).", show_default=False
+    )] = None,
+    no_scheduler: Annotated[
+        bool, typer.Option("--no-scheduler", help="Do not send on schedule (web app only).")
+    ] = False,
     log_level: LogLevelOpt = None,
 ) -> None:
     """Run the service: the web app readers use, the scheduled send and feed polling.
@@ -359,7 +388,8 @@ def schedule_cmd(
         st = schedule_svc.status(s, cron, utc_now, count)
     out.print(f"Schedule: \"{cron.expr}\" in {cron.tz_name}"
               f" (catch-up within {sched.misfire_grace_hours:g} h; "
-              + (f"feeds polled every {sched.poll_minutes} min)" if sched.poll_minutes else "no polling between sends)"))
+              + (f"feeds polled every {sched.poll_minutes} min)" if sched.poll_minutes
+                 else "no polling between sends)"))
     out.print("Next sends:")
     for t in st.upcoming:
         clock = "%H:%M:%S" if cron.has_seconds else "%H:%M"
@@ -382,8 +412,12 @@ def schedule_cmd(
 
 @app.command()
 def worker(
-    once: Annotated[bool, typer.Option("--once", help="Exit when nothing is left to claim, instead of polling.")] = False,
-    batch: Annotated[Optional[int], typer.Option("--batch", min=1, help="Deliveries claimed at a time (default: delivery.batch_size).")] = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="Exit when nothing is left to claim, instead of polling.")
+    ] = False,
+    batch: Annotated[
+        int | None, typer.Option("--batch", min=1, help="Deliveries claimed at a time (default: delivery.batch_size).")
+    ] = None,
 ) -> None:
     """Send the pending deliveries of every edition, alongside any number of other workers.
 
@@ -485,7 +519,8 @@ def db_copy(
         dest.dispose()
     if report.replayed:
         out.print(f"Recorded {report.replayed} acceptances left in the journal first.")
-    out.print(f"Copied to {display_url(target)} (rows per table): " + ", ".join(f"{name} {n}" for name, n in report.rows.items()))
+    rows = ", ".join(f"{name} {n}" for name, n in report.rows.items())
+    out.print(f"Copied to {display_url(target)} (rows per table): {rows}")
     out.print("Point database.url (or DIGEST_DATABASE__URL) at it; the old database is unchanged.")
 
 
@@ -503,13 +538,16 @@ def _smtputf8_note(count: int, who: str) -> str:
     """Non-ASCII addresses are stored, but only a relay offering SMTPUTF8 takes them: say so now
     rather than at send time."""
     one = count == 1
-    return (f"{who} {'is a non-ASCII address' if one else 'are non-ASCII addresses'}: {'it needs' if one else 'they need'}"
+    return (f"{who} {'is a non-ASCII address' if one else 'are non-ASCII addresses'}:"
+            f" {'it needs' if one else 'they need'}"
             f" an SMTP relay that offers SMTPUTF8 (through one that does not, {'its' if one else 'their'}"
             " deliveries fail with 553 5.6.7)")
 
 
 @subscribers_app.command("add")
-def subscribers_add(email: str, name: Annotated[Optional[str], typer.Option(help="The subscriber's name.")] = None) -> None:
+def subscribers_add(
+    email: str, name: Annotated[str | None, typer.Option(help="The subscriber's name.")] = None
+) -> None:
     """Add a confirmed subscriber (or reactivate one)."""
     cfg = settings()
     with db(cfg.database_url) as s:
@@ -536,7 +574,9 @@ def subscribers_import(file: Annotated[Path, typer.Argument(help="CSV with colum
 
 
 @subscribers_app.command("export")
-def subscribers_export(status: Annotated[Optional[SubscriberStatus], typer.Option(help="Only this status.")] = None) -> None:
+def subscribers_export(
+    status: Annotated[SubscriberStatus | None, typer.Option(help="Only this status.")] = None,
+) -> None:
     """Write the list as CSV to standard output."""
     cfg = settings()
     import csv
@@ -548,7 +588,9 @@ def subscribers_export(status: Annotated[Optional[SubscriberStatus], typer.Optio
 
 
 @subscribers_app.command("list")
-def subscribers_list(status: Annotated[Optional[SubscriberStatus], typer.Option(help="Only this status.")] = None) -> None:
+def subscribers_list(
+    status: Annotated[SubscriberStatus | None, typer.Option(help="Only this status.")] = None,
+) -> None:
     """List subscribers."""
     cfg = settings()
     from rich.table import Table
@@ -577,7 +619,9 @@ def subscribers_remove(email: str) -> None:
 
 
 @subscribers_app.command("delete")
-def subscribers_delete(email: str, yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False) -> None:
+def subscribers_delete(
+    email: str, yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False
+) -> None:
     """Erase everything stored about an address (asks first; --yes when there is no terminal)."""
     cfg = settings()
     with db(cfg.database_url) as s:
@@ -621,7 +665,8 @@ def editions_show(number: int) -> None:
     out.print(f"Edition {e.number} — {e.subject}")
     out.print(f"Created {e.created_at:%Y-%m-%d %H:%M} UTC, status {e.status.value}"
               + (f", finished {e.finished_at:%Y-%m-%d %H:%M}" if e.finished_at else ""))
-    out.print(f"Delivered {counts['sent']}, failed {counts['failed']}, pending {counts['pending']}, skipped {counts['skipped']}")
+    out.print(f"Delivered {counts['sent']}, failed {counts['failed']}, pending {counts['pending']},"
+              f" skipped {counts['skipped']}")
     for p in posts:
         out.print(f"  [{p.category}] {p.display_title}  {p.url}")
     if failures:
@@ -637,9 +682,10 @@ def editions_show(number: int) -> None:
             out.print(f"  {address or '(erased)'}: {error} (attempts: {attempts}, {when})")
 
 
-@app.command()
+# (The help as one line: Typer keeps a docstring's line breaks in the list of commands.)
+@app.command(help="Retry edition N's failed and deferred deliveries now"
+                  " (not those of bounced, suspended or unsubscribed addresses).")
 def retry(number: int) -> None:
-    """Retry edition N's failed and deferred deliveries now (not those of bounced, suspended or unsubscribed addresses)."""
     cfg = settings()
     with db(cfg.database_url) as s:
         mailer = smtp_mailer(cfg)
@@ -654,9 +700,13 @@ def retry(number: int) -> None:
     _print_failures(r)
 
 
-@bounces_app.command("process")
-def bounces_process(path: Annotated[Path, typer.Argument(help="A Maildir, an mbox file, a message file (.eml) or a directory of them.")]) -> None:
-    """Read bounce messages (RFC 3464 DSNs): hard bounces mark the subscriber bounced, three soft bounces in a row suspended."""
+@bounces_app.command("process", help="Read bounce messages (RFC 3464 DSNs): hard bounces mark the subscriber"
+                                      " bounced, three soft bounces in a row suspended.")
+def bounces_process(
+    path: Annotated[
+        Path, typer.Argument(help="A Maildir, an mbox file, a message file (.eml) or a directory of them.")
+    ],
+) -> None:
     from digest.delivery import bounces as bounces_svc
     from digest.mail.verp import VERP
 
@@ -683,11 +733,15 @@ class KeyType(str, Enum):
 
 @dkim_app.command("keygen")
 def dkim_keygen(
-    key_type: Annotated[KeyType, typer.Option("--type", help="rsa (every receiver verifies it) or ed25519.")] = KeyType.rsa,
+    key_type: Annotated[
+        KeyType, typer.Option("--type", help="rsa (every receiver verifies it) or ed25519.")
+    ] = KeyType.rsa,
     bits: Annotated[int, typer.Option(min=2048, max=4096, help="RSA key size.")] = 2048,
-    out_path: Annotated[Optional[Path], typer.Option("--out", help="Key file to write (default: dkim.pem next to the config).")] = None,
+    out_path: Annotated[
+        Path | None, typer.Option("--out", help="Key file to write (default: dkim.pem next to the config).")
+    ] = None,
     selector: Annotated[str, typer.Option(help="s=: the DNS label the key is published under.")] = "digest",
-    domain: Annotated[Optional[str], typer.Option(help="d=: default, the From address's domain.")] = None,
+    domain: Annotated[str | None, typer.Option(help="d=: default, the From address's domain.")] = None,
 ) -> None:
     """Make a signing key (never overwriting one) and print the DNS record and the [dkim] settings."""
     from digest.mail.dkim import dns_record, new_private_key, txt_strings, write_private_key
@@ -720,14 +774,15 @@ def dkim_record() -> None:
     from digest.mail.dkim import dns_record, load_private_key, txt_strings
 
     cfg = settings()
-    if not cfg.dkim.enabled:
+    path = cfg.dkim_key_path  # (set whenever [dkim] is: load_settings checks all three keys)
+    if not cfg.dkim.enabled or path is None:
         raise DigestError("no [dkim] key configured: make one with `digest dkim keygen`")
-    key = load_private_key(cfg.dkim_key_path)
+    key = load_private_key(path)
     out.print(f"{cfg.dkim.selector}._domainkey.{cfg.dkim.domain}.  TXT  {txt_strings(dns_record(key))}")
 
 
 def main() -> None:
-    code: object = 0
+    code: str | int | None = 0
     try:
         app()
     except SystemExit as exc:

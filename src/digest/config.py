@@ -34,6 +34,7 @@ from pydantic_settings import (
 
 from digest.cron import Cron, zone
 from digest.errors import ConfigError
+from digest.subject import check_subject
 
 DEFAULT_CONFIG_NAME = "digest.toml"
 ENV_PREFIX = "DIGEST_"
@@ -75,16 +76,22 @@ class _Section(BaseModel):
 
 class NewsletterSettings(_Section):
     name: str = Field(description="shown in the subject and the header", examples=["My Newsletter"])
-    from_: str = Field(alias="from", description="From address, `Name <addr>`; its domain names Message-IDs and the List-Id",
+    from_: str = Field(alias="from",
+                       description="From address, `Name <addr>`; its domain names Message-IDs and the List-Id",
                        examples=["My Newsletter <news@example.com>"])
-    public_url: str = Field("http://127.0.0.1:8000", description="base URL of the web app (`digest serve`), used in every link")
-    secret_key: str = Field(min_length=16, description="signs links (at least 16 characters; `digest init` generates one): keep it secret")
-    subject: str = Field("{name}: {n} new posts",  # fields: editions.SUBJECT_FIELDS
+    public_url: str = Field("http://127.0.0.1:8000",
+                            description="base URL of the web app (`digest serve`), used in every link")
+    secret_key: str = Field(min_length=16,
+                            description="signs links (at least 16 characters; `digest init` generates one):"
+                            " keep it secret")
+    subject: str = Field("{name}: {n} new posts",  # fields: subject.SUBJECT_FIELDS
                          description="subject template: `{name}`, `{n}` (posts), `{number}` (edition), `{date}`")
     reply_to: str | None = Field(None, description="a Reply-To address", examples=["editor@example.com"])
-    list_id: str | None = Field(None, description="the List-Id header", examples=["My Newsletter <my-newsletter.example.com>"],
+    list_id: str | None = Field(None, description="the List-Id header",
+                                examples=["My Newsletter <my-newsletter.example.com>"],
                                 json_schema_extra={"unset": "`Name <slug.from-domain>`"})
-    feedback_id: str | None = Field(None, description="a `Feedback-ID` header (Gmail's feedback loop)", examples=["weekly:newsletter"])
+    feedback_id: str | None = Field(None, description="a `Feedback-ID` header (Gmail's feedback loop)",
+                                    examples=["weekly:newsletter"])
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -99,9 +106,7 @@ class NewsletterSettings(_Section):
     @field_validator("subject")
     @classmethod
     def _subject(cls, value: str) -> str:
-        from digest.content.editions import check_subject  # ValueError naming the unknown field
-
-        check_subject(value)
+        check_subject(value)  # ValueError naming the unknown field
         return value
 
     @field_validator("public_url")
@@ -121,7 +126,8 @@ class NewsletterSettings(_Section):
 
 
 class DatabaseSettings(_Section):
-    url: str = Field("sqlite:///digest.db", description="SQLAlchemy URL: SQLite (a relative path is relative to the config"
+    url: str = Field("sqlite:///digest.db",
+                     description="SQLAlchemy URL: SQLite (a relative path is relative to the config"
                      " file), or PostgreSQL as `postgresql+psycopg://user@host/db`")
 
     @field_validator("url")
@@ -133,7 +139,9 @@ class DatabaseSettings(_Section):
         try:
             url = make_url(value)
         except ArgumentError:
-            raise ValueError("not a database URL (e.g. sqlite:///digest.db or postgresql+psycopg://user@host/dbname)") from None
+            raise ValueError(
+                "not a database URL (e.g. sqlite:///digest.db or postgresql+psycopg://user@host/dbname)"
+            ) from None
         try:
             url.get_dialect()  # loads SQLAlchemy's module for the dialect, not the driver
         except NoSuchModuleError:
@@ -203,8 +211,10 @@ class SMTPSettings(_Section):
     port: int = Field(default=25, ge=1, le=65535, description="its port")
     security: Literal["none", "starttls", "tls"] = Field("none", description="`none`, `starttls` or `tls`")
     # Both or neither: load_settings checks.
-    username: str | None = Field(None, description="AUTH user name, when the server wants one (with `security = \"none\"`"
-                                 " and a host other than loopback, sending logs a warning: it would cross the network in clear)",
+    username: str | None = Field(None,
+                                 description="AUTH user name, when the server wants one (with `security = \"none\"`"
+                                 " and a host other than loopback, sending logs a warning: it would cross the network"
+                                 " in clear)",
                                  examples=[""])
     password: str | None = Field(None, description="AUTH password; better: `DIGEST_SMTP__PASSWORD` in the environment",
                                  examples=[""])
@@ -249,9 +259,11 @@ class DKIMSettings(_Section):
 
     domain: str | None = Field(None, description="`d=`: the signing domain", examples=["example.com"],
                                json_schema_extra={"unset": "unset: no signing"})
-    selector: str | None = Field(None, description="`s=`: the DNS label the key is published under", examples=["digest"],
-                                 json_schema_extra={"unset": "unset: no signing"})
-    private_key_file: Path | None = Field(None, description="a PEM key, RSA (2048 bits) or Ed25519, relative to the config file",
+    selector: str | None = Field(None, description="`s=`: the DNS label the key is published under",
+                                 examples=["digest"], json_schema_extra={"unset": "unset: no signing"})
+    private_key_file: Path | None = Field(None,
+                                          description="a PEM key, RSA (2048 bits) or Ed25519, relative to the"
+                                          " config file",
                                           examples=["dkim.pem"], json_schema_extra={"unset": "unset: no signing"})
 
     @property
@@ -266,8 +278,8 @@ class EditionSettings(_Section):
                                                     " (the post's first feed category)")
     sections: StrList = Field([], description="section order; unlisted categories follow alphabetically")
     excerpt_words: int = Field(default=60, ge=5, description="excerpt length in words")
-    first_edition_days: int = Field(default=7, ge=0, description="when a source is new, only its posts this recent are sent"
-                                    " (`0`: all)")
+    first_edition_days: int = Field(default=7, ge=0,
+                                    description="when a source is new, only its posts this recent are sent (`0`: all)")
     templates_dir: Path | None = Field(None, description="a directory whose templates override the bundled ones",
                                        examples=["templates"])
 
@@ -276,11 +288,15 @@ class DeliverySettings(_Section):
     batch_size: int = Field(default=200, ge=1, description="deliveries a sender claims (and commits) at a time")
     # Any positive value is accepted (the tests sleep out a 3 s lease); in use it must outlast an
     # SMTP exchange with room to spare (docs/scaling.md).
-    lease_seconds: int = Field(default=600, ge=1, description="a sender that stops answering loses its claim after this")
-    journal_dir: Path = Field(Path(".digest-journal"), description="where a sender journals acceptances between database"
+    lease_seconds: int = Field(default=600, ge=1,
+                               description="a sender that stops answering loses its claim after this")
+    journal_dir: Path = Field(Path(".digest-journal"),
+                              description="where a sender journals acceptances between database"
                               " commits (local disk; survives a crash)")
-    mode: Literal["inline", "workers"] = Field("inline", description="`inline`: `digest send` and the schedule deliver;"
-                                               " `workers`: they only build and queue the edition, `digest worker` processes send it")
+    mode: Literal["inline", "workers"] = Field("inline",
+                                               description="`inline`: `digest send` and the schedule deliver;"
+                                               " `workers`: they only build and queue the edition,"
+                                               " `digest worker` processes send it")
     poll_seconds: float = Field(default=5.0, gt=0, description="how often an idle `digest worker` looks for work")
 
 
@@ -289,10 +305,12 @@ class WebSettings(_Section):
 
     host: str = Field("127.0.0.1", description="where `digest serve` listens (`--host` overrides)")
     port: int = Field(default=8000, ge=1, le=65535, description="... and on which port (`--port` overrides)")
-    rate_limit_per_minute: int = Field(default=5, ge=1, description="subscribe posts per client per minute; more get 429")
-    confirm_resend_minutes: int = Field(default=10, ge=0, description="at most one confirmation mail per pending address"
-                                        " this often")
-    check_deliverability: bool = Field(False, description="also check an address's domain in DNS (needs DNS from the server)")
+    rate_limit_per_minute: int = Field(default=5, ge=1,
+                                       description="subscribe posts per client per minute; more get 429")
+    confirm_resend_minutes: int = Field(default=10, ge=0,
+                                        description="at most one confirmation mail per pending address this often")
+    check_deliverability: bool = Field(False,
+                                       description="also check an address's domain in DNS (needs DNS from the server)")
     # uvicorn's forwarded_allow_ips: X-Forwarded-For and X-Forwarded-Proto are believed from these.
     forwarded_allow_ips: str = Field("127.0.0.1", description="reverse proxies whose `X-Forwarded-For` is trusted")
 
@@ -511,8 +529,9 @@ def _read_former_sections(data: dict[str, Any], environ: Mapping[str, str], orig
         if variables:
             current = _section_variables(environ, section)
             if current:
-                raise ConfigError(f"{variables[0]} and {current[0]}: {env_name(former)}__* and {env_name(section)}__* set"
-                                  f" the same section, now named [{section}]: use {env_name(section)}__* only")
+                raise ConfigError(f"{variables[0]} and {current[0]}: {env_name(former)}__* and"
+                                  f" {env_name(section)}__* set the same section, now named [{section}]:"
+                                  f" use {env_name(section)}__* only")
             for name in variables:
                 data.setdefault(section, {})[name[len(env_name(former)) + 2:].lower()] = environ[name]
             origin.former[section] = former
@@ -561,7 +580,9 @@ def _check_environment(environ: Mapping[str, str]) -> None:
             hint = f" (did you mean {env_name(guess, key)}?)" if guess else f" (sections: {', '.join(sections)})"
             raise ConfigError(f"{name}: not a digest setting: there is no section [{section}]{hint}")
         if not key:
-            raise ConfigError(f"{name}: not a digest setting: set each key of [{section}] as {env_name(section)}__<KEY>")
+            raise ConfigError(
+                f"{name}: not a digest setting: set each key of [{section}] as {env_name(section)}__<KEY>"
+            )
         keys = _section_keys(section)
         if key not in keys:
             guess = _closest(key, keys)
@@ -618,7 +639,7 @@ def _describe(exc: ValidationError, origin: _Origin) -> str:
     if err["type"] == "extra_forbidden" and name is None:
         guess = _closest(section, _keys(Settings))
         return f"{where}: unknown section [{section}]" + (f" (did you mean [{guess}]?)" if guess else "")
-    if err["type"] == "extra_forbidden":
+    if err["type"] == "extra_forbidden" and name is not None:
         guess = _closest(name, _section_keys(section))
         return f"{where}: unknown setting '{key}'" + (f" (did you mean '{section}.{guess}'?)" if guess else "")
     return f"{where}: invalid setting '{key}': {err['msg'].removeprefix('Value error, ')}"
@@ -641,10 +662,15 @@ def _check_directories(settings: Settings, origin: _Origin) -> None:
     templates = settings.templates_dir
     if templates is not None and not templates.is_dir():
         reason = "is not a directory" if templates.exists() else "does not exist"
-        raise ConfigError(f"{origin.of('edition', 'templates_dir')}: invalid setting 'edition.templates_dir': {templates} {reason}")
+        raise ConfigError(
+            f"{origin.of('edition', 'templates_dir')}: invalid setting 'edition.templates_dir': {templates} {reason}"
+        )
     journal = settings.journal_dir
     if journal.exists() and not journal.is_dir():
-        raise ConfigError(f"{origin.of('delivery', 'journal_dir')}: invalid setting 'delivery.journal_dir': {journal} is a file, not a directory")
+        raise ConfigError(
+            f"{origin.of('delivery', 'journal_dir')}: invalid setting 'delivery.journal_dir':"
+            f" {journal} is a file, not a directory"
+        )
 
 
 def _check_dkim(settings: Settings, origin: _Origin) -> None:
@@ -666,12 +692,14 @@ def _check_dkim(settings: Settings, origin: _Origin) -> None:
     from digest.mail.dkim import load_private_key
 
     path = settings.dkim_key_path
+    assert path is not None  # (private_key_file is set: checked above)
     try:
         load_private_key(path)
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError(
-            f"{origin.of('dkim', 'private_key_file')}: invalid setting 'dkim.private_key_file': cannot use {path}: {reason}"
+            f"{origin.of('dkim', 'private_key_file')}: invalid setting 'dkim.private_key_file':"
+            f" cannot use {path}: {reason}"
         ) from None
 
 
@@ -703,6 +731,8 @@ def initial_value(section: str, key: str) -> Any:
     field = field_of(section, key)
     if not field.is_required() and field.default is not None:
         return field.default
+    if not field.examples:
+        raise KeyError(f"{section}.{key}: neither a default nor an example")
     return field.examples[0]
 
 

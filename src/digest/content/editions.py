@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import string
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import Exists, cast, exists, func, insert, literal, or_, text
 from sqlalchemy import select as sa_select
@@ -28,6 +27,7 @@ from digest.store.models import (
     as_utc,
     stored_id,
 )
+from digest.subject import subject_for
 
 
 @dataclass(frozen=True)
@@ -102,33 +102,6 @@ def edition_view(session: Session, edition: Edition, order: Sequence[str] = ()) 
         )
     ).all()
     return view(posts, edition.number, edition.created_at, order)
-
-
-SUBJECT_FIELDS = ("name", "n", "number", "date")  # what newsletter.subject can say, e.g. "{name} #{number}"
-
-
-def subject_for(template: str, name: str, n: int, number: int | None, date: datetime) -> str:
-    """The subject: the template (checked by check_subject when the settings load) filled in."""
-    shown = number if number is not None else ""
-    subject = template.format(name=name, n=n, number=shown, date=date.strftime("%B %-d, %Y"))
-    return " ".join(subject.split())  # one line, whatever the config says
-
-
-def check_subject(template: str) -> None:
-    """ValueError naming the problem when subject_for() could not fill the template in."""
-    try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-    except ValueError as exc:
-        raise ValueError(f"{exc} (write {{{{ or }}}} for a literal brace)") from None
-    for f in fields:
-        if f not in SUBJECT_FIELDS:
-            raise ValueError(f"unknown field {{{f}}}: use " + ", ".join(f"{{{k}}}" for k in SUBJECT_FIELDS))
-    sample = datetime(2026, 1, 1, tzinfo=UTC)
-    for number in (1, None):  # a preview of the newest posts has no edition number
-        try:
-            subject_for(template, "Name", 1, number, sample)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"cannot be filled in: {exc}") from None
 
 
 def unfinished(session: Session) -> list[Edition]:

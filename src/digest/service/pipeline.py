@@ -23,6 +23,7 @@ from digest.links import PublicUrls
 from digest.mail.mailer import Envelope, Mailer, Reply
 from digest.mail.message import MessageTemplate, Recipient
 from digest.service import slots as schedule
+from digest.subject import subject_for
 
 # A scheduled run starts a moment after its slot (later if another job of the process was running):
 # whatever misfire_grace_hours says, a slot is still due this long after it.
@@ -42,7 +43,9 @@ def poll(
     fetch=feeds.fetch_one,
 ) -> list[sources.SourceReport]:
     """`digest fetch`: poll every configured feed and store its posts (see sources.poll)."""
-    return sources.poll(session, settings.feed_locations(), settings.feeds, settings.edition, clock, fetch=fetch, stop=stop)
+    return sources.poll(
+        session, settings.feed_locations(), settings.feeds, settings.edition, clock, fetch=fetch, stop=stop
+    )
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,9 @@ def send(
     view = editions.edition_view(session, edition, settings.edition.sections)
     result.post_count = view.post_count
     result.recipients = editions.delivery_count(session, edition)
-    result.edition = deliver(session, edition, mailer, clock, SendingSettings.from_settings(settings), renderer=renderer, stop=stop)
+    result.edition = deliver(
+        session, edition, mailer, clock, SendingSettings.from_settings(settings), renderer=renderer, stop=stop
+    )
     return result
 
 
@@ -118,11 +123,12 @@ def resume(
     if settings.delivery.mode == "workers":
         return []
     renderer = renderer or Renderer.from_settings(settings)
+    sending = SendingSettings.from_settings(settings)
     reports = []
     for unfinished in editions.unfinished(session):
         if stop():
             break
-        reports.append(deliver(session, unfinished, mailer, clock, SendingSettings.from_settings(settings), renderer=renderer, stop=stop))
+        reports.append(deliver(session, unfinished, mailer, clock, sending, renderer=renderer, stop=stop))
     return reports
 
 
@@ -204,13 +210,15 @@ def preview(
     now = clock()
     number = None if latest else editions.next_number(session)
     view = editions.view(posts, number, now, settings.edition.sections)
-    subject = editions.subject_for(settings.newsletter.subject, settings.newsletter.name, view.post_count, number, now)
+    subject = subject_for(settings.newsletter.subject, settings.newsletter.name, view.post_count, number, now)
     message = build_message(Renderer.from_settings(settings), view, subject, settings.newsletter, now,
                             signer_for(settings.dkim, settings.dkim_key_path))
     return Preview(view, message)
 
 
-def send_preview(preview: Preview, addresses: list[str], mailer: Mailer, settings: Settings, clock: Clock = utc_now) -> list[tuple[str, Reply]]:
+def send_preview(
+    preview: Preview, addresses: list[str], mailer: Mailer, settings: Settings, clock: Clock = utc_now
+) -> list[tuple[str, Reply]]:
     """Mail the preview to `addresses` only, subject prefixed "[Preview]". Records nothing."""
     from digest.service.subscribers import normalize_email
 
@@ -223,7 +231,9 @@ def send_preview(preview: Preview, addresses: list[str], mailer: Mailer, setting
     for addr in addresses:
         email = normalize_email(addr)
         mid = f"<preview.{secrets.token_hex(8)}@{nl.domain}>"
-        recipient = Recipient(email, None, urls.unsubscribe_url(PREVIEW_TOKEN), urls.preferences_url(PREVIEW_TOKEN), mid)
+        recipient = Recipient(
+            email, None, urls.unsubscribe_url(PREVIEW_TOKEN), urls.preferences_url(PREVIEW_TOKEN), mid
+        )
         data = message.for_recipient(recipient)
         envelopes.append(Envelope(nl.from_address, email, data))
     mailer.open()
@@ -235,8 +245,8 @@ def send_preview(preview: Preview, addresses: list[str], mailer: Mailer, setting
 
 def preview_recipient(urls: PublicUrls) -> Recipient:
     """The sample reader a preview is rendered for (its links carry PREVIEW_TOKEN)."""
-    return Recipient("reader@example.com", "Reader", urls.unsubscribe_url(PREVIEW_TOKEN), urls.preferences_url(PREVIEW_TOKEN),
-                     "<preview@example.com>")
+    return Recipient("reader@example.com", "Reader", urls.unsubscribe_url(PREVIEW_TOKEN),
+                     urls.preferences_url(PREVIEW_TOKEN), "<preview@example.com>")
 
 
 @dataclass
@@ -257,6 +267,6 @@ def retry(
     """`digest retry N`: try edition N's failed and deferred deliveries again, now."""
     edition = editions.get(session, number)
     retried = reset_for_retry(session, edition)
-    report = deliver(session, edition, mailer, clock, SendingSettings.from_settings(settings), renderer=Renderer.from_settings(settings),
-                     stop=stop)
+    report = deliver(session, edition, mailer, clock, SendingSettings.from_settings(settings),
+                     renderer=Renderer.from_settings(settings), stop=stop)
     return RetryResult(retried, report)

@@ -32,7 +32,7 @@ from digest.errors import BadToken
 from digest.links import CONFIRM_MAX_AGE, Links
 from digest.mail.mailer import Envelope
 from digest.service import subscribers as subs
-from digest.store.models import Outbox, Post, Subscriber, SubscriberStatus, as_utc
+from digest.store.models import Outbox, Post, Subscriber, SubscriberStatus, as_utc, stored_id
 
 
 class SignupOutcome(str, Enum):
@@ -133,14 +133,16 @@ def _find(session: Session, address: str) -> Subscriber | None:
     return session.exec(select(Subscriber).where(Subscriber.email == address)).first()
 
 
-def _due(session: Session, sub: Subscriber, outcome: SignupOutcome, now: datetime, resend_after: timedelta) -> SubscribeResult:
+def _due(
+    session: Session, sub: Subscriber, outcome: SignupOutcome, now: datetime, resend_after: timedelta
+) -> SubscribeResult:
     """Take the right to send a confirmation now (one atomic UPDATE, so two posts at once cannot
     both send) and queue the mail in the same transaction. A confirmation still waiting in the
     outbox (the relay is down) is not queued twice: it goes out when the relay is back."""
     if outbox.waiting(session, CONFIRMATION, sub.email):
         return SubscribeResult(SignupOutcome.throttled, False)
     cutoff = now - resend_after
-    taken = session.execute(
+    taken = session.exec(
         update(Subscriber)
         .where(
             col(Subscriber.id) == sub.id,
@@ -179,7 +181,7 @@ class ConfirmationMail:
             return None
         if sub.status not in (SubscriberStatus.pending, SubscriberStatus.unsubscribed):
             return None
-        token = self.links.confirm_token(sub.id, sub.email)
+        token = self.links.confirm_token(stored_id(sub), sub.email)
         data = confirmation_email(self.newsletter, sub.email, self.links.confirm_url(token), self.clock(), env=self.env)
         return Envelope(self.newsletter.from_address, sub.email, data, tag=row.id)
 
@@ -192,7 +194,9 @@ class ConfirmationMail:
         )
 
 
-def outbox_kinds(links: Links, newsletter: NewsletterSettings, clock: Clock, env: jinja2.Environment) -> dict[str, outbox.Kind]:
+def outbox_kinds(
+    links: Links, newsletter: NewsletterSettings, clock: Clock, env: jinja2.Environment
+) -> dict[str, outbox.Kind]:
     """Every kind of outbox row and how to send it. `links` reads the clock too (a confirmation
     link's 7 days start when the mail is made); `env` holds the templates (render.environment)."""
     return {CONFIRMATION: ConfirmationMail(links, newsletter, clock, env)}

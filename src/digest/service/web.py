@@ -178,7 +178,9 @@ def create_app(
     DB = Annotated[Session, Depends(db)]
 
     def page(template: str, http_status: int = 200, headers: dict[str, str] | None = None, **ctx: Any) -> HTMLResponse:
-        html = env.get_template(f"web/{template}").render(newsletter={"name": settings.newsletter.name}, urls=urls, base=urls.base_path, **ctx)
+        html = env.get_template(f"web/{template}").render(
+            newsletter={"name": settings.newsletter.name}, urls=urls, base=urls.base_path, **ctx
+        )
         return HTMLResponse(html, status_code=http_status, headers=headers)
 
     def subscribe_form(s: Session, http_status: int = 200, *, error: str | None = None, warning: str | None = None,
@@ -221,7 +223,9 @@ def create_app(
             )
         except InvalidAddress:
             values = {"email": email.strip(), "name": name.strip(), "categories": categories}
-            return subscribe_form(s, 400, error="That doesn't look like an email address. Please check it.", values=values)
+            return subscribe_form(
+                s, 400, error="That doesn't look like an email address. Please check it.", values=values
+            )
         if result.mailed:
             relay.wake()  # the mail is committed in the outbox; a relay thread sends it now
         return answer
@@ -297,7 +301,8 @@ def create_app(
             return page("invalid_link.html", 400)
         notice = None
         if action == "save":
-            signup.save_preferences(s, sub, categories=categories, known=_with_chosen(signup.known_categories(s, order), sub))
+            known = _with_chosen(signup.known_categories(s, order), sub)
+            signup.save_preferences(s, sub, categories=categories, known=known)
             notice = "Saved. Your next digest follows these choices."
         elif action == "pause":
             signup.set_paused(s, sub, True)
@@ -335,7 +340,9 @@ def create_app(
         if edition is None:
             raise StarletteHTTPException(404)
         html = archive.page(s, edition, renderer, order)
-        return HTMLResponse(html, headers={"Content-Security-Policy": ARCHIVE_CSP, "Cache-Control": "public, max-age=300"})
+        return HTMLResponse(
+            html, headers={"Content-Security-Policy": ARCHIVE_CSP, "Cache-Control": "public, max-age=300"}
+        )
 
     # --- health and static ---------------------------------------------------------------------
 
@@ -344,7 +351,7 @@ def create_app(
         try:
             with engine.connect() as conn:
                 conn.execute(text("SELECT 1 FROM subscriber LIMIT 1"))
-        except Exception as exc:  # any failure means: not ready
+        except Exception as exc:  # noqa: BLE001 - any failure means: not ready
             log.warning("health check: database unavailable: %s", exc)
             return JSONResponse({"status": "database unavailable"}, status_code=503)
         return JSONResponse({"status": "ok"})

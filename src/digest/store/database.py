@@ -10,7 +10,9 @@ import functools
 import os
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Self, TypeVar, cast, overload
 
 from sqlalchemy import event, make_url
 from sqlalchemy.engine import Engine
@@ -23,6 +25,7 @@ from digest.store import models  # noqa: F401  (registers the tables)
 # How long a SQLite writer waits for the database's one write lock before "database is locked".
 BUSY_SECONDS = 30
 _WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")  # the statements sqlite3 opens a transaction for
+_CursorT = TypeVar("_CursorT", bound=sqlite3.Cursor)
 
 
 class TurnTakingConnection(sqlite3.Connection):
@@ -43,11 +46,15 @@ class TurnTakingConnection(sqlite3.Connection):
 
     turn: threading.Lock  # set per database file by `_turn_taking`
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # (sqlite3.connect's arguments, passed on)
         super().__init__(*args, **kwargs)
         self.has_turn = False
 
-    def cursor(self, factory=None):
+    @overload
+    def cursor(self, factory: None = None) -> TurnTakingCursor: ...
+    @overload
+    def cursor(self, factory: Callable[[sqlite3.Connection], _CursorT]) -> _CursorT: ...
+    def cursor(self, factory: Callable[[sqlite3.Connection], sqlite3.Cursor] | None = None) -> sqlite3.Cursor:
         return super().cursor(factory or TurnTakingCursor)
 
     def take_turn(self, statement: str) -> None:
@@ -81,19 +88,26 @@ class TurnTakingConnection(sqlite3.Connection):
 
 
 class TurnTakingCursor(sqlite3.Cursor):
-    def execute(self, sql, parameters=(), /):
-        self.connection.take_turn(sql)
+    """The cursor of a TurnTakingConnection (its `cursor` makes them): a write takes the turn first."""
+
+    @property
+    def turn_taking(self) -> TurnTakingConnection:
+        return cast(TurnTakingConnection, self.connection)
+
+    # `parameters`: whatever sqlite3 takes (a sequence or a mapping), passed on unchanged.
+    def execute(self, sql: str, parameters: Any = (), /) -> Self:
+        self.turn_taking.take_turn(sql)
         try:
             return super().execute(sql, parameters)
         finally:
-            self.connection.end_turn()  # (only when no transaction was opened: a failed write)
+            self.turn_taking.end_turn()  # (only when no transaction was opened: a failed write)
 
-    def executemany(self, sql, seq_of_parameters, /):
-        self.connection.take_turn(sql)
+    def executemany(self, sql: str, seq_of_parameters: Any, /) -> Self:
+        self.turn_taking.take_turn(sql)
         try:
             return super().executemany(sql, seq_of_parameters)
         finally:
-            self.connection.end_turn()
+            self.turn_taking.end_turn()
 
 
 @functools.cache
@@ -106,20 +120,20 @@ def make_engine(url: str, *, echo: bool = False, connections: int | None = None)
     """An engine for a SQLAlchemy URL; SQLite gets WAL, foreign keys and a busy timeout.
     `connections`: the most the pool opens at once (SQLAlchemy's default is 15: 5 kept, 10 more
     under load); a caller with more threads than that sizes it to them, so none waits for one."""
-    pool = {}
+    pool: dict[str, int] = {}
     if connections is not None and ":memory:" not in url:  # (an in-memory SQLite has one connection)
         pool = {"pool_size": min(5, connections), "max_overflow": max(0, connections - 5)}
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:" and not Path(path).parent.exists():
             raise ConfigError(f"database.url: directory does not exist: {Path(path).parent}")
-        connect_args = {"timeout": BUSY_SECONDS}
+        connect_args: dict[str, object] = {"timeout": BUSY_SECONDS}
         if path and path != ":memory:":
             connect_args["factory"] = _turn_taking(os.path.realpath(path))
         engine = create_engine(url, echo=echo, connect_args=connect_args, **pool)
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):  # pragma: no cover - trivial
+        def _sqlite_pragmas(dbapi_conn: sqlite3.Connection, _record: object) -> None:  # pragma: no cover - trivial
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")

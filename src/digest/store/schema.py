@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import ast
 import re
+import sqlite3
 import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Connection, Engine
@@ -29,12 +31,16 @@ from sqlalchemy.pool import NullPool
 from digest.errors import SchemaOutOfDate
 from digest.store.database import make_engine
 
+if TYPE_CHECKING:  # Alembic itself is imported only when the schema must change (see `ready`)
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 BASELINE = "0001"  # the first revision: the schema `digest` 0.1 made with create_all
 _PG_LOCK = 0x6469676573740001  # pg_advisory_xact_lock key ("digest" + 1) for migrations
 
 
-def _config():
+def _config() -> Config:
     from alembic.config import Config
 
     cfg = Config()
@@ -45,7 +51,7 @@ def _config():
 
 
 @cache
-def _script():
+def _script() -> ScriptDirectory:
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(_config())
@@ -151,30 +157,28 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
     (tables, no version table) is first stamped as the baseline. Returns (before, after)."""
     from alembic import command
 
-    with _migration_engine(engine).connect() as conn:
-        with conn.begin():
-            if conn.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK})
-            cfg = _config()
-            cfg.attributes["connection"] = conn
-            current = _current(conn)
-            if current is not None and not _known(current):
-                raise SchemaOutOfDate(describe(State(current, head(), False)))
-            if current is None and _has_tables(conn):
-                command.stamp(cfg, BASELINE)
-            command.upgrade(cfg, revision)
-            after = _current(conn)
+    with _migration_engine(engine).connect() as conn, conn.begin():
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK})
+        cfg = _config()
+        cfg.attributes["connection"] = conn
+        current = _current(conn)
+        if current is not None and not _known(current):
+            raise SchemaOutOfDate(describe(State(current, head(), False)))
+        if current is None and _has_tables(conn):
+            command.stamp(cfg, BASELINE)
+        command.upgrade(cfg, revision)
+        after = _current(conn)
     return current, after or ""
 
 
 def downgrade(engine: Engine, revision: str) -> None:
     from alembic import command
 
-    with _migration_engine(engine).connect() as conn:
-        with conn.begin():
-            cfg = _config()
-            cfg.attributes["connection"] = conn
-            command.downgrade(cfg, revision)
+    with _migration_engine(engine).connect() as conn, conn.begin():
+        cfg = _config()
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
 
 
 def _current(conn: Connection) -> str | None:
@@ -198,7 +202,7 @@ def _migration_engine(engine: Engine) -> Engine:
     mig = create_engine(engine.url, connect_args={"timeout": 60}, poolclass=NullPool)
 
     @event.listens_for(mig, "connect")
-    def _connect(dbapi_conn, _record):  # pragma: no cover - trivial
+    def _connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:  # pragma: no cover - trivial
         dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
@@ -206,7 +210,7 @@ def _migration_engine(engine: Engine) -> Engine:
         cur.close()
 
     @event.listens_for(mig, "begin")
-    def _begin(conn):  # pragma: no cover - trivial
+    def _begin(conn: Connection) -> None:  # pragma: no cover - trivial
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return mig
@@ -228,5 +232,7 @@ def revision(message: str, *, autogenerate: bool = True) -> Path:
         engine.dispose()
     _script.cache_clear()
     revisions.cache_clear()
-    scripts = script if isinstance(script, list) else [script]
-    return Path(scripts[0].path)
+    written = script[0] if isinstance(script, list) else script
+    if written is None:  # (Alembic returns None when a revision hook wrote no file; ours has none)
+        raise RuntimeError(f"alembic wrote no migration for {message!r}")
+    return Path(written.path)
