@@ -90,7 +90,7 @@ def feed(session: Session, renderer: Renderer, sections: Sequence[str], now: dat
     for edition in editions:
         entry = ET.SubElement(root, "entry")
         url = urls.archive_url(edition.number)
-        date = _timestamp(as_utc(edition.created_at))  # an edition never changes once made
+        date = _timestamp(as_utc(edition.created_at))  # the date the archive page shows
         _text(entry, "id", url)
         _text(entry, "title", edition.subject)
         _text(entry, "published", date)
