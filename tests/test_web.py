@@ -8,7 +8,9 @@ import shutil
 import time
 import warnings
 from datetime import timedelta
+from xml.etree import ElementTree
 
+import feedparser
 import pytest
 from sqlmodel import select
 
@@ -727,6 +729,109 @@ def test_unknown_and_unsent_editions_are_not_found(client, db, settings, clock, 
         assert client.get(path).status_code == 404, path
 
 
+ATOM = "{http://www.w3.org/2005/Atom}"
+
+
+def atom_entries(r) -> list:
+    """The entries of an /archive.atom response, after checking what every feed must have."""
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/atom+xml; charset=utf-8"
+    parsed = feedparser.parse(r.content)  # what feed readers run into, independent of ElementTree
+    assert not parsed.bozo and parsed.version == "atom10", parsed.get("bozo_exception")
+    feed = ElementTree.fromstring(r.content)
+    assert feed.tag == f"{ATOM}feed"
+    assert feed.findtext(f"{ATOM}title") == "Test Weekly"
+    assert feed.findtext(f"{ATOM}author/{ATOM}name") == "Test Weekly"
+    assert feed.findtext(f"{ATOM}id") and feed.findtext(f"{ATOM}updated")
+    links = {link.get("rel"): link.get("href") for link in feed.findall(f"{ATOM}link")}
+    assert links == {"self": "http://127.0.0.1:8000/archive.atom", "alternate": "http://127.0.0.1:8000/archive"}
+    return feed.findall(f"{ATOM}entry")
+
+
+def test_the_archive_feed_has_the_sent_editions_newest_first_without_personal_links(
+        client, db, settings, clock, smtp_server, posts):
+    sent_editions(db, settings, clock, smtp_server)
+    db.add(Post(source_id=1, guid="new-2", url="https://blog.example/stacks", title="<b>Stacks</b> & <img src=x>",
+                category="Explained", display_title="<b>Stacks</b> & <img src=x>", excerpt="<i>LIFO</i>",
+                content_hash="y", first_seen_at=clock.now, updated_at=clock.now))
+    db.commit()
+    editions.create(db, clock, subject_template=settings.newsletter.subject, newsletter_name=settings.newsletter.name)
+
+    r = client.get("/archive.atom")
+    entries = atom_entries(r)
+    assert [e.findtext(f"{ATOM}title") for e in entries] == ["Test Weekly: 1 new posts", "Test Weekly: 5 new posts"]
+    assert [e.find(f"{ATOM}link").get("href") for e in entries] == [
+        "http://127.0.0.1:8000/archive/2", "http://127.0.0.1:8000/archive/1"]
+    assert [e.findtext(f"{ATOM}id") for e in entries] == [
+        "http://127.0.0.1:8000/archive/2", "http://127.0.0.1:8000/archive/1"]
+    assert [e.findtext(f"{ATOM}published") for e in entries] == ["2026-12-03T09:00:00Z", "2026-11-26T09:00:00Z"]
+    feed = ElementTree.fromstring(r.content)
+    assert feed.findtext(f"{ATOM}updated") == "2026-12-03T09:00:00Z"  # the newest edition's
+    newest, oldest = (e.find(f"{ATOM}content") for e in entries)
+    assert newest.get("type") == "html" and len(newest) == 0  # HTML as text, not as XML elements
+    assert "Queues" in newest.text and "How queues work." in newest.text
+    assert "Confluent Cloud Gateway" in oldest.text and "Model Distillation Attacks" in oldest.text
+    assert "Queues" not in oldest.text
+    # the body of the archive page, not the document with its head
+    assert newest.text.startswith("<div") and "<head" not in newest.text and "<style" not in newest.text
+    assert newest.text in client.get("/archive/2").text
+    for personal in ("/unsubscribe/", "/preferences/", "/confirm/", "XDIGEST", "Hi Ann", "ann@example.com"):
+        assert personal not in r.text, personal
+    assert "Stacks" not in r.text  # edition 3 is built but nobody has it yet
+
+
+def test_markup_in_a_post_title_stays_text_in_the_feed(client, db, settings, clock, smtp_server, posts):
+    db.add(Post(source_id=1, guid="new-2", url="https://blog.example/stacks", title="<b>Stacks</b> & <img src=x>",
+                category="Explained", display_title="<b>Stacks</b> & <img src=x>", excerpt="<i>LIFO</i> order",
+                content_hash="y", first_seen_at=clock.now, updated_at=clock.now))
+    db.commit()
+    sent_editions(db, settings, clock, smtp_server, n=1)
+    [entry] = atom_entries(client.get("/archive.atom"))
+    html = entry.findtext(f"{ATOM}content")  # what a feed reader renders
+    assert "&lt;b&gt;Stacks&lt;/b&gt; &amp; &lt;img src=x&gt;" in html
+    assert "&lt;i&gt;LIFO&lt;/i&gt; order" in html
+    assert "<b>" not in html and "<img src=x" not in html and "<i>" not in html
+
+
+def test_an_empty_archive_is_a_feed_without_entries(client):
+    r = client.get("/archive.atom")
+    assert atom_entries(r) == []
+    assert ElementTree.fromstring(r.content).findtext(f"{ATOM}updated") == "2026-11-26T09:00:00Z"  # now
+
+
+def test_the_feed_answers_304_to_a_reader_that_has_it_and_changes_with_a_new_edition(
+        client, db, settings, clock, smtp_server, posts):
+    sent_editions(db, settings, clock, smtp_server, n=1)
+    first = client.get("/archive.atom")
+    etag = first.headers["etag"]
+    assert first.headers["last-modified"] == "Thu, 26 Nov 2026 09:00:00 GMT"
+    assert first.headers["cache-control"] == "public, max-age=300"
+    again = client.get("/archive.atom", headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == etag
+    assert client.get("/archive.atom", headers={"If-None-Match": f'"other", W/{etag}'}).status_code == 304
+    assert client.get("/archive.atom", headers={"If-None-Match": '"other"'}).status_code == 200
+
+    db.add(Post(source_id=1, guid="new-1", url="https://blog.example/new", title="Explained: Queues",
+                category="Explained", display_title="Queues", excerpt="How queues work.",
+                content_hash="x", first_seen_at=clock.now, updated_at=clock.now))
+    db.commit()
+    with SMTPMailer(settings.smtp) as mailer:
+        jobs.send(db, settings, mailer, clock, fetch=False)
+    changed = client.get("/archive.atom", headers={"If-None-Match": etag})
+    assert changed.status_code == 200 and changed.headers["etag"] != etag
+    assert len(atom_entries(changed)) == 2
+
+
+def test_the_pages_name_the_feed_for_feed_readers(client, db, settings, clock, smtp_server, posts):
+    sent_editions(db, settings, clock, smtp_server, n=1)
+    feed_link = '<link rel="alternate" type="application/atom+xml" title="Test Weekly" href="{}">'
+    for path in ("/archive", "/"):
+        head = client.get(path).text.split("</head>")[0]
+        assert feed_link.format("/archive.atom") in head, path
+    head = client.get("/archive/1").text.split("</head>")[0]
+    assert feed_link.format("http://127.0.0.1:8000/archive.atom") in head
+
+
 # --- health, headers, pages -------------------------------------------------------------------
 
 
@@ -749,7 +854,8 @@ def test_every_page_has_the_security_headers_and_no_cookie_or_script(client, db,
     sub = subscriber(db, "ann@example.com")
     token = sub_token(links, sub)
     requests = [
-        ("GET", "/"), ("POST", "/subscribe"), ("GET", "/archive"), ("GET", "/archive/1"), ("GET", "/healthz"),
+        ("GET", "/"), ("POST", "/subscribe"), ("GET", "/archive"), ("GET", "/archive/1"), ("GET", "/archive.atom"),
+        ("GET", "/healthz"),
         ("GET", "/nope"), ("GET", f"/unsubscribe/{token}"), ("GET", f"/preferences/{token}"),
         ("GET", f"/confirm/{links.confirm_token(sub.id, sub.email)}"), ("GET", "/confirm/forged"),
         ("GET", "/static/style.css"), ("POST", f"/preferences/{token}"), ("POST", f"/unsubscribe/{token}"),

@@ -6,7 +6,8 @@ Link formats (fixed; the web app serves them, its routes are built from the path
   that never expires;
 - ``{public_url}/confirm/{token}``: a confirmation token that expires after 7 days;
 - ``{public_url}/archive/{number}``: an edition as a web page, no token; ``{public_url}/archive``
-  the list of them, ``{public_url}/`` the subscribe form.
+  the list of them, ``{public_url}/archive.atom`` the same as an Atom feed, ``{public_url}/`` the
+  subscribe form.
 
 `PublicUrls` builds the URLs and needs no secret (the renderer and the pages use it); `Links` is
 that plus the signed tokens (the sender, the confirmation mail, the pages that read a token).
@@ -33,6 +34,7 @@ CONFIRM = "/confirm"
 UNSUBSCRIBE = "/unsubscribe"
 PREFERENCES = "/preferences"
 ARCHIVE = "/archive"
+ARCHIVE_FEED = "/archive.atom"  # the archive as an Atom 1.0 feed
 STYLESHEET = "/static/style.css"
 # Pages reached through a personal link (the path is followed by the token).
 TOKEN_PATHS = (f"{CONFIRM}/", f"{UNSUBSCRIBE}/", f"{PREFERENCES}/")
@@ -90,9 +92,11 @@ class PublicUrls:
         self.base_path = urlsplit(self.public_url).path  # "" or "/news"
         self.subscribe_url = self.public_url + HOME
         self.archive_index_url = self.public_url + ARCHIVE
+        self.archive_feed_url = self.public_url + ARCHIVE_FEED
         self.subscribe_path = self.base_path + HOME
         self.subscribe_action_path = self.base_path + SUBSCRIBE
         self.archive_index_path = self.base_path + ARCHIVE
+        self.archive_feed_path = self.base_path + ARCHIVE_FEED
         self.stylesheet_path = self.base_path + STYLESHEET
         # Two of these are made for every message sent: the prefixes once.
         self._unsubscribe = f"{self.public_url}{UNSUBSCRIBE}/"

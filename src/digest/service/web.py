@@ -8,12 +8,14 @@ No request waits on SMTP: a sign-up queues its confirmation mail in the outbox (
 its own transaction, and the app's Relay threads send it.
 """
 
+import hashlib
 import logging
 import re
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from email.utils import format_datetime
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
@@ -32,7 +34,18 @@ from digest.config import Settings, WebSettings
 from digest.content.render import Renderer, bundled_templates_dir, environment
 from digest.delivery import outbox
 from digest.errors import BadToken, InvalidAddress
-from digest.links import ARCHIVE, CONFIRM, HOME, PREFERENCES, STYLESHEET, SUBSCRIBE, TOKEN_PATHS, UNSUBSCRIBE, Links
+from digest.links import (
+    ARCHIVE,
+    ARCHIVE_FEED,
+    CONFIRM,
+    HOME,
+    PREFERENCES,
+    STYLESHEET,
+    SUBSCRIBE,
+    TOKEN_PATHS,
+    UNSUBSCRIBE,
+    Links,
+)
 from digest.mail.mailer import Mailer, SMTPMailer
 from digest.service import archive, signup
 from digest.service.ratelimit import RateLimiter
@@ -344,6 +357,16 @@ def create_app(
             html, headers={"Content-Security-Policy": ARCHIVE_CSP, "Cache-Control": "public, max-age=300"}
         )
 
+    @app.get(ARCHIVE_FEED)
+    def archive_feed(request: Request, s: DB):
+        feed = archive.feed(s, renderer, order, clock())
+        etag = '"' + hashlib.sha256(feed.document).hexdigest()[:32] + '"'
+        headers = {"ETag": etag, "Last-Modified": format_datetime(feed.updated, usegmt=True),
+                   "Cache-Control": "public, max-age=300"}
+        if _matches(request.headers.get("if-none-match"), etag):
+            return Response(status_code=304, headers=headers)  # a reader that has it gets no body again
+        return Response(feed.document, media_type=f"{archive.ATOM_MEDIA_TYPE}; charset=utf-8", headers=headers)
+
     # --- health and static ---------------------------------------------------------------------
 
     @app.get("/healthz")
@@ -377,6 +400,14 @@ def create_app(
         return page("error.html", code, code=code)
 
     return app
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether an If-None-Match header names `etag` (RFC 9110 13.1.2: weak comparison, or "*")."""
+    if if_none_match is None:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+    return "*" in tags or etag in tags
 
 
 def _with_chosen(known: list[str], sub) -> list[str]:
