@@ -1,5 +1,6 @@
 """A real HTTP server on 127.0.0.1 for feed tests: /trickle/… answers 200 and then sends its body
-one byte a second (what a hostile or broken server does); any other path serves a good feed."""
+one byte a second (what a hostile or broken server does); a path given in `routes` serves that
+body with that Content-Type; any other path serves a good feed."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ TRICKLE_SECONDS = 120  # longer than any test waits: a fetch that is not cut off
 
 
 class FeedServer:
-    def __init__(self):
+    def __init__(self, routes: dict[str, tuple[str, bytes]] | None = None):
+        self.routes = routes or {}  # path -> (Content-Type, body)
         self.requests: list[tuple[str, float]] = []  # (path, time.monotonic() on arrival)
         self.arrived = threading.Condition()
         owner = self
@@ -28,11 +30,12 @@ class FeedServer:
                     owner.requests.append((self.path, time.monotonic()))
                     owner.arrived.notify_all()
                 self.send_response(200)
-                self.send_header("Content-Type", "application/atom+xml")
+                content_type, body = owner.routes.get(self.path, ("application/atom+xml", GOOD))
+                self.send_header("Content-Type", content_type)
                 if not self.path.startswith("/trickle/"):
-                    self.send_header("Content-Length", str(len(GOOD)))
+                    self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
-                    self.wfile.write(GOOD)
+                    self.wfile.write(body)
                     return
                 self.end_headers()
                 try:

@@ -1,4 +1,4 @@
-"""Parsing real feed shapes into posts: Blogger Atom, WordPress RSS, broken and hostile feeds."""
+"""Parsing real feed shapes into posts: Blogger Atom, WordPress RSS, JSON Feed, broken and hostile feeds."""
 
 from __future__ import annotations
 
@@ -141,3 +141,72 @@ def test_a_file_url_is_the_local_path_it_names(tmp_path):
     feed = write_feed(tmp_path / "my feed.atom", [1, 2])
     proc = run_digest(write_config(tmp_path, feeds=[feed.as_uri()]), "fetch", check=True)
     assert f"{feed}: 2 new, 0 updated, 0 unchanged" in proc.stdout
+
+
+def test_json_feed_titles_and_tags_become_sections():
+    feed = parse("jsonfeed.json")
+    assert feed.title == "Sidings"
+    got = [(p.category, p.display_title) for p in feed.posts]
+    assert got == [
+        ("Explained", "Signal Blocks"),
+        ("In Focus", "Timetable Graphs"),
+        ("Notes", "Weeknotes 25"),  # no prefix: the first tag
+        ("Explained", "Level Crossings"),
+    ]
+    blocks, graphs, weeknotes, crossings = feed.posts
+    assert blocks.guid == blocks.url == "https://sidings.example/2026/06/signal-blocks"
+    assert blocks.published_at.isoformat() == "2026-06-26T16:30:00+00:00"  # date_published, not date_modified
+    assert weeknotes.published_at.isoformat() == "2026-06-21T18:45:00+00:00"  # lower-case t and z (RFC 3339)
+    assert crossings.published_at.isoformat() == "2026-06-20T10:00:00+00:00"  # only date_modified
+    assert weeknotes.guid == "1042"  # a numeric id is read as a string (the spec)
+    assert crossings.guid == crossings.url == "https://sidings.example/2026/06/level-crossings"  # no id: the url
+    # authors (1.1) joined, author (1.0), else the feed's authors
+    assert (blocks.author, weeknotes.author, graphs.author) == ("Rosa Lind, Tomás Ek", "Guest Writer", "Rosa Lind")
+
+
+def test_json_feed_html_is_sanitized_and_text_stays_text():
+    blocks, graphs, weeknotes, _ = parse("jsonfeed.json", excerpt_words=200).posts
+    assert blocks.excerpt.startswith("A railway line is cut into blocks, and only one train")
+    for bad in ("<script", "alert(", "onerror", "<strong", "<img"):
+        assert bad not in blocks.excerpt
+    assert graphs.excerpt == "Distance against time Every train is a line; where two lines cross, trains meet & one of them waits."
+    # content_text is text: "<b>" and "x < y" are what the author wrote, not markup to strip
+    assert weeknotes.excerpt == "Short week. Fixed the <b> tags in the old importer & wrote about x < y. More next week."
+
+
+def test_json_feed_category_from_feed_uses_the_first_tag():
+    blocks = parse("jsonfeed.json", category_from="feed").posts[0]
+    assert (blocks.category, blocks.display_title) == ("Explained", "Explained: Signal Blocks")
+
+
+def test_json_feed_is_known_by_content_not_by_name(tmp_path):
+    body = (FIXTURES / "jsonfeed.json").read_bytes()
+    assert len(feeds.parse(b"\xef\xbb\xbf\n  " + body, "https://x.example/feed").posts) == 4  # BOM, white space
+    assert feeds.parse((FIXTURES / "blogger.atom").read_bytes(), "feed.json").title == "codelooru"
+
+
+def test_json_feed_1_0_with_odd_types_is_read_as_far_as_it_goes():
+    body = b"""{"version": "https://jsonfeed.org/version/1", "title": ["not", "text"], "author": {"name": "Solo"},
+      "items": ["junk", {"id": true, "title": 7, "url": "javascript:alert(1)", "tags": "Tag",
+                         "authors": "Ann", "content_html": null, "date_published": "yesterday"}]}"""
+    feed = feeds.parse(body, "odd.json")
+    assert feed.title is None
+    (post,) = feed.posts
+    assert (post.title, post.url, post.category, post.author, post.published_at) == (
+        "(untitled)", "", "More", "Solo", None)
+    assert post.guid == "javascript:alert(1)"  # an identity only, never shown: as the XML path keeps a link
+
+
+@pytest.mark.parametrize("body, reason", [
+    (b'{"version": "https://jsonfeed.org/version/1.1", "items": [', "not a valid feed (JSON: Expecting value: line 1"),
+    (b'{"version": "1.1", "items": []}', "not a valid feed (JSON, but no JSON Feed version)"),
+    (b'[{"version": "https://jsonfeed.org/version/1.1"}]', "not a valid feed (JSON, but no JSON Feed version)"),
+    (b'{"version": "https://jsonfeed.org/version/1.1", "items": {}}', "not a valid feed (JSON Feed without an items list)"),
+    (b'{"title": "\xff"}', "not a valid feed (JSON: not UTF-8 text)"),
+    (b"[" * 100_000, "not a valid feed (JSON: nested too deeply)"),
+])
+def test_bad_json_or_json_that_is_no_json_feed_is_a_one_line_error(body, reason):
+    with pytest.raises(FeedError) as exc:
+        feeds.parse(body, "https://x.example/feed.json")
+    message = str(exc.value)
+    assert message.startswith("https://x.example/feed.json: " + reason) and "\n" not in message

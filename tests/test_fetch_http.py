@@ -112,3 +112,34 @@ def test_feeds_are_fetched_at_once_so_slow_ones_cost_one_deadline_not_the_sum(tm
     assert max(arrivals) - min(arrivals) < 3
     assert took < 8, f"took {took:.1f} s"
 
+
+
+def test_a_json_feed_over_http_is_sent_with_its_posts_in_their_sections(tmp_path, smtp_server):
+    """A JSON Feed next to an Atom feed: `digest send` mails both, the JSON Feed's posts in the
+    sections their title prefixes and tags name. Served as text/plain from a path without .json:
+    the body says what it is."""
+    jsonfeed = (FIXTURES / "jsonfeed.json").read_bytes()
+    with FeedServer(routes={"/sidings/feed": ("text/plain; charset=utf-8", jsonfeed)}) as server:
+        json_url, atom_url = f"{server.base}/sidings/feed", f"{server.base}/codelooru.atom"
+        config = write_config(tmp_path, feeds=[json_url, atom_url], smtp_port=smtp_server.port)
+        run_digest(config, "subscribers", "add", "reader@example.com", check=True)
+        sent = run_digest(config, "send", check=True).stdout
+    assert f"{json_url}: 4 new, 0 updated, 0 unchanged" in sent
+    assert "Edition 1: 9 posts, 1 delivered, 0 failed" in sent
+    (mail,) = smtp_server.received
+    text = mail.message.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    titles = ("Signal Blocks", "Level Crossings", "Timetable Graphs", "Weeknotes 25", "Model Distillation Attacks",
+              "Confluent Cloud Gateway")
+    sections = {}  # section heading -> the titles above under it, in the order shown
+    for block in text.split("\n== ")[1:]:
+        name, _, body = block.partition(" ==\n")
+        sections[name] = sorted((t for t in titles if f"\n{t}\n" in body), key=lambda t: body.index(f"\n{t}\n"))
+    assert sections == {
+        "ARCHITECTURE": ["Confluent Cloud Gateway"],
+        "EXPLAINED": ["Signal Blocks", "Model Distillation Attacks", "Level Crossings"],  # newest first
+        "IN FOCUS": ["Timetable Graphs"],
+        "NOTES": ["Weeknotes 25"],
+    }
+    assert "by Rosa Lind, Tomás Ek" in text and "Read more: https://sidings.example/2026/06/signal-blocks" in text
+    html = mail.message.get_body(("html",)).get_content()
+    assert "Fixed the &lt;b&gt; tags" in html and "alert(" not in html  # text escaped, script dropped

@@ -163,8 +163,8 @@ class FeedLocation:
 
 
 class FeedsSettings(_Section):
-    urls: StrList = Field(min_length=1, description="list of http(s) URLs or local file paths (a `file:///path` URL is"
-                          " that path; any other scheme is a config error)", examples=[["https://www.example.com/feeds/posts/default"]])
+    urls: StrList = Field(min_length=1, description="list of http(s) URLs or local file paths of RSS, Atom or JSON Feed"
+                          " feeds (a `file:///path` URL is that path; any other scheme is a config error)", examples=[["https://www.example.com/feeds/posts/default"]])
     timeout: float = Field(default=20.0, gt=0, description="seconds for a whole feed fetch (connect, headers and body);"
                            " feeds are fetched 8 at a time")
     max_bytes: int = Field(default=10 * 1024 * 1024, ge=1, description="largest feed accepted, in bytes")

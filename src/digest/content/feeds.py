@@ -1,6 +1,16 @@
 """Fetch a feed (http(s) or a local file) and parse it into FeedPost values.
 
 Nothing here touches the database: `sources.poll()` stores what this returns.
+
+RSS and Atom are read by feedparser; JSON Feed (1.0 and 1.1, jsonfeed.org) by the standard `json`
+module here, since feedparser does not read it and PyPI has no well-kept reader: `jsonfeed` (0.0.1)
+and `pyjsonfeed` (1.0.0) were last released in 2017 and 2018; `jsonfeed-util` (1.2.0, 2025) maps
+keys to attributes without checking types (an `authors` that is a string fails with
+AttributeError), refuses an item without an `id` (the spec's readers fall back to the URL) and
+leaves dates as strings. JSON Feed is plain JSON with a small, fixed set of keys, so the part left
+to write is what every path here does anyway: check each value's type, sanitize, fall back.
+A document is a JSON Feed by its content (a JSON object whose `version` is a jsonfeed.org
+version URL), whatever its file name or Content-Type.
 """
 
 from __future__ import annotations
@@ -9,6 +19,7 @@ import asyncio
 import calendar
 import hashlib
 import html
+import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -168,7 +179,10 @@ async def fetch_one(
 
     import httpx
 
-    headers = {"Accept": "application/atom+xml, application/rss+xml, application/xml;q=0.9, */*;q=0.5"}
+    headers = {
+        "Accept": "application/atom+xml, application/rss+xml, application/feed+json, application/xml;q=0.9,"
+        " application/json;q=0.9, */*;q=0.5"
+    }
     if etag:
         headers["If-None-Match"] = etag
     if last_modified:
@@ -221,7 +235,9 @@ def parse(
     category_from: str = "title",
     excerpt_words: int = 60,
 ) -> ParsedFeed:
-    """Parse feed bytes. A document that is not a feed raises FeedError."""
+    """Parse feed bytes (RSS, Atom or JSON Feed). A document that is not a feed raises FeedError."""
+    if _looks_like_json(body):
+        return parse_json_feed(body, location, category_from=category_from, excerpt_words=excerpt_words)
     # Our own sanitizer (nh3) handles untrusted HTML; feedparser's would hide its mistakes.
     d = feedparser.parse(body, sanitize_html=False)
     if not d.entries:
@@ -273,6 +289,118 @@ def _post(entry: feedparser.FeedParserDict, category_from: str, excerpt_words: i
         excerpt=excerpt(clean(html_to_text(body_html)), excerpt_words),
         content_hash=content_hash,
     )
+
+
+def _looks_like_json(body: bytes) -> bool:
+    """True when the first character that is not white space (after a UTF-8 byte order mark)
+    opens a JSON object or array: no XML document starts so."""
+    start = body[:1024].lstrip(b"\xef\xbb\xbf \t\r\n")  # 1 KB: leading white space of a real feed is short
+    return start[:1] in (b"{", b"[")
+
+
+_JSON_FEED_VERSION = ("https://jsonfeed.org/version/", "http://jsonfeed.org/version/")  # 1.0 feeds in the wild use http
+
+
+def parse_json_feed(
+    body: bytes,
+    location: str,
+    *,
+    category_from: str = "title",
+    excerpt_words: int = 60,
+) -> ParsedFeed:
+    """A JSON Feed 1.0 or 1.1 as posts; bad JSON or JSON that is no JSON Feed raises FeedError.
+
+    Every value is checked for its type: one of the wrong type counts as missing, an item that is
+    not an object is skipped."""
+    try:
+        document = json.loads(body)  # UTF-8, -16 or -32 (RFC 8259), a UTF-8 byte order mark allowed
+    except UnicodeDecodeError:
+        raise FeedError(f"{location}: not a valid feed (JSON: not UTF-8 text)") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer of more than 4300 digits
+        raise FeedError(f"{location}: not a valid feed (JSON: {clean(str(exc))})") from None
+    except RecursionError:  # arrays nested thousands deep
+        raise FeedError(f"{location}: not a valid feed (JSON: nested too deeply)") from None
+    version = document.get("version") if isinstance(document, dict) else None
+    if not (isinstance(version, str) and version.startswith(_JSON_FEED_VERSION)):
+        raise FeedError(f"{location}: not a valid feed (JSON, but no JSON Feed version)")
+    items = document.get("items")
+    if not isinstance(items, list):
+        raise FeedError(f"{location}: not a valid feed (JSON Feed without an items list)")
+    title = shorten(clean(_string(document, "title")), SOURCE_TITLE_LIMIT) or None
+    feed_author = _author_names(document)
+    posts = [
+        _json_post(item, feed_author, category_from, excerpt_words)
+        for item in items
+        if isinstance(item, dict)
+    ]
+    return ParsedFeed(title=title, posts=posts)
+
+
+def _json_post(item: dict[str, object], feed_author: str, category_from: str, excerpt_words: int) -> FeedPost:
+    # JSON Feed titles, text content, summaries, names and tags are plain text: cleaned, never
+    # read as HTML (so "a <b> c" stays as written, and the templates escape it).
+    title = clean(_string(item, "title")) or "(untitled)"
+    content_html = _string(item, "content_html")
+    if content_html:
+        body = content_html
+        text = html_to_text(content_html)
+    else:
+        body = _string(item, "content_text") or _string(item, "summary")
+        text = body
+    raw_tags = item.get("tags")
+    tags = [clean(t) for t in raw_tags if isinstance(t, str)] if isinstance(raw_tags, list) else []
+    tags = [shorten(t, CATEGORY_LIMIT) for t in tags if t]
+    category, display = split_category(title, tags, category_from)
+
+    link = _string(item, "url") or _string(item, "external_url")
+    url = link if _is_web_link(link) and len(link) <= 2000 else ""  # longer than the column: no link
+    content_hash = hashlib.sha256((title + "\x00" + body).encode("utf-8", "replace")).hexdigest()
+    raw_id = item.get("id")
+    # The spec: an id given as a number is read as a string.
+    guid = str(raw_id) if isinstance(raw_id, (str, int, float)) and not isinstance(raw_id, bool) else ""
+    guid = guid or link or "sha256:" + content_hash
+    published_at = _rfc3339(_string(item, "date_published")) or _rfc3339(_string(item, "date_modified"))
+    author = shorten(clean(_author_names(item) or feed_author), AUTHOR_LIMIT) or None
+    return FeedPost(
+        guid=guid[:2000],
+        url=url,
+        title=shorten(title, TITLE_LIMIT),
+        category=shorten(category, CATEGORY_LIMIT),
+        display_title=shorten(display, TITLE_LIMIT),
+        author=author,
+        published_at=published_at,
+        excerpt=excerpt(clean(text), excerpt_words),
+        content_hash=content_hash,
+    )
+
+
+def _string(obj: dict[str, object], key: str) -> str:
+    value = obj.get(key)
+    return value if isinstance(value, str) else ""
+
+
+def _author_names(obj: dict[str, object]) -> str:
+    """ "A, B" from `authors` (1.1), else the name of `author` (1.0); "" when there is none."""
+    authors = obj.get("authors")
+    if not isinstance(authors, list):
+        single = obj.get("author")
+        authors = [single] if isinstance(single, dict) else []
+    names = [clean(_string(a, "name")) for a in authors if isinstance(a, dict)]
+    return ", ".join(n for n in names if n)
+
+
+def _rfc3339(value: str) -> datetime | None:
+    """An RFC 3339 date-time in UTC; None when missing or not a date. One without an offset is
+    taken as UTC, as feedparser takes it for RSS and Atom."""
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip().upper())  # RFC 3339 allows a lower-case t and z
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: year 1 at +14:00 is before year 1 in UTC
+        return None
 
 
 _PREFIX = re.compile(r"^\s*([^:]{1,40}?):\s+(\S.*)$")
