@@ -141,3 +141,16 @@ def test_a_file_url_is_the_local_path_it_names(tmp_path):
     feed = write_feed(tmp_path / "my feed.atom", [1, 2])
     proc = run_digest(write_config(tmp_path, feeds=[feed.as_uri()]), "fetch", check=True)
     assert f"{feed}: 2 new, 0 updated, 0 unchanged" in proc.stdout
+
+
+def test_an_entry_without_an_author_is_the_feeds_authors():
+    body = b"""<?xml version="1.0" encoding="utf-8"?>
+<feed xmlns="http://www.w3.org/2005/Atom"><title>Blog</title><id>urn:blog</id>
+<updated>2026-01-01T00:00:00Z</updated><author><name>Feed Writer</name></author>
+<entry><title>Anonymous</title><id>urn:a</id><link href="https://blog.test/a"/>
+<updated>2026-01-01T00:00:00Z</updated><summary>a</summary></entry>
+<entry><title>Signed</title><id>urn:b</id><link href="https://blog.test/b"/>
+<updated>2026-01-01T00:00:00Z</updated><author><name>Guest</name></author><summary>b</summary></entry>
+</feed>"""
+    anonymous, signed = feeds.parse(body, "blog.atom").posts
+    assert (anonymous.author, signed.author) == ("Feed Writer", "Guest")
