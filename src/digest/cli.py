@@ -40,26 +40,24 @@ from digest.store import schema
 from digest.store.database import database_error, display_url, make_engine, session
 from digest.store.models import SubscriberStatus
 
+
 # Help in click's plain layout (rich_markup_mode=None): Typer's rich layout gives every flag a type
 # column reading "<bool>" (and "--help <bool>"), which no metavar can remove.
-PLAIN = {"rich_markup_mode": None}
-app = typer.Typer(
-    help="digest: turn a blog's feeds into an email newsletter.",
+def group(help: str, **kwargs: Any) -> typer.Typer:
+    return typer.Typer(help=help, rich_markup_mode=None, **kwargs)
+
+
+app = group(
+    "digest: turn a blog's feeds into an email newsletter.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    **PLAIN,
 )
-subscribers_app = typer.Typer(help="Manage the subscriber list.", no_args_is_help=True, **PLAIN)
-editions_app = typer.Typer(
-    help="List editions, or show one with `digest editions show N`.", invoke_without_command=True, **PLAIN
-)
-bounces_app = typer.Typer(help="Process bounce messages (DSNs).", no_args_is_help=True, **PLAIN)
-dkim_app = typer.Typer(help="DKIM signing keys and the DNS record to publish.", no_args_is_help=True, **PLAIN)
-db_app = typer.Typer(
-    help="The database schema: `digest db upgrade` after installing a new version.", no_args_is_help=True,
-    **PLAIN,
-)
+subscribers_app = group("Manage the subscriber list.", no_args_is_help=True)
+editions_app = group("List editions, or show one with `digest editions show N`.", invoke_without_command=True)
+bounces_app = group("Process bounce messages (DSNs).", no_args_is_help=True)
+dkim_app = group("DKIM signing keys and the DNS record to publish.", no_args_is_help=True)
+db_app = group("The database schema: `digest db upgrade` after installing a new version.", no_args_is_help=True)
 app.add_typer(subscribers_app, name="subscribers")
 app.add_typer(editions_app, name="editions")
 app.add_typer(bounces_app, name="bounces")
@@ -302,11 +300,13 @@ def send(
         Path, typer.Option("--out", metavar="DIR", help="Where --preview writes preview.html and preview.txt.")
     ] = Path("."),
     to: Annotated[
-        list[str] | None, typer.Option("--to", metavar="ADDR", help="With --preview: mail it to this address only (repeatable).")
+        list[str] | None, typer.Option(
+            "--to", metavar="ADDR", help="With --preview: mail it to this address only (repeatable).")
     ] = None,
     open_: Annotated[bool, typer.Option("--open", help="With --preview: open preview.html in a browser.")] = False,
     latest: Annotated[
-        int | None, typer.Option("--latest", min=1, metavar="N", help="With --preview: the newest N posts, sent or not.")
+        int | None, typer.Option(
+            "--latest", min=1, metavar="N", help="With --preview: the newest N posts, sent or not.")
     ] = None,
     no_fetch: Annotated[bool, typer.Option("--no-fetch", help="Do not poll the feeds first.")] = False,
 ) -> None:
@@ -418,10 +418,12 @@ def _preview(s, cfg: Settings, out_dir: Path, to: list[str], open_: bool, latest
 @command(app)
 def serve(
     host: Annotated[str | None, typer.Option(
-        metavar="HOST", help=f"Address to listen on (default: web.host, {initial_value('web', 'host')}).", show_default=False
+        metavar="HOST", show_default=False,
+        help=f"Address to listen on (default: web.host, {initial_value('web', 'host')}).",
     )] = None,
     port: Annotated[int | None, typer.Option(
-        min=1, max=65535, metavar="PORT", help=f"Port (default: web.port, {initial_value('web', 'port')}).", show_default=False
+        min=1, max=65535, metavar="PORT", show_default=False,
+        help=f"Port (default: web.port, {initial_value('web', 'port')}).",
     )] = None,
     no_scheduler: Annotated[
         bool, typer.Option("--no-scheduler", help="Do not send on schedule (web app only).")
@@ -489,7 +491,8 @@ def worker(
         bool, typer.Option("--once", help="Exit when nothing is left to claim, instead of polling.")
     ] = False,
     batch: Annotated[
-        int | None, typer.Option("--batch", min=1, metavar="N", help="Deliveries claimed at a time (default: delivery.batch_size).")
+        int | None, typer.Option(
+            "--batch", min=1, metavar="N", help="Deliveries claimed at a time (default: delivery.batch_size).")
     ] = None,
 ) -> None:
     """Send the pending deliveries of every edition, alongside any number of other workers.
@@ -598,7 +601,9 @@ def db_copy(
 
 
 @command(db_app, "revision", hidden=True)
-def db_revision(message: Annotated[str, typer.Option("-m", "--message", metavar="TEXT", help="What the migration does.")]) -> None:
+def db_revision(
+    message: Annotated[str, typer.Option("-m", "--message", metavar="TEXT", help="What the migration does.")],
+) -> None:
     """(Developers) Write a migration for the difference between the models and the newest revision."""
     path = schema.revision(message)
     out.print(f"Wrote {path}: review it, then run the test suite on SQLite and PostgreSQL")
@@ -641,14 +646,18 @@ def subscribers_import(file: Annotated[Path, typer.Argument(help="CSV with colum
         report = subs.import_csv(s, io.StringIO(text, newline=""), utc_now, source=str(file))
     for line, reason in report.errors:
         err.print(f"{file}:{line}: {reason}")
-    out.print(f"Imported {report.imported}, skipped {report.skipped} already subscribed, {plural(len(report.errors), 'bad row')}")
+    out.print(f"Imported {report.imported}, skipped {report.skipped} already subscribed,"
+              f" {plural(len(report.errors), 'bad row')}")
     if report.smtputf8:
         out.print(_smtputf8_note(report.smtputf8, f"{report.smtputf8} of them"))
 
 
+STATUS_HELP = "Only this status: pending, active, unsubscribed, bounced or suspended."
+
+
 @command(subscribers_app, "export")
 def subscribers_export(
-    status: Annotated[SubscriberStatus | None, typer.Option(metavar="STATUS", help="Only this status: pending, active, unsubscribed, bounced or suspended.")] = None,
+    status: Annotated[SubscriberStatus | None, typer.Option(metavar="STATUS", help=STATUS_HELP)] = None,
 ) -> None:
     """Write the list as CSV to standard output."""
     cfg = settings()
@@ -662,7 +671,7 @@ def subscribers_export(
 
 @command(subscribers_app, "list")
 def subscribers_list(
-    status: Annotated[SubscriberStatus | None, typer.Option(metavar="STATUS", help="Only this status: pending, active, unsubscribed, bounced or suspended.")] = None,
+    status: Annotated[SubscriberStatus | None, typer.Option(metavar="STATUS", help=STATUS_HELP)] = None,
 ) -> None:
     """List subscribers."""
     cfg = settings()
@@ -730,8 +739,10 @@ def editions_list(ctx: typer.Context, config: ConfigOpt = None) -> None:
 
     # Counts never wrap; the subject folds (at 80 columns every column keeps its whole value).
     table = Table()
-    for heading in ("#", "created (UTC)", "status", "posts", "delivered", "failed", "pending"):
-        table.add_column(heading, no_wrap=heading != "created (UTC)", justify="left" if heading in ("created (UTC)", "status") else "right")
+    for heading in ("#", "created (UTC)", "status"):
+        table.add_column(heading, no_wrap=heading != "created (UTC)")
+    for heading in ("posts", "delivered", "failed", "pending"):
+        table.add_column(heading, no_wrap=True, justify="right")
     table.add_column("subject", overflow="fold", ratio=1)
     with db(cfg.database_url) as s:
         rows = editions_svc.summaries(s)
@@ -824,10 +835,15 @@ def dkim_keygen(
     ] = KeyType.rsa,
     bits: Annotated[int, typer.Option(min=2048, max=4096, metavar="BITS", help="RSA key size.")] = 2048,
     out_path: Annotated[
-        Path | None, typer.Option("--out", metavar="FILE", help="Key file to write (default: dkim.pem next to the config).")
+        Path | None, typer.Option(
+            "--out", metavar="FILE", help="Key file to write (default: dkim.pem next to the config).")
     ] = None,
-    selector: Annotated[str, typer.Option(metavar="NAME", help="s=: the DNS label the key is published under.")] = "digest",
-    domain: Annotated[str | None, typer.Option(metavar="DOMAIN", help="d=: default, the From address's domain.")] = None,
+    selector: Annotated[
+        str, typer.Option(metavar="NAME", help="s=: the DNS label the key is published under.")
+    ] = "digest",
+    domain: Annotated[
+        str | None, typer.Option(metavar="DOMAIN", help="d=: default, the From address's domain.")
+    ] = None,
 ) -> None:
     """Make a signing key (never overwriting one) and print the DNS record and the [dkim] settings."""
     from digest.mail.dkim import dns_record, new_private_key, txt_strings, write_private_key
