@@ -157,7 +157,7 @@ def test_names_from_a_csv_are_printed_as_they_are_and_the_whole_file_imported(co
                    + "[/]@@example.com,Bad\nlast@example.com,Last\n")
     proc = run_digest(config_path, "subscribers", "import", str(src))
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
-    assert "Imported 4, skipped 0 already subscribed, 1 bad rows" in proc.stdout
+    assert "Imported 4, skipped 0 already subscribed, 1 bad row" in proc.stdout
     assert f"{src}:5: not a valid email address: '[/]@@example.com'" in proc.stderr
     listing = run_digest(config_path, "subscribers", "list", check=True).stdout
     for name in HOSTILE:
@@ -179,7 +179,7 @@ def test_a_feed_category_is_printed_as_it_is(smtp_server, tmp_path):
     preview = run_digest(config, "send", "--preview", "--out", str(tmp_path / "out"))
     assert preview.returncode == 0 and "Traceback" not in preview.stderr, preview.stderr
     assert "[bold]x[/ (1)" in preview.stdout
-    assert "Edition 1: 1 posts, 1 delivered" in run_digest(config, "send", check=True).stdout
+    assert "Edition 1: 1 post, 1 delivered" in run_digest(config, "send", check=True).stdout
     show = run_digest(config, "editions", "show", "1")
     assert show.returncode == 0 and "[[bold]x[/] The post" in show.stdout, show.stderr
 
