@@ -176,7 +176,7 @@ def test_mbox_and_what_cannot_be_read_is_reported_not_guessed(tmp_path, db, sett
     box.add(make_dsn(senders["cy@example.com"], "cy@example.com", "4.4.1", action="delayed"))
     box.flush()
     proc = run_digest(settings._config_path, "bounces", "process", str(tmp_path / "bounces.mbox"), check=True)
-    assert "Read 4 messages: 1 hard bounces, 0 soft bounces, 1 without effect, 2 not understood" in proc.stdout
+    assert "Read 4 messages: 1 hard bounce, 0 soft bounces, 1 without effect, 2 not understood" in proc.stdout
     assert "bounced: bob@example.com" in proc.stdout
     assert "names no delivery of ours" in proc.stderr and "not a delivery status notification" in proc.stderr
     db.expire_all()

@@ -157,7 +157,7 @@ def test_names_from_a_csv_are_printed_as_they_are_and_the_whole_file_imported(co
                    + "[/]@@example.com,Bad\nlast@example.com,Last\n")
     proc = run_digest(config_path, "subscribers", "import", str(src))
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
-    assert "Imported 4, skipped 0 already subscribed, 1 bad rows" in proc.stdout
+    assert "Imported 4, skipped 0 already subscribed, 1 bad row" in proc.stdout
     assert f"{src}:5: not a valid email address: '[/]@@example.com'" in proc.stderr
     listing = run_digest(config_path, "subscribers", "list", check=True).stdout
     for name in HOSTILE:
@@ -179,7 +179,7 @@ def test_a_feed_category_is_printed_as_it_is(smtp_server, tmp_path):
     preview = run_digest(config, "send", "--preview", "--out", str(tmp_path / "out"))
     assert preview.returncode == 0 and "Traceback" not in preview.stderr, preview.stderr
     assert "[bold]x[/ (1)" in preview.stdout
-    assert "Edition 1: 1 posts, 1 delivered" in run_digest(config, "send", check=True).stdout
+    assert "Edition 1: 1 post, 1 delivered" in run_digest(config, "send", check=True).stdout
     show = run_digest(config, "editions", "show", "1")
     assert show.returncode == 0 and "[[bold]x[/] The post" in show.stdout, show.stderr
 
@@ -397,3 +397,79 @@ def test_a_command_ends_as_any_program_does_output_complete_exit_handlers_run(co
     missing = digest_in("subscribers", "remove", "zed@example.com")
     assert missing.returncode == 1
     assert missing.stderr.splitlines() == ["error: no subscriber zed@example.com", "exit handler ran"]
+
+
+# --- the operator's view: version, options, wording, tables ------------------------------------
+
+
+def test_version_is_the_installed_distributions(tmp_path):
+    from importlib.metadata import version
+
+    proc = run_digest(tmp_path / "none.toml", "--version", check=True)
+    assert proc.stdout.strip() == f"digest {version('digest-mailer')}"
+
+
+def test_config_is_accepted_after_the_command_name_and_twice_only_when_the_same(config_path, tmp_path):
+    def digest(*args):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
+        return subprocess.run([*DIGEST, *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+
+    added = digest("subscribers", "add", "ann@example.com", "--config", str(config_path))
+    assert added.returncode == 0 and "Added ann@example.com" in added.stdout, added.stderr
+    listed = digest("editions", "--config", str(config_path))
+    assert listed.returncode == 0 and "No editions yet." in listed.stdout, listed.stderr
+    both = digest("--config", str(config_path), "subscribers", "list", "-c", str(tmp_path / "other.toml"))
+    assert both.returncode == 1
+    assert one_line_error(both) == f"error: --config given twice: {config_path} and {tmp_path / 'other.toml'}; give one"
+
+
+@pytest.mark.parametrize("command", [(), ("init",), ("send",), ("serve",), ("worker",), ("subscribers", "list")])
+def test_help_shows_no_type_names_for_flags_or_lists(tmp_path, command):
+    proc = run_digest(tmp_path / "none.toml", *command, "--help", check=True)
+    assert "<bool>" not in proc.stdout
+    assert "<list[" not in proc.stdout
+
+
+def test_one_post_is_said_in_the_singular(tmp_path, smtp_server):
+    from feedgen import write_feed
+
+    config = write_config(tmp_path, feeds=[str(write_feed(tmp_path / "one.atom", [1]))], smtp_port=smtp_server.port)
+    subscribe(config, "ann@example.com")
+    preview = run_digest(config, "send", "--preview", "--out", str(tmp_path / "out"), check=True)
+    assert "1 post in 1 section: News (1)" in preview.stdout
+    sent = run_digest(config, "send", check=True)
+    assert "Edition 1: 1 post, 1 delivered, 0 failed" in sent.stdout
+    assert smtp_server.received[0].message["Subject"] == "Test Weekly: 1 new post"
+
+
+def test_tables_fit_80_columns_and_show_whole_addresses(config_path, smtp_server, tmp_path):
+    address = "a.rather.long.local.part.for.a.person@mail.subdomain.of-a-long-domain-name.example.com"
+    run_digest(config_path, "subscribers", "add", address, "--name", "Bartholomew Montgomery-Fitzgerald III",
+               check=True)
+    run_digest(config_path, "send", check=True)
+    for command in (("subscribers", "list"), ("editions",)):
+        table = run_digest(config_path, *command, env={"COLUMNS": "80"}, check=True).stdout
+        assert max(len(line) for line in table.splitlines()) <= 80, table
+    listing = run_digest(config_path, "subscribers", "list", env={"COLUMNS": "80"}, check=True).stdout
+    first_column = "".join(line.split("│")[1].strip() for line in listing.splitlines() if line.startswith("│"))
+    assert first_column == address, listing
+
+
+def test_schedule_in_utc_shows_each_time_once(config_path):
+    proc = run_digest(config_path, "schedule", "-n", "2", check=True)
+    upcoming = proc.stdout.split("Next sends:\n")[1].splitlines()[:2]
+    assert all(line.count("UTC") == 1 and "=" not in line for line in upcoming), proc.stdout
+
+
+def test_subscribers_add_records_the_confirmation_as_import_does(config_path):
+    run_digest(config_path, "subscribers", "add", "ann@example.com", check=True)
+    [_, ann] = list(csv.reader(io.StringIO(run_digest(config_path, "subscribers", "export", check=True).stdout)))
+    assert ann[4] != "" and ann[4] == ann[3]  # confirmed_at, when it was added
+
+
+def test_a_csv_row_with_an_extra_column_is_reported(config_path, tmp_path):
+    src = tmp_path / "people.csv"
+    src.write_text("ann@example.com,Ann,Paris\nbob@example.com,Bob,,\n")
+    proc = run_digest(config_path, "subscribers", "import", str(src), check=True)
+    assert f"{src}:1: 3 columns; expected email[,name]" in proc.stderr
+    assert "Imported 1, skipped 0 already subscribed, 1 bad row\n" in proc.stdout

@@ -153,7 +153,7 @@ def test_a_feed_that_changes_every_guid_does_not_send_its_posts_again(tmp_path, 
     ]))
     second = run_digest(config, "send", check=True).stdout
     assert "blog.atom: 1 new, 0 updated, 2 unchanged" in second
-    assert "Edition 2: 1 posts, 1 delivered" in second
+    assert "Edition 2: 1 post, 1 delivered" in second
     text = smtp_server.received[-1].message.get_body(("plain",)).get_content()
     assert "Three" in text and "One" not in text and "Two" not in text
     (config.parent / "blog.atom").write_text(_entries([

@@ -210,3 +210,16 @@ def test_bad_json_or_json_that_is_no_json_feed_is_a_one_line_error(body, reason)
         feeds.parse(body, "https://x.example/feed.json")
     message = str(exc.value)
     assert message.startswith("https://x.example/feed.json: " + reason) and "\n" not in message
+
+
+def test_an_entry_without_an_author_is_the_feeds_authors():
+    body = b"""<?xml version="1.0" encoding="utf-8"?>
+<feed xmlns="http://www.w3.org/2005/Atom"><title>Blog</title><id>urn:blog</id>
+<updated>2026-01-01T00:00:00Z</updated><author><name>Feed Writer</name></author>
+<entry><title>Anonymous</title><id>urn:a</id><link href="https://blog.test/a"/>
+<updated>2026-01-01T00:00:00Z</updated><summary>a</summary></entry>
+<entry><title>Signed</title><id>urn:b</id><link href="https://blog.test/b"/>
+<updated>2026-01-01T00:00:00Z</updated><author><name>Guest</name></author><summary>b</summary></entry>
+</feed>"""
+    anonymous, signed = feeds.parse(body, "blog.atom").posts
+    assert (anonymous.author, signed.author) == ("Feed Writer", "Guest")

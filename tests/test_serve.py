@@ -315,7 +315,7 @@ def test_sigterm_stops_digest_send_during_a_poll_at_once(tmp_path, smtp_server):
     # Nothing half-done: the next send (the trickling feed gone) sends the post once.
     write_config(tmp_path, feeds=[str(feed)], smtp_port=smtp_server.port)
     again = run_digest(config, "send", check=True)
-    assert "Edition 1: 1 posts, 1 delivered" in again.stdout
+    assert "Edition 1: 1 post, 1 delivered" in again.stdout
     assert len(smtp_server.received) == 1
 
 

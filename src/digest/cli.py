@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import gc
+import inspect
 import logging
 import sys
+from collections.abc import Callable
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -37,21 +40,24 @@ from digest.store import schema
 from digest.store.database import database_error, display_url, make_engine, session
 from digest.store.models import SubscriberStatus
 
-app = typer.Typer(
-    help="digest: turn a blog's feeds into an email newsletter.",
+
+# Help in click's plain layout (rich_markup_mode=None): Typer's rich layout gives every flag a type
+# column reading "<bool>" (and "--help <bool>"), which no metavar can remove.
+def group(help: str, **kwargs: Any) -> typer.Typer:
+    return typer.Typer(help=help, rich_markup_mode=None, **kwargs)
+
+
+app = group(
+    "digest: turn a blog's feeds into an email newsletter.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-subscribers_app = typer.Typer(help="Manage the subscriber list.", no_args_is_help=True)
-editions_app = typer.Typer(
-    help="List editions, or show one with `digest editions show N`.", invoke_without_command=True
-)
-bounces_app = typer.Typer(help="Process bounce messages (DSNs).", no_args_is_help=True)
-dkim_app = typer.Typer(help="DKIM signing keys and the DNS record to publish.", no_args_is_help=True)
-db_app = typer.Typer(
-    help="The database schema: `digest db upgrade` after installing a new version.", no_args_is_help=True
-)
+subscribers_app = group("Manage the subscriber list.", no_args_is_help=True)
+editions_app = group("List editions, or show one with `digest editions show N`.", invoke_without_command=True)
+bounces_app = group("Process bounce messages (DSNs).", no_args_is_help=True)
+dkim_app = group("DKIM signing keys and the DNS record to publish.", no_args_is_help=True)
+db_app = group("The database schema: `digest db upgrade` after installing a new version.", no_args_is_help=True)
 app.add_typer(subscribers_app, name="subscribers")
 app.add_typer(editions_app, name="editions")
 app.add_typer(bounces_app, name="bounces")
@@ -67,7 +73,8 @@ err = Console(stderr=True, markup=False, emoji=False, highlight=False, soft_wrap
 ConfigOpt = Annotated[
     Path | None,
     typer.Option(
-        "--config", "-c", help="Config file (default: $DIGEST_CONFIG, else ./digest.toml).", show_default=False
+        "--config", "-c", metavar="PATH", show_default=False,
+        help="Config file (default: $DIGEST_CONFIG, else ./digest.toml).",
     ),
 ]
 
@@ -83,7 +90,8 @@ LogLevelOpt = Annotated[
     LogLevel | None,
     typer.Option(
         "--log-level",
-        help="Log level (default: info for serve, warning otherwise).",
+        metavar="LEVEL",
+        help="debug, info, warning or error (default: info for serve, warning otherwise).",
         show_default=False,
         case_sensitive=False,
     ),
@@ -98,11 +106,67 @@ class State:
 state = State()
 
 
+def version_text() -> str:
+    """`digest <version>`: the installed distribution's, else the source tree's."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"digest {version('digest-mailer')}"
+    except PackageNotFoundError:
+        from digest import __version__
+
+        return f"digest {__version__}"
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        out.print(version_text())
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _main(config: ConfigOpt = None, log_level: LogLevelOpt = None) -> None:
+def _main(
+    config: ConfigOpt = None,
+    log_level: LogLevelOpt = None,
+    version: Annotated[bool, typer.Option(
+        "--version", help="Print digest's version and exit.", callback=_print_version, is_eager=True
+    )] = False,
+) -> None:
     state.config = config
     state.log_level = log_level
     setup_logging(log_level or "warning")
+
+
+def _use_config(config: Path | None) -> None:
+    """`--config` given after the command name. Given on both sides with two different files, it is
+    an error naming both rather than a silent choice of one."""
+    if config is None:
+        return
+    if state.config is not None and state.config != config:
+        raise DigestError(f"--config given twice: {state.config} and {config}; give one")
+    state.config = config
+
+
+def command(group: typer.Typer, name: str | None = None, **kwargs: Any) -> Callable[[Callable[..., None]], Any]:
+    """`group.command(name)`, with `--config PATH` accepted after the command name too
+    (`digest send --config x.toml` as `digest --config x.toml send`)."""
+
+    def register(fn: Callable[..., None]) -> Any:
+        signature = inspect.signature(fn, eval_str=True)
+        config = inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ConfigOpt)
+
+        @functools.wraps(fn)
+        def run(*args: Any, config: Path | None = None, **values: Any) -> None:
+            _use_config(config)
+            fn(*args, **values)
+
+        run.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[*signature.parameters.values(), config]
+        )
+        run.__annotations__ = {**fn.__annotations__, "config": ConfigOpt}
+        return group.command(name, **kwargs)(run)
+
+    return register
 
 
 def setup_logging(level: LogLevel | str) -> None:
@@ -164,23 +228,22 @@ def db(url: str):
 # --- init / fetch / send --------------------------------------------------------------------
 
 
-@app.command()
+@command(app)
 def init(
-    config: ConfigOpt = None,
-    name: Annotated[str, typer.Option(help="Newsletter name.")] = initial_value("newsletter", "name"),
+    name: Annotated[str, typer.Option(metavar="NAME", help="Newsletter name.")] = initial_value("newsletter", "name"),
     from_: Annotated[
-        str, typer.Option("--from", help="From address, 'Name <addr>'.")
+        str, typer.Option("--from", metavar="ADDR", help="From address, 'Name <addr>'.")
     ] = initial_value("newsletter", "from"),
-    feed: Annotated[list[str] | None, typer.Option(help="Feed URL or path (repeatable).")] = None,
+    feed: Annotated[list[str] | None, typer.Option(metavar="URL", help="Feed URL or path (repeatable).")] = None,
     public_url: Annotated[
-        str, typer.Option(help="Base URL of `digest serve`.")
+        str, typer.Option(metavar="URL", help="Base URL of `digest serve`.")
     ] = initial_value("newsletter", "public_url"),
     first_edition_days: Annotated[
-        int, typer.Option(min=0, help="On a new install only posts this recent are sent (0: all).")
+        int, typer.Option(min=0, metavar="DAYS", help="On a new install only posts this recent are sent (0: all).")
     ] = initial_value("edition", "first_edition_days"),
 ) -> None:
     """Write a commented config (with a new secret key) and create the database."""
-    path = config_path(config or state.config)
+    path = config_path(state.config)
     if path.exists():
         out.print(f"Config exists, left as it is: {path}")
     else:
@@ -198,7 +261,7 @@ def init(
     out.print(f"Database ready: {display_url(cfg.database_url)}")
 
 
-@app.command()
+@command(app)
 def fetch() -> None:
     """Poll every source and store new and updated posts."""
     cfg = settings()
@@ -213,6 +276,11 @@ def fetch() -> None:
         raise typer.Exit(1)
 
 
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """"1 post", "2 posts", "0 posts"; `nouns` for a plural that is not noun + "s" ("addresses")."""
+    return f"{count} {noun if count == 1 else (nouns or noun + 's')}"
+
+
 def _print_poll(reports: list[sources.SourceReport]) -> None:
     for r in reports:
         if r.error:
@@ -223,20 +291,22 @@ def _print_poll(reports: list[sources.SourceReport]) -> None:
             out.print(f"{r.url}: {r.new} new, {r.updated} updated, {r.unchanged} unchanged")
 
 
-@app.command()
+@command(app)
 def send(
     preview: Annotated[
         bool, typer.Option("--preview", help="Render the next edition to files; record and send nothing.")
     ] = False,
     out_dir: Annotated[
-        Path, typer.Option("--out", help="Where --preview writes preview.html and preview.txt.")
+        Path, typer.Option("--out", metavar="DIR", help="Where --preview writes preview.html and preview.txt.")
     ] = Path("."),
     to: Annotated[
-        list[str] | None, typer.Option("--to", help="With --preview: mail it to this address only (repeatable).")
+        list[str] | None, typer.Option(
+            "--to", metavar="ADDR", help="With --preview: mail it to this address only (repeatable).")
     ] = None,
     open_: Annotated[bool, typer.Option("--open", help="With --preview: open preview.html in a browser.")] = False,
     latest: Annotated[
-        int | None, typer.Option("--latest", min=1, help="With --preview: the newest N posts, sent or not.")
+        int | None, typer.Option(
+            "--latest", min=1, metavar="N", help="With --preview: the newest N posts, sent or not.")
     ] = None,
     no_fetch: Annotated[bool, typer.Option("--no-fetch", help="Do not poll the feeds first.")] = False,
 ) -> None:
@@ -262,15 +332,15 @@ def send(
         out.print(f"Edition {q.edition_number} is still being sent by the workers: {q.pending} pending")
     if result.new_queued is not None:
         q = result.new_queued
-        out.print(f"Edition {q.edition_number}: {result.post_count} posts,"
-                  f" {q.pending} deliveries queued for `digest worker`")
+        out.print(f"Edition {q.edition_number}: {plural(result.post_count, 'post')},"
+                  f" {plural(q.pending, 'delivery', 'deliveries')} queued for `digest worker`")
     for r in result.resumed:
         out.print(f"Resumed edition {r.edition_number}: {r.sent} delivered, {r.failed} failed, {r.pending} pending")
         _print_failures(r)
     if result.edition is not None:
         r = result.edition
         out.print(
-            f"Edition {r.edition_number}: {result.post_count} posts, {r.sent} delivered, {r.failed} failed"
+            f"Edition {r.edition_number}: {plural(result.post_count, 'post')}, {r.sent} delivered, {r.failed} failed"
             + (f", {r.pending} pending (will retry)" if r.pending else "")
         )
         _print_failures(r)
@@ -305,7 +375,8 @@ def _print_failures(r) -> None:
     if r.failed > 20:
         err.print(f"  ... and {r.failed - 20} more (digest editions show {r.edition_number})")
     if getattr(r, "bounced", 0):
-        err.print(f"  {r.bounced} address{'es' if r.bounced != 1 else ''} do not exist (5.1.x): marked bounced")
+        err.print(f"  {plural(r.bounced, 'address', 'addresses')} {'does' if r.bounced == 1 else 'do'} not exist"
+                  " (5.1.x): marked bounced")
 
 
 def _preview(s, cfg: Settings, out_dir: Path, to: list[str], open_: bool, latest: int | None, fetch: bool) -> None:
@@ -322,7 +393,7 @@ def _preview(s, cfg: Settings, out_dir: Path, to: list[str], open_: bool, latest
     html_path.write_text(html, encoding="utf-8")
     text_path.write_text(text, encoding="utf-8")
     out.print(f"Subject: {p.subject}")
-    out.print(f"{p.view.post_count} posts in {len(p.view.sections)} sections: " + ", ".join(
+    out.print(f"{plural(p.view.post_count, 'post')} in {plural(len(p.view.sections), 'section')}: " + ", ".join(
         f"{sec.name} ({len(sec.posts)})" for sec in p.view.sections))
     if p.message.rendered.more:
         out.print(f"The email shows {p.view.post_count - p.message.rendered.more} of them and links to the other "
@@ -344,13 +415,15 @@ def _preview(s, cfg: Settings, out_dir: Path, to: list[str], open_: bool, latest
 # --- serve / schedule -------------------------------------------------------------------------
 
 
-@app.command()
+@command(app)
 def serve(
     host: Annotated[str | None, typer.Option(
-        help=f"Address to listen on (default: web.host, {initial_value('web', 'host')}).", show_default=False
+        metavar="HOST", show_default=False,
+        help=f"Address to listen on (default: web.host, {initial_value('web', 'host')}).",
     )] = None,
     port: Annotated[int | None, typer.Option(
-        min=1, max=65535, help=f"Port (default: web.port, {initial_value('web', 'port')}).", show_default=False
+        min=1, max=65535, metavar="PORT", show_default=False,
+        help=f"Port (default: web.port, {initial_value('web', 'port')}).",
     )] = None,
     no_scheduler: Annotated[
         bool, typer.Option("--no-scheduler", help="Do not send on schedule (web app only).")
@@ -374,12 +447,12 @@ def serve(
     raise typer.Exit(code)
 
 
-@app.command("schedule")
+@command(app, "schedule")
 def schedule_cmd(
-    count: Annotated[int, typer.Option("--count", "-n", min=1, help="How many send times to show.")] = 5,
+    count: Annotated[int, typer.Option("--count", "-n", min=1, metavar="N", help="How many send times to show.")] = 5,
 ) -> None:
     """Show the next send times (in the configured zone and in UTC) and the last edition."""
-    from digest.service.scheduler import when
+    from digest.service.scheduler import is_utc, when
 
     cfg = settings()
     sched = cfg.schedule
@@ -391,9 +464,11 @@ def schedule_cmd(
               + (f"feeds polled every {sched.poll_minutes} min)" if sched.poll_minutes
                  else "no polling between sends)"))
     out.print("Next sends:")
+    clock = "%H:%M:%S" if cron.has_seconds else "%H:%M"
     for t in st.upcoming:
-        clock = "%H:%M:%S" if cron.has_seconds else "%H:%M"
-        out.print(f"  {cron.local(t):%a %Y-%m-%d {clock} %Z}  =  {t:%Y-%m-%d {clock}} UTC")
+        local = cron.local(t)
+        # In UTC (UTC, Etc/UTC, Zulu...) the time in UTC would be the same time said twice.
+        out.print(f"  {local:%a %Y-%m-%d {clock} %Z}" + ("" if is_utc(local) else f"  =  {t:%Y-%m-%d {clock}} UTC"))
     if st.last_edition is None:
         out.print("Last edition: none yet")
     else:
@@ -410,13 +485,14 @@ def schedule_cmd(
 # --- workers ----------------------------------------------------------------------------------
 
 
-@app.command()
+@command(app)
 def worker(
     once: Annotated[
         bool, typer.Option("--once", help="Exit when nothing is left to claim, instead of polling.")
     ] = False,
     batch: Annotated[
-        int | None, typer.Option("--batch", min=1, help="Deliveries claimed at a time (default: delivery.batch_size).")
+        int | None, typer.Option(
+            "--batch", min=1, metavar="N", help="Deliveries claimed at a time (default: delivery.batch_size).")
     ] = None,
 ) -> None:
     """Send the pending deliveries of every edition, alongside any number of other workers.
@@ -467,7 +543,7 @@ def _print_progress(r) -> None:
 # --- db ---------------------------------------------------------------------------------------
 
 
-@db_app.command("upgrade")
+@command(db_app, "upgrade")
 def db_upgrade() -> None:
     """Bring the database schema up to this version of digest (back it up first)."""
     with engine_for(settings().database_url) as engine:
@@ -478,7 +554,7 @@ def db_upgrade() -> None:
         out.print(f"Database schema upgraded from {before or 'nothing'} to revision {after}.")
 
 
-@db_app.command("current")
+@command(db_app, "current")
 def db_current() -> None:
     """Show the database's schema revision and this version's newest one."""
     with engine_for(settings().database_url) as engine:
@@ -490,7 +566,7 @@ def db_current() -> None:
         raise typer.Exit(2 if not st.empty else 0)
 
 
-@db_app.command("copy")
+@command(db_app, "copy")
 def db_copy(
     target: Annotated[str, typer.Argument(envvar="DIGEST_COPY_TO", show_default=False,
                                           help="SQLAlchemy URL of a new, empty database (or set DIGEST_COPY_TO).")],
@@ -518,14 +594,16 @@ def db_copy(
         source.dispose()
         dest.dispose()
     if report.replayed:
-        out.print(f"Recorded {report.replayed} acceptances left in the journal first.")
+        out.print(f"Recorded {plural(report.replayed, 'acceptance')} left in the journal first.")
     rows = ", ".join(f"{name} {n}" for name, n in report.rows.items())
     out.print(f"Copied to {display_url(target)} (rows per table): {rows}")
     out.print("Point database.url (or DIGEST_DATABASE__URL) at it; the old database is unchanged.")
 
 
-@db_app.command("revision", hidden=True)
-def db_revision(message: Annotated[str, typer.Option("-m", "--message", help="What the migration does.")]) -> None:
+@command(db_app, "revision", hidden=True)
+def db_revision(
+    message: Annotated[str, typer.Option("-m", "--message", metavar="TEXT", help="What the migration does.")],
+) -> None:
     """(Developers) Write a migration for the difference between the models and the newest revision."""
     path = schema.revision(message)
     out.print(f"Wrote {path}: review it, then run the test suite on SQLite and PostgreSQL")
@@ -544,9 +622,9 @@ def _smtputf8_note(count: int, who: str) -> str:
             " deliveries fail with 553 5.6.7)")
 
 
-@subscribers_app.command("add")
+@command(subscribers_app, "add")
 def subscribers_add(
-    email: str, name: Annotated[str | None, typer.Option(help="The subscriber's name.")] = None
+    email: str, name: Annotated[str | None, typer.Option(metavar="NAME", help="The subscriber's name.")] = None
 ) -> None:
     """Add a confirmed subscriber (or reactivate one)."""
     cfg = settings()
@@ -557,7 +635,7 @@ def subscribers_add(
         out.print(_smtputf8_note(1, sub.email))
 
 
-@subscribers_app.command("import")
+@command(subscribers_app, "import")
 def subscribers_import(file: Annotated[Path, typer.Argument(help="CSV with columns email[,name].")]) -> None:
     """Import confirmed subscribers from CSV; bad rows are reported, the rest imported."""
     import io
@@ -568,14 +646,18 @@ def subscribers_import(file: Annotated[Path, typer.Argument(help="CSV with colum
         report = subs.import_csv(s, io.StringIO(text, newline=""), utc_now, source=str(file))
     for line, reason in report.errors:
         err.print(f"{file}:{line}: {reason}")
-    out.print(f"Imported {report.imported}, skipped {report.skipped} already subscribed, {len(report.errors)} bad rows")
+    out.print(f"Imported {report.imported}, skipped {report.skipped} already subscribed,"
+              f" {plural(len(report.errors), 'bad row')}")
     if report.smtputf8:
         out.print(_smtputf8_note(report.smtputf8, f"{report.smtputf8} of them"))
 
 
-@subscribers_app.command("export")
+STATUS_HELP = "Only this status: pending, active, unsubscribed, bounced or suspended."
+
+
+@command(subscribers_app, "export")
 def subscribers_export(
-    status: Annotated[SubscriberStatus | None, typer.Option(help="Only this status.")] = None,
+    status: Annotated[SubscriberStatus | None, typer.Option(metavar="STATUS", help=STATUS_HELP)] = None,
 ) -> None:
     """Write the list as CSV to standard output."""
     cfg = settings()
@@ -587,16 +669,23 @@ def subscribers_export(
             writer.writerow(row)
 
 
-@subscribers_app.command("list")
+@command(subscribers_app, "list")
 def subscribers_list(
-    status: Annotated[SubscriberStatus | None, typer.Option(help="Only this status.")] = None,
+    status: Annotated[SubscriberStatus | None, typer.Option(metavar="STATUS", help=STATUS_HELP)] = None,
 ) -> None:
     """List subscribers."""
     cfg = settings()
     from rich.table import Table
     from rich.text import Text
 
-    table = Table("email", "name", "status", "since", "topics")
+    # At 80 columns an address is folded onto more lines, never cut short with an ellipsis: the
+    # whole address is what an operator copies into `subscribers remove`.
+    table = Table()
+    table.add_column("email", overflow="fold", ratio=3)
+    table.add_column("name", overflow="fold", ratio=2)
+    table.add_column("status", no_wrap=True)
+    table.add_column("since", no_wrap=True)
+    table.add_column("topics", overflow="fold", ratio=1)
     n = 0
     with db(cfg.database_url) as s:
         for sub in subs.iterate(s, status):
@@ -605,10 +694,10 @@ def subscribers_list(
             topics = "all" if sub.topics is None else Text("\n".join(sub.topics))
             table.add_row(sub.email, sub.name or "", sub.status.value, f"{sub.created_at:%Y-%m-%d}", topics)
     out.print(table)
-    out.print(f"{n} subscriber{'s' if n != 1 else ''}")
+    out.print(plural(n, "subscriber"))
 
 
-@subscribers_app.command("remove")
+@command(subscribers_app, "remove")
 def subscribers_remove(email: str) -> None:
     """Unsubscribe an address (its history is kept)."""
     cfg = settings()
@@ -618,7 +707,7 @@ def subscribers_remove(email: str) -> None:
     out.print(f"Unsubscribed {sub.email}" if changed else f"{sub.email} was already unsubscribed")
 
 
-@subscribers_app.command("delete")
+@command(subscribers_app, "delete")
 def subscribers_delete(
     email: str, yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False
 ) -> None:
@@ -640,14 +729,21 @@ def subscribers_delete(
 
 
 @editions_app.callback()
-def editions_list(ctx: typer.Context) -> None:
+def editions_list(ctx: typer.Context, config: ConfigOpt = None) -> None:
     """List editions: number, date, posts, delivered / failed / pending."""
+    _use_config(config)
     if ctx.invoked_subcommand is not None:
         return
     cfg = settings()
     from rich.table import Table
 
-    table = Table("#", "created (UTC)", "status", "posts", "delivered", "failed", "pending", "subject")
+    # Counts never wrap; the subject folds (at 80 columns every column keeps its whole value).
+    table = Table()
+    for heading in ("#", "created (UTC)", "status"):
+        table.add_column(heading, no_wrap=heading != "created (UTC)")
+    for heading in ("posts", "delivered", "failed", "pending"):
+        table.add_column(heading, no_wrap=True, justify="right")
+    table.add_column("subject", overflow="fold", ratio=1)
     with db(cfg.database_url) as s:
         rows = editions_svc.summaries(s)
     for e, c in rows:
@@ -656,7 +752,7 @@ def editions_list(ctx: typer.Context) -> None:
     out.print(table if rows else "No editions yet.")
 
 
-@editions_app.command("show")
+@command(editions_app, "show")
 def editions_show(number: int) -> None:
     """Show one edition: its posts, counts, and every failed delivery with the server's reply."""
     cfg = settings()
@@ -683,7 +779,7 @@ def editions_show(number: int) -> None:
 
 
 # (The help as one line: Typer keeps a docstring's line breaks in the list of commands.)
-@app.command(help="Retry edition N's failed and deferred deliveries now"
+@command(app, None, help="Retry edition N's failed and deferred deliveries now"
                   " (not those of bounced, suspended or unsubscribed addresses).")
 def retry(number: int) -> None:
     cfg = settings()
@@ -700,7 +796,7 @@ def retry(number: int) -> None:
     _print_failures(r)
 
 
-@bounces_app.command("process", help="Read bounce messages (RFC 3464 DSNs): hard bounces mark the subscriber"
+@command(bounces_app, "process", help="Read bounce messages (RFC 3464 DSNs): hard bounces mark the subscriber"
                                       " bounced, three soft bounces in a row suspended.")
 def bounces_process(
     path: Annotated[
@@ -715,7 +811,8 @@ def bounces_process(
         report = bounces_svc.process(s, VERP(cfg.newsletter.secret_key, cfg.bounce_domain), path, utc_now)
     for label, reason in report.unreadable:
         err.print(f"{label}: not processed: {reason}")
-    out.print(f"Read {report.read} messages: {report.hard} hard bounces, {report.soft} soft bounces, "
+    out.print(f"Read {plural(report.read, 'message')}: {plural(report.hard, 'hard bounce')},"
+              f" {plural(report.soft, 'soft bounce')}, "
               f"{len(report.ignored)} without effect, {len(report.unreadable)} not understood")
     for address in report.bounced:
         out.print(f"  bounced: {address}")
@@ -731,17 +828,22 @@ class KeyType(str, Enum):
     ed25519 = "ed25519"
 
 
-@dkim_app.command("keygen")
+@command(dkim_app, "keygen")
 def dkim_keygen(
     key_type: Annotated[
-        KeyType, typer.Option("--type", help="rsa (every receiver verifies it) or ed25519.")
+        KeyType, typer.Option("--type", metavar="TYPE", help="rsa (every receiver verifies it) or ed25519.")
     ] = KeyType.rsa,
-    bits: Annotated[int, typer.Option(min=2048, max=4096, help="RSA key size.")] = 2048,
+    bits: Annotated[int, typer.Option(min=2048, max=4096, metavar="BITS", help="RSA key size.")] = 2048,
     out_path: Annotated[
-        Path | None, typer.Option("--out", help="Key file to write (default: dkim.pem next to the config).")
+        Path | None, typer.Option(
+            "--out", metavar="FILE", help="Key file to write (default: dkim.pem next to the config).")
     ] = None,
-    selector: Annotated[str, typer.Option(help="s=: the DNS label the key is published under.")] = "digest",
-    domain: Annotated[str | None, typer.Option(help="d=: default, the From address's domain.")] = None,
+    selector: Annotated[
+        str, typer.Option(metavar="NAME", help="s=: the DNS label the key is published under.")
+    ] = "digest",
+    domain: Annotated[
+        str | None, typer.Option(metavar="DOMAIN", help="d=: default, the From address's domain.")
+    ] = None,
 ) -> None:
     """Make a signing key (never overwriting one) and print the DNS record and the [dkim] settings."""
     from digest.mail.dkim import dns_record, new_private_key, txt_strings, write_private_key
@@ -768,7 +870,7 @@ def dkim_keygen(
     out.print(f'[dkim]\ndomain = "{domain}"\nselector = "{selector}"\nprivate_key_file = "{shown}"')
 
 
-@dkim_app.command("record")
+@command(dkim_app, "record")
 def dkim_record() -> None:
     """Print the DNS TXT record for the configured [dkim] key."""
     from digest.mail.dkim import dns_record, load_private_key, txt_strings

@@ -85,7 +85,8 @@ class NewsletterSettings(_Section):
                             description="signs links (at least 16 characters; `digest init` generates one):"
                             " keep it secret")
     subject: str = Field("{name}: {n} new posts",  # fields: subject.SUBJECT_FIELDS
-                         description="subject template: `{name}`, `{n}` (posts), `{number}` (edition), `{date}`")
+                         description="subject template: `{name}`, `{n}` (posts), `{number}` (edition), `{date}`;"
+                                     " `{n} new posts` reads `1 new post` for one")
     reply_to: str | None = Field(None, description="a Reply-To address", examples=["editor@example.com"])
     list_id: str | None = Field(None, description="the List-Id header",
                                 examples=["My Newsletter <my-newsletter.example.com>"],

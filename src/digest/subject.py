@@ -5,6 +5,7 @@ A leaf (it imports nothing from digest): the settings check the template when th
 
 from __future__ import annotations
 
+import re
 import string
 from datetime import UTC, datetime
 
@@ -14,8 +15,13 @@ SUBJECT_FIELDS = ("name", "n", "number", "date")  # what newsletter.subject can 
 def subject_for(template: str, name: str, n: int, number: int | None, date: datetime) -> str:
     """The subject: the template (checked by check_subject when the settings load) filled in."""
     shown = number if number is not None else ""
+    if n == 1:  # "{n} new posts" and "{n} posts" say "1 new post", "1 post"
+        template = _N_POSTS.sub(r"\1post", template)
     subject = template.format(name=name, n=n, number=shown, date=date.strftime("%B %-d, %Y"))
     return " ".join(subject.split())  # one line, whatever the config says
+
+
+_N_POSTS = re.compile(r"(\{n\}(?:\s+new)?\s+)posts\b")
 
 
 def check_subject(template: str) -> None:

@@ -247,11 +247,23 @@ def parse(
         if not d.get("version"):
             raise FeedError(f"{location}: not an RSS or Atom feed")
     title = shorten(clean(html_to_text(d.feed.get("title", ""))), SOURCE_TITLE_LIMIT) or None
-    posts = [_post(e, category_from, excerpt_words) for e in d.entries]
+    # An entry without an author of its own is the feed's (Atom's <feed><author>, RFC 4287 4.2.1;
+    # RSS's <managingEditor>): feedparser leaves such entries without one.
+    feed_author = _author_of(d.feed)
+    posts = [_post(e, category_from, excerpt_words, feed_author) for e in d.entries]
     return ParsedFeed(title=title, posts=posts)
 
 
-def _post(entry: feedparser.FeedParserDict, category_from: str, excerpt_words: int) -> FeedPost:
+def _author_of(item: feedparser.FeedParserDict) -> str | None:
+    """The name of an entry's or a feed's author, as text; None when it names none."""
+    detail = item.get("author_detail") or {}
+    raw = detail.get("name") or item.get("author", "") or ""
+    return shorten(clean(html_to_text(raw)), AUTHOR_LIMIT) or None
+
+
+def _post(
+    entry: feedparser.FeedParserDict, category_from: str, excerpt_words: int, feed_author: str | None = None
+) -> FeedPost:
     title = clean(_text_of(entry, "title")) or "(untitled)"
     content = ""
     if entry.get("content"):
@@ -275,9 +287,7 @@ def _post(entry: feedparser.FeedParserDict, category_from: str, excerpt_words: i
         if published
         else None
     )
-    detail = entry.get("author_detail") or {}
-    author_raw = detail.get("name") or entry.get("author", "") or ""
-    author = shorten(clean(html_to_text(author_raw)), AUTHOR_LIMIT) or None
+    author = _author_of(entry) or feed_author
     return FeedPost(
         guid=guid[:2000],
         url=url,

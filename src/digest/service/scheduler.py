@@ -55,9 +55,14 @@ def when(cron: Cron, instant: datetime) -> str:
     local = cron.local(instant)
     clock = "%H:%M:%S" if cron.has_seconds else "%H:%M"
     text = f"{local:%a %Y-%m-%d {clock} %Z}"
-    if local.utcoffset() != timedelta(0) or cron.tz_name != "UTC":
+    if not is_utc(local):
         text += f" ({instant.astimezone(UTC):{clock}} UTC)"
     return text
+
+
+def is_utc(local: datetime) -> bool:
+    """A local time that is UTC under any of its names (UTC, Etc/UTC, Zulu, Universal): all say "UTC"."""
+    return local.utcoffset() == timedelta(0) and local.tzname() == "UTC"
 
 
 class Scheduler:

@@ -66,7 +66,8 @@ def add(session: Session, email: str, clock: Clock, *, name: str | None = None) 
     created = sub is None
     if sub is None:
         sub = Subscriber(email=address, created_at=now)
-    if sub.status != SubscriberStatus.active:
+    # Added by the operator is confirmed, as imported is: now, for a new address as for a returning one.
+    if created or sub.status != SubscriberStatus.active:
         sub.status = SubscriberStatus.active
         sub.confirmed_at = now
         sub.unsubscribed_at = None
@@ -116,6 +117,11 @@ def import_csv(session: Session, stream: io.TextIOBase, clock: Clock, *, source:
             continue
         raw = row[0].strip()
         if line == 1 and raw.lower() in ("email", "e-mail", "email address", "address"):
+            continue
+        # A third column (a spreadsheet's "city", say) is not silently dropped: what the columns
+        # mean is a guess, so the row is reported; empty trailing cells are only commas.
+        if len(row) > 2 and any(cell.strip() for cell in row[2:]):
+            report.errors.append((line, f"{len(row)} columns; expected email[,name]"))
             continue
         try:
             address = normalize_email(raw)
