@@ -473,3 +473,21 @@ def test_a_csv_row_with_an_extra_column_is_reported(config_path, tmp_path):
     proc = run_digest(config_path, "subscribers", "import", str(src), check=True)
     assert f"{src}:1: 3 columns; expected email[,name]" in proc.stderr
     assert "Imported 1, skipped 0 already subscribed, 1 bad row\n" in proc.stdout
+
+
+def test_init_refuses_a_feed_with_an_unknown_scheme_before_writing_anything(tmp_path):
+    config = tmp_path / "digest.toml"
+    proc = run_digest(config, "init", "--feed", "htps://blog.test/feed")
+    assert proc.returncode == 2
+    assert one_line_error(proc) == (
+        "error: --feed 'htps://blog.test/feed': scheme 'htps' is not supported (http://, https:// or a local file path)"
+    )
+    assert not config.exists()
+
+
+def test_a_folder_that_cannot_be_written_is_one_line_naming_it(config_path, tmp_path):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    proc = run_digest(config_path, "send", "--preview", "--latest", "1", "--out", str(blocked / "out"))
+    assert proc.returncode == 1
+    assert one_line_error(proc) == f"error: Not a directory: {blocked / 'out'}"

@@ -21,6 +21,7 @@ from digest.clock import utc_now
 from digest.config import (
     Settings,
     config_path,
+    feed_location_problem,
     initial_value,
     load_settings,
     render_config,
@@ -29,7 +30,7 @@ from digest.config import (
 )
 from digest.content import editions as editions_svc
 from digest.content import sources
-from digest.errors import DigestError
+from digest.errors import ConfigError, DigestError
 from digest.links import PublicUrls
 from digest.mail.mailer import SMTPMailer
 from digest.service import pipeline as jobs
@@ -244,6 +245,10 @@ def init(
 ) -> None:
     """Write a commented config (with a new secret key) and create the database."""
     path = config_path(state.config)
+    for location in feed or []:
+        problem = feed_location_problem(location)
+        if problem:  # refused before anything is written, not at the next command
+            raise ConfigError(f"--feed {location!r}: {problem}")
     if path.exists():
         out.print(f"Config exists, left as it is: {path}")
     else:
@@ -895,6 +900,10 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         code = 130
+    except OSError as exc:  # the machine's, not ours: a full disk, a folder we may not write, ...
+        where = f": {exc.filename}" if exc.filename else ""
+        err.print(f"error: {exc.strerror or exc}{where}")
+        code = 1
     # The command is done: move every object into the collector's permanent generation, so the
     # collections the interpreter runs while it shuts down skip the ~92,000 containers the imports
     # made (SQLAlchemy, pydantic, Typer...). `digest editions` on a new install, fastest of 25
