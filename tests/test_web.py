@@ -759,7 +759,7 @@ def test_the_archive_feed_has_the_sent_editions_newest_first_without_personal_li
 
     r = client.get("/archive.atom")
     entries = atom_entries(r)
-    assert [e.findtext(f"{ATOM}title") for e in entries] == ["Test Weekly: 1 new posts", "Test Weekly: 5 new posts"]
+    assert [e.findtext(f"{ATOM}title") for e in entries] == ["Test Weekly: 1 new post", "Test Weekly: 5 new posts"]
     assert [e.find(f"{ATOM}link").get("href") for e in entries] == [
         "http://127.0.0.1:8000/archive/2", "http://127.0.0.1:8000/archive/1"]
     assert [e.findtext(f"{ATOM}id") for e in entries] == [
