@@ -2,7 +2,7 @@
 slow SMTP relay.
 
 Starts `digest serve --no-scheduler` (uvicorn, a subprocess of this Python, so
-`/work/main/.venv/bin/python bench/signup_burst.py` measures main's code) on 127.0.0.1, on a fresh
+`../before/.venv/bin/python bench/signup_burst.py` measures that checkout's code) on 127.0.0.1, on a fresh
 SQLite file holding `--unsubscribes` active subscribers, with an aiosmtpd sink in this process that
 takes `--relay-seconds` (0.5) per message, as a loaded relay does. Then, all at once:
 
