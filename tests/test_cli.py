@@ -491,3 +491,87 @@ def test_a_folder_that_cannot_be_written_is_one_line_naming_it(config_path, tmp_
     proc = run_digest(config_path, "send", "--preview", "--latest", "1", "--out", str(blocked / "out"))
     assert proc.returncode == 1
     assert one_line_error(proc) == f"error: Not a directory: {blocked / 'out'}"
+
+
+# --- progress of long jobs (a bar on a terminal, a log line every --progress-every seconds otherwise)
+
+def _slow_relay(smtp_server) -> None:
+    """The relay takes 2 ms a message, so that a send to 2,000 lasts seconds even on a fast machine."""
+    import time
+
+    smtp_server.data_hook = lambda n: time.sleep(0.002)
+
+
+@pytest.mark.slow
+def test_a_long_send_logs_its_progress_and_a_short_one_does_not(config_path, smtp_server):
+    import re
+
+    subscribe(config_path, *(f"reader{i}@example.com" for i in range(2000)))
+    _slow_relay(smtp_server)
+    proc = run_digest(config_path, "--progress-every", "0.5", "send", check=True, timeout=600)
+    assert "Edition 1: 5 posts, 2000 delivered, 0 failed" in proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if "edition 1:" in line]
+    assert lines, proc.stderr
+    assert all(re.search(r" INFO edition 1: [\d,]+ of 2,000 sent, 0 failed$", line) for line in lines), lines
+    # a short job (one feed from a file, nothing to send) says nothing more than before
+    again = run_digest(config_path, "--progress-every", "0.01", "send", check=True)
+    assert again.stderr == "" and again.stdout.endswith("Nothing new to send.\n")
+
+
+@pytest.mark.slow
+def test_a_long_send_on_a_terminal_shows_a_progress_bar(config_path, smtp_server):
+    import pty
+    import select as select_
+
+    subscribe(config_path, *(f"reader{i}@example.com" for i in range(2000)))
+    _slow_relay(smtp_server)
+    leader, follower = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
+    env.update(COLUMNS="100", TERM="xterm")
+    proc = subprocess.Popen([*DIGEST, "--config", str(config_path), "send"], stdin=follower, stdout=follower,
+                            stderr=follower, env=env, cwd=config_path.parent)
+    os.close(follower)
+    seen = b""
+    while True:
+        ready, _, _ = select_.select([leader], [], [], 600)
+        if not ready:
+            proc.kill()
+            raise AssertionError(f"no output for 600 s: {seen!r}")
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the command ended and closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(leader)
+    assert proc.wait(60) == 0, seen
+    text = seen.decode("utf-8", "replace")
+    assert "sending edition 1" in text and "2000/2000" in text, text[-2000:]
+    assert "Edition 1: 5 posts, 2000 delivered, 0 failed" in text
+
+
+def test_a_long_import_logs_its_progress(config_path, tmp_path):
+    src = tmp_path / "many.csv"
+    src.write_text("email\n" + "".join(f"reader{i}@example.com\n" for i in range(2500)))
+    proc = run_digest(config_path, "--progress-every", "0.01", "subscribers", "import", str(src), check=True)
+    assert "Imported 2500, skipped 0 already subscribed, 0 bad rows" in proc.stdout
+    logged = [line.split(" INFO ", 1)[1] for line in proc.stderr.splitlines() if " INFO " in line]
+    assert logged and set(logged) <= {f"{src}: 1,000 of about 2,501 rows read", f"{src}: 2,000 of about 2,501 rows read"}
+    assert logged[0] == f"{src}: 1,000 of about 2,501 rows read"  # over 1,000 rows: long from the start
+
+
+def test_a_long_fetch_logs_its_progress(tmp_path):
+    from feedserver import FeedServer
+
+    with FeedServer() as server:
+        # one feed at once, one that answers a byte a second and is given up after 3 s
+        config = write_config(tmp_path, feeds=[f"{server.base}/good.atom", f"{server.base}/trickle/slow.atom"])
+        config.write_text(config.read_text().replace("[feeds]\n", "[feeds]\ntimeout = 3\n", 1))
+        proc = run_digest(config, "--progress-every", "0.01", "fetch")
+    assert proc.returncode == 0, proc.stderr
+    logged = [line.split(" INFO ", 1)[1] for line in proc.stderr.splitlines() if " INFO " in line]
+    # the fetch is long once it has run 2 s: the end of the slow feed is logged (and the good feed
+    # only if the machine was slow enough to take 2 s over it)
+    assert logged and logged[-1] == "fetched 2 of 2 feeds", proc.stderr
+    assert set(logged) <= {"fetched 1 of 2 feeds", "fetched 2 of 2 feeds"}, proc.stderr

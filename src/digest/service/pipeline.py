@@ -41,10 +41,12 @@ def poll(
     *,
     stop: Callable[[], bool] = lambda: False,
     fetch=feeds.fetch_one,
+    on_fetched: Callable[[], None] = lambda: None,
 ) -> list[sources.SourceReport]:
     """`digest fetch`: poll every configured feed and store its posts (see sources.poll)."""
     return sources.poll(
-        session, settings.feed_locations(), settings.feeds, settings.edition, clock, fetch=fetch, stop=stop
+        session, settings.feed_locations(), settings.feeds, settings.edition, clock, fetch=fetch, stop=stop,
+        on_fetched=on_fetched,
     )
 
 

@@ -1,0 +1,110 @@
+"""Progress of a long `digest send`, `fetch` or `subscribers import`, on standard error: a rich bar
+when standard error is a terminal, else a log line (INFO) every `every` seconds. Short jobs show
+nothing: a job is long once it has run MIN_SECONDS or has more than MIN_TOTAL items; its first log
+line is written then."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+
+log = logging.getLogger("digest.progress")
+
+MIN_SECONDS = 2.0  # a job done sooner is not worth a bar
+MIN_TOTAL = 1000  # an edition to more recipients than this gets one from the start
+LOG_EVERY = 10.0  # seconds between two log lines when standard error is not a terminal
+
+
+class Meter:
+    """Counts of one job, shown as `describe(done, total)`: a bar on a terminal, a log line otherwise."""
+
+    def __init__(self, label: str, describe: Callable[[int, int | None], str], *, every: float = LOG_EVERY,
+                 terminal: bool | None = None) -> None:
+        self.label = label  # the bar's text ("sending edition 3")
+        self.describe = describe  # the log line's text
+        self.every = every
+        self.terminal = sys.stderr.isatty() if terminal is None else terminal
+        self.started = time.monotonic()
+        self.logged: float | None = None  # when the last log line was written
+        self.bar: Progress | None = None
+        self.task = TaskID(0)
+        self.lock = threading.Lock()
+
+    def update(self, done: int, total: int | None = None, label: str | None = None) -> None:
+        with self.lock:
+            now = time.monotonic()
+            if label is not None:
+                self.label = label
+            long_job = now - self.started >= MIN_SECONDS or (total or 0) > MIN_TOTAL
+            if self.terminal:
+                if self.bar is None and long_job:
+                    # markup=False: the label holds data (a feed URL, an edition number) never read as markup
+                    console = Console(stderr=True, markup=False, emoji=False, highlight=False)
+                    self.bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(),
+                                        MofNCompleteColumn(), TimeRemainingColumn(), console=console)
+                    self.bar.start()
+                    self.task = self.bar.add_task(self.label, total=total)
+                if self.bar is not None:
+                    self.bar.update(self.task, completed=done, total=total, description=self.label)
+            elif long_job and (self.logged is None or now - self.logged >= self.every):
+                self.logged = now
+                log.info("%s", self.describe(done, total))
+
+    def close(self) -> None:
+        with self.lock:
+            if self.bar is not None:
+                self.bar.stop()
+                self.bar = None
+
+
+@contextmanager
+def meter(label: str, describe: Callable[[int, int | None], str], *, every: float = LOG_EVERY) -> Iterator[Meter]:
+    m = Meter(label, describe, every=every)
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+@contextmanager
+def watch(poll: Callable[[], tuple[str, int, int | None, str] | None], *, every: float = LOG_EVERY,
+          tick: float = 0.5) -> Iterator[None]:
+    """Call `poll()` every `tick` seconds in a thread while the body runs, for a job whose counts are
+    in the database (a send, which may run in other processes): it returns (label, done, total,
+    log line) or None when there is nothing to show. The send itself gains no call per message."""
+    stopped = threading.Event()
+    shown: dict[str, str] = {}
+    last: list[tuple[str, int, int | None, str]] = []  # the newest counts shown
+    m = Meter("", lambda done, total: shown.get("line", ""), every=every)
+
+    def run() -> None:
+        while not stopped.wait(tick):
+            got = poll()
+            if got is not None:
+                label, done, total, shown["line"] = got
+                last[:] = [got]
+                m.update(done, total, label)
+
+    thread = threading.Thread(target=run, name="digest-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stopped.set()
+        thread.join()
+        if m.bar is not None and last:
+            # The bar ends on the final counts; an edition no longer being sent has every delivery done.
+            label, _, total, _ = last[0]
+            got = poll()
+            if got is not None and got[0] == label:
+                m.update(got[1], got[2], label)
+            else:
+                m.update(total or 0, total, label)
+        m.close()
