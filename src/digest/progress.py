@@ -1,7 +1,8 @@
 """Progress of a long `digest send`, `fetch` or `subscribers import`, on standard error: a rich bar
 when standard error is a terminal, else a log line (INFO) every `every` seconds. Short jobs show
-nothing: a job is long once it has run MIN_SECONDS or has more than MIN_TOTAL items; its first log
-line is written then."""
+nothing: a job is long once it has run MIN_SECONDS (or `every`, if shorter), or, for a send, has
+more than MIN_TOTAL deliveries; its first log line is written then. No line says a job is done:
+the command's own summary follows at once."""
 
 from __future__ import annotations
 
@@ -26,10 +27,11 @@ class Meter:
     """Counts of one job, shown as `describe(done, total)`: a bar on a terminal, a log line otherwise."""
 
     def __init__(self, label: str, describe: Callable[[int, int | None], str], *, every: float = LOG_EVERY,
-                 terminal: bool | None = None) -> None:
+                 min_total: int | None = None, terminal: bool | None = None) -> None:
         self.label = label  # the bar's text ("sending edition 3")
         self.describe = describe  # the log line's text
         self.every = every
+        self.min_total = min_total  # more items than this: long from the start
         self.terminal = sys.stderr.isatty() if terminal is None else terminal
         self.started = time.monotonic()
         self.logged: float | None = None  # when the last log line was written
@@ -42,7 +44,9 @@ class Meter:
             now = time.monotonic()
             if label is not None:
                 self.label = label
-            long_job = now - self.started >= MIN_SECONDS or (total or 0) > MIN_TOTAL
+            long_job = now - self.started >= min(MIN_SECONDS, self.every) or (
+                self.min_total is not None and (total or 0) > self.min_total
+            )
             if self.terminal:
                 if self.bar is None and long_job:
                     # markup=False: the label holds data (a feed URL, an edition number) never read as markup
@@ -53,7 +57,9 @@ class Meter:
                     self.task = self.bar.add_task(self.label, total=total)
                 if self.bar is not None:
                     self.bar.update(self.task, completed=done, total=total, description=self.label)
-            elif long_job and (self.logged is None or now - self.logged >= self.every):
+            elif long_job and (total is None or done < total) and (
+                self.logged is None or now - self.logged >= self.every
+            ):
                 self.logged = now
                 log.info("%s", self.describe(done, total))
 
@@ -82,7 +88,7 @@ def watch(poll: Callable[[], tuple[str, int, int | None, str] | None], *, every:
     stopped = threading.Event()
     shown: dict[str, str] = {}
     last: list[tuple[str, int, int | None, str]] = []  # the newest counts shown
-    m = Meter("", lambda done, total: shown.get("line", ""), every=every)
+    m = Meter("", lambda done, total: shown.get("line", ""), every=every, min_total=MIN_TOTAL)
 
     def run() -> None:
         while not stopped.wait(tick):
