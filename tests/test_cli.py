@@ -598,3 +598,37 @@ def test_a_long_fetch_logs_its_progress(tmp_path):
     # the last feed is not logged: the command's report of every feed follows at once
     assert "fetched 2 of 3 feeds" in logged and set(logged) <= {"fetched 1 of 3 feeds", "fetched 2 of 3 feeds"}
     assert short.stderr == ""
+
+
+@pytest.mark.slow
+def test_a_send_with_progress_starts_its_sender_processes_with_fork(tmp_path, smtp_server):
+    """The progress of a send runs in the main thread: with a thread alive, the sender processes would
+    be started with forkserver (slower, and ~70 MB more)."""
+    import re
+
+    config = write_config(tmp_path, smtp_port=smtp_server.port, connections=2)
+    subscribe(config, *(f"reader{i}@example.com" for i in range(2000)))
+    _slow_relay(smtp_server)
+    proc = run_digest(config, "--log-level", "debug", "--progress-every", "0.5", "send", check=True, timeout=600)
+    assert "Edition 1: 5 posts, 2000 delivered, 0 failed" in proc.stdout
+    started = re.findall(r" DEBUG starting 2 processes with (\w+)$", proc.stderr, re.M)
+    assert started == ["fork"], proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if " INFO edition 1:" in line]
+    assert lines and all(re.search(r" INFO edition 1: [\d,]+ of 2,000 sent, 0 failed$", line) for line in lines), lines
+
+
+def test_the_progress_bar_of_a_send_starts_no_thread(capsys):
+    """A bar drawn on a terminal (rich's own refresh thread is off) leaves the sender pool with fork."""
+    from digest import progress
+    from digest.delivery import pool
+
+    before = threading.active_count()
+    shown = []
+    with progress.watch(lambda: ("sending edition 1", 10, 2000, "edition 1"), tick=0, terminal=True) as tick:
+        tick()
+        tick()
+        shown.append(threading.active_count())
+    assert shown == [before]
+    if before == 1:  # a test runner with threads of its own (pytest-xdist) would make it forkserver anyway
+        assert pool.start_method() == "fork"
+    assert "sending edition 1" in capsys.readouterr().err
