@@ -354,7 +354,8 @@ def test_a_full_disk_is_one_line_and_loses_nothing(tmp_path, small_disk):
     people = tmp_path / "people.csv"
     # ~2.5 MB of rows and index for a 1 MB disk: the disk fills during the import.
     people.write_text("".join(f"reader{i}@example.com,Reader number {i}\n" for i in range(30_000)))
-    proc = run_digest(config, "subscribers", "import", str(people))
+    # --log-level warning: without the progress lines of this import (long on a loaded machine)
+    proc = run_digest(config, "--log-level", "warning", "subscribers", "import", str(people))
     assert proc.returncode == 1
     assert one_line_error(proc) == f"error: database sqlite:///{small_disk / 'digest.db'}: database or disk is full"
     listing = run_digest(config, "subscribers", "list", check=True).stdout
@@ -491,3 +492,143 @@ def test_a_folder_that_cannot_be_written_is_one_line_naming_it(config_path, tmp_
     proc = run_digest(config_path, "send", "--preview", "--latest", "1", "--out", str(blocked / "out"))
     assert proc.returncode == 1
     assert one_line_error(proc) == f"error: Not a directory: {blocked / 'out'}"
+
+
+# --- progress of long jobs (a bar on a terminal, a log line every --progress-every seconds otherwise)
+
+def _slow_relay(smtp_server) -> None:
+    """The relay takes 2 ms a message, so that a send to 2,000 lasts seconds even on a fast machine."""
+    import time
+
+    smtp_server.data_hook = lambda n: time.sleep(0.002)
+
+
+@pytest.mark.slow
+def test_a_long_send_logs_its_progress_and_a_short_one_does_not(config_path, smtp_server):
+    import re
+
+    subscribe(config_path, *(f"reader{i}@example.com" for i in range(2000)))
+    _slow_relay(smtp_server)
+    proc = run_digest(config_path, "--progress-every", "0.5", "send", check=True, timeout=600)
+    assert "Edition 1: 5 posts, 2000 delivered, 0 failed" in proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if "edition 1:" in line]
+    assert lines, proc.stderr
+    assert all(re.search(r" INFO edition 1: [\d,]+ of 2,000 sent, 0 failed$", line) for line in lines), lines
+    # a short job (one feed from a file, nothing to send) says nothing more than before
+    again = run_digest(config_path, "--progress-every", "0.01", "send", check=True)
+    assert again.stderr == "" and again.stdout.endswith("Nothing new to send.\n")
+
+
+@pytest.mark.slow
+def test_a_long_send_on_a_terminal_shows_a_progress_bar(config_path, smtp_server):
+    import pty
+    import select as select_
+
+    subscribe(config_path, *(f"reader{i}@example.com" for i in range(2000)))
+    _slow_relay(smtp_server)
+    leader, follower = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
+    env.update(COLUMNS="100", TERM="xterm")
+    proc = subprocess.Popen([*DIGEST, "--config", str(config_path), "send"], stdin=follower, stdout=follower,
+                            stderr=follower, env=env, cwd=config_path.parent)
+    os.close(follower)
+    seen = b""
+    while True:
+        ready, _, _ = select_.select([leader], [], [], 600)
+        if not ready:
+            proc.kill()
+            raise AssertionError(f"no output for 600 s: {seen!r}")
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the command ended and closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(leader)
+    assert proc.wait(60) == 0, seen
+    text = seen.decode("utf-8", "replace")
+    assert "sending edition 1" in text and "2000/2000" in text, text[-2000:]
+    assert "Edition 1: 5 posts, 2000 delivered, 0 failed" in text
+
+
+def test_a_long_import_logs_its_progress(config_path, tmp_path):
+    src = tmp_path / "many.csv"
+    src.write_text("email\n" + "".join(f"reader{i}@example.com\n" for i in range(5000)))
+    # --progress-every 0.01: a job is long once it has run 0.01 s (2 s by default)
+    proc = run_digest(config_path, "--progress-every", "0.01", "subscribers", "import", str(src), check=True)
+    assert "Imported 5000, skipped 0 already subscribed, 0 bad rows" in proc.stdout
+    logged = [line.split(" INFO ", 1)[1] for line in proc.stderr.splitlines() if " INFO " in line]
+    assert logged and set(logged) <= {f"{src}: {n},000 of about 5,001 rows read" for n in range(1, 6)}, proc.stderr
+    assert run_digest(config_path, "subscribers", "import", str(src), check=True).stderr == ""  # 2 s by default
+
+
+def test_a_long_fetch_logs_its_progress(tmp_path):
+    import time
+
+    body = (FIXTURES / "blogger.atom").read_bytes()
+
+    class Slow(BaseHTTPRequestHandler):
+        """/0.atom answers at once, /1.atom after 1 s, /3.atom after 3 s."""
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            time.sleep(int(self.path.strip("/").split(".")[0]))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/atom+xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        config = write_config(tmp_path, feeds=[f"{base}/0.atom", f"{base}/1.atom", f"{base}/3.atom"])
+        # --progress-every 0.01: a job is long once it has run 0.01 s (2 s by default)
+        proc = run_digest(config, "--progress-every", "0.01", "fetch", check=True)
+        short = run_digest(write_config(tmp_path, feeds=[f"{base}/0.atom"]), "fetch", check=True)
+    finally:
+        server.shutdown()
+        server.server_close()
+    logged = [line.split(" INFO ", 1)[1] for line in proc.stderr.splitlines() if " INFO " in line]
+    # the last feed is not logged: the command's report of every feed follows at once
+    assert "fetched 2 of 3 feeds" in logged and set(logged) <= {"fetched 1 of 3 feeds", "fetched 2 of 3 feeds"}
+    assert short.stderr == ""
+
+
+@pytest.mark.slow
+def test_a_send_with_progress_starts_its_sender_processes_with_fork(tmp_path, smtp_server):
+    """The progress of a send runs in the main thread: with a thread alive, the sender processes would
+    be started with forkserver (slower, and ~70 MB more)."""
+    import re
+
+    config = write_config(tmp_path, smtp_port=smtp_server.port, connections=2)
+    subscribe(config, *(f"reader{i}@example.com" for i in range(2000)))
+    _slow_relay(smtp_server)
+    proc = run_digest(config, "--log-level", "debug", "--progress-every", "0.5", "send", check=True, timeout=600)
+    assert "Edition 1: 5 posts, 2000 delivered, 0 failed" in proc.stdout
+    started = re.findall(r" DEBUG starting 2 processes with (\w+)$", proc.stderr, re.M)
+    assert started == ["fork"], proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if " INFO edition 1:" in line]
+    assert lines and all(re.search(r" INFO edition 1: [\d,]+ of 2,000 sent, 0 failed$", line) for line in lines), lines
+
+
+def test_the_progress_bar_of_a_send_starts_no_thread(capsys):
+    """A bar drawn on a terminal (rich's own refresh thread is off) leaves the sender pool with fork."""
+    from digest import progress
+    from digest.delivery import pool
+
+    before = threading.active_count()
+    shown = []
+    with progress.watch(lambda: ("sending edition 1", 10, 2000, "edition 1"), tick=0, terminal=True) as tick:
+        tick()
+        tick()
+        shown.append(threading.active_count())
+    assert shown == [before]
+    if before == 1:  # a test runner with threads of its own (pytest-xdist) would make it forkserver anyway
+        assert pool.start_method() == "fork"
+    assert "sending edition 1" in capsys.readouterr().err

@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from digest import progress
 from digest.clock import utc_now
 from digest.config import (
     Settings,
@@ -102,6 +103,7 @@ LogLevelOpt = Annotated[
 class State:
     config: Path | None = None
     log_level: LogLevel | None = None
+    progress_every: float = progress.LOG_EVERY
 
 
 state = State()
@@ -132,10 +134,17 @@ def _main(
     version: Annotated[bool, typer.Option(
         "--version", help="Print digest's version and exit.", callback=_print_version, is_eager=True
     )] = False,
+    progress_every: Annotated[float, typer.Option(
+        "--progress-every", min=0.01, hidden=True, help="Seconds between two progress log lines (tests)."
+    )] = progress.LOG_EVERY,
 ) -> None:
     state.config = config
     state.log_level = log_level
+    state.progress_every = progress_every
     setup_logging(log_level or "warning")
+    if log_level is None:
+        # The progress lines of a long job (INFO) are shown unless a --log-level says otherwise.
+        logging.getLogger(progress.log.name).setLevel(logging.INFO)
 
 
 def _use_config(config: Path | None) -> None:
@@ -271,8 +280,8 @@ def fetch() -> None:
     """Poll every source and store new and updated posts."""
     cfg = settings()
     stop = _stop_on_sigterm()
-    with db(cfg.database_url) as s:
-        reports = jobs.poll(s, cfg, utc_now, stop=stop)
+    with db(cfg.database_url) as s, _fetch_meter(len(cfg.feed_locations())) as done:
+        reports = jobs.poll(s, cfg, utc_now, stop=stop, on_fetched=done)
     _print_poll(reports)
     if stop():
         err.print("Stopped by SIGTERM; feeds not fetched yet are fetched on the next run.")
@@ -326,11 +335,17 @@ def send(
         stop = _stop_on_sigterm()
         # Each feed's report is printed before anything is sent: an SMTP server that cannot be
         # reached ends the command with an error, and what the feeds said is not lost with it.
-        polled = [] if no_fetch else jobs.poll(s, cfg, utc_now, stop=stop)
+        if no_fetch:
+            polled = []
+        else:
+            with _fetch_meter(len(cfg.feed_locations())) as done:
+                polled = jobs.poll(s, cfg, utc_now, stop=stop, on_fetched=done)
         _print_poll(polled)
         mailer = smtp_mailer(cfg)
         try:
-            result = jobs.send(s, cfg, mailer, fetch=False, stop=stop)
+            # With delivery.mode = "workers" this process sends nothing: the workers show their own.
+            with _send_progress(cfg.database_url) if cfg.delivery.mode != "workers" else _nothing() as tick:
+                result = jobs.send(s, cfg, mailer, fetch=False, stop=stop, tick=tick)
         finally:
             mailer.close()
     for q in result.queued:
@@ -359,6 +374,56 @@ def send(
         raise typer.Exit(1)
     if result.edition is None and result.new_queued is None:
         out.print("Nothing new to send.")
+
+
+@contextmanager
+def _nothing():
+    yield None
+
+
+@contextmanager
+def _fetch_meter(feed_count: int):
+    """A callable to call once per feed fetched, which shows the progress of a long fetch."""
+    with progress.meter("fetching feeds", lambda done, total: f"fetched {done} of {plural(total or 0, 'feed')}",
+                        every=state.progress_every) as m:
+        count = {"done": 0}
+
+        def fetched() -> None:
+            count["done"] += 1
+            m.update(count["done"], feed_count)
+
+        yield fetched
+
+
+@contextmanager
+def _send_progress(url: str):
+    """A tick() for deliver() that shows the progress of the edition being sent, read from its
+    deliveries on an engine of its own, in the main thread: the send (in this process or in the
+    sender processes) gains no call per message, and this process no thread (with one, the sender
+    processes would be started with forkserver: slower, and ~70 MB more)."""
+    engine = make_engine(url)
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    def poll() -> tuple[str, int, int | None, str] | None:
+        try:
+            with session(engine) as s:
+                got = editions_svc.sending_counts(s)
+        except SQLAlchemyError as exc:  # a query that fails (a database busy) never ends the send
+            logging.getLogger(__name__).debug("progress query failed: %s", exc)
+            return None
+        if got is None:
+            return None
+        number, c = got
+        total = c["pending"] + c["sent"] + c["failed"] + c["skipped"]
+        return (f"sending edition {number}", total - c["pending"], total,
+                f"edition {number}: {c['sent']:,} of {total:,} sent, {c['failed']:,} failed")
+
+    try:
+        with progress.watch(poll, every=state.progress_every, tick=min(0.5, state.progress_every)) as tick:
+            yield tick
+    finally:
+        engine.dispose()
 
 
 def _stop_on_sigterm():
@@ -647,8 +712,13 @@ def subscribers_import(file: Annotated[Path, typer.Argument(help="CSV with colum
 
     cfg = settings()
     text = subs.read_csv(file)
-    with db(cfg.database_url) as s:
-        report = subs.import_csv(s, io.StringIO(text, newline=""), utc_now, source=str(file))
+    rows = text.count("\n")  # about the number of rows (a quoted cell may hold a line break)
+    with db(cfg.database_url) as s, progress.meter(
+        f"importing {file.name}", lambda done, total: f"{file}: {done:,} of about {total or 0:,} rows read",
+        every=state.progress_every,
+    ) as m:
+        report = subs.import_csv(s, io.StringIO(text, newline=""), utc_now, source=str(file),
+                                 on_rows=lambda done: m.update(done, rows))
     for line, reason in report.errors:
         err.print(f"{file}:{line}: {reason}")
     out.print(f"Imported {report.imported}, skipped {report.skipped} already subscribed,"

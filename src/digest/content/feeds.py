@@ -102,6 +102,7 @@ def fetch_all(
     user_agent: str = "digest",
     stop: Callable[[], bool] = lambda: False,
     fetch: Callable[..., Awaitable[FetchResult]] | None = None,
+    on_fetched: Callable[[], None] = lambda: None,
 ) -> list[FetchResult | FeedError | None]:
     """Fetch every feed, CONCURRENT_FETCHES at a time, each within `timeout` seconds in all.
 
@@ -116,7 +117,7 @@ def fetch_all(
     DNS lookup runs in a thread that the end of the poll waits for; the system resolver bounds it
     (resolv.conf: 5 s a try, 2 tries, by default).
     """
-    return asyncio.run(_fetch_all(requests, timeout, max_bytes, user_agent, stop, fetch or fetch_one))
+    return asyncio.run(_fetch_all(requests, timeout, max_bytes, user_agent, stop, fetch or fetch_one, on_fetched))
 
 
 async def _fetch_all(
@@ -126,6 +127,7 @@ async def _fetch_all(
     user_agent: str,
     stop: Callable[[], bool],
     fetch: Callable[..., Awaitable[FetchResult]],
+    on_fetched: Callable[[], None],
 ) -> list[FetchResult | FeedError | None]:
     turns = asyncio.Semaphore(CONCURRENT_FETCHES)
     client = _client(user_agent) if any(is_http(r.location) for r in requests) else None
@@ -139,6 +141,8 @@ async def _fetch_all(
                 )
             except FeedError as exc:
                 return exc
+            finally:
+                on_fetched()  # a feed done, fetched or failed (not one cancelled by stop())
 
     tasks = [asyncio.create_task(one(r)) for r in requests]
     try:

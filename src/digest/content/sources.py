@@ -41,12 +41,14 @@ def poll(
     clock: Clock,
     fetch: Callable[..., Awaitable[feeds.FetchResult]] = feeds.fetch_one,
     stop: Callable[[], bool] = lambda: False,
+    on_fetched: Callable[[], None] = lambda: None,
 ) -> list[SourceReport]:
     """Fetch every configured feed (`Settings.feed_locations()`; concurrently, each within
     `fetching.timeout`) and store its posts (as `edition`'s category_from, excerpt_words and
     first_edition_days say). One failing source never stops the others; `stop()` does, at once:
     feeds not fetched by then get no report and nothing is recorded for them. `fetch` is an async
-    function called like feeds.fetch_one (the seam a test swaps)."""
+    function called like feeds.fetch_one (the seam a test swaps). `on_fetched()` is called as each
+    feed is fetched (or fails), for the progress of a long poll."""
     if stop():
         return []
     found = [_source_for(session, feed, as_utc(clock())) for feed in configured]
@@ -62,6 +64,7 @@ def poll(
         user_agent=fetching.user_agent,
         stop=stop,
         fetch=fetch,
+        on_fetched=on_fetched,
     )
     reports = []
     for feed, source, outcome in zip(configured, found, outcomes, strict=True):  # one outcome per request

@@ -49,6 +49,7 @@ def deliver(
     stop: Callable[[], bool] = lambda: False,
     sender: str | None = None,
     connections: int | None = None,
+    tick: Callable[[], None] | None = None,
 ) -> DeliveryReport:
     """Send every due pending delivery of `edition`. Raises DeliveryError when the SMTP server
     cannot be reached; whatever was not sent stays pending.
@@ -57,7 +58,9 @@ def deliver(
     processes when the mailer has a `factory` and the database can be shared; otherwise this
     process sends over `mailer` (as `sender`, default a new sender id). `stop()` is polled between
     messages (and forwarded to the sender processes): when it turns true, messages in flight
-    finish and the rest stays pending.
+    finish and the rest stays pending. `tick()`, if given, is called while sending (about every
+    half second from the pool's wait for its processes, else once a batch), in this process's main
+    thread: for a progress display, which so needs no thread of its own.
     """
     ledger = SQLLedger(session)
     settle_dead_senders(ledger, cfg.sender.journal_dir)
@@ -79,10 +82,11 @@ def deliver(
     try:
         if n > 1 and factory is not None and pool.can_share(cfg.database_url):
             report = pool.deliver_in_pool(session, edition, variants, factory, clock, cfg.sender, cfg.variants,
-                                          database_url=cfg.database_url, rate_limit=cfg.rate_limit, stop=stop, n=n)
+                                          database_url=cfg.database_url, rate_limit=cfg.rate_limit, stop=stop, n=n,
+                                          tick=tick)
         else:
             report = run_sender(ledger, edition.id, edition.number, variants, mailer, clock, cfg.sender,  # type: ignore[arg-type]
-                                sender=sender or new_sender_id(), stop=stop, rate=cfg.rate_limit)
+                                sender=sender or new_sender_id(), stop=stop, rate=cfg.rate_limit, tick=tick)
     finally:
         finish_if_done(session, edition, clock)
     report.pending = pending_count(session, edition)

@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 
 PARENT_CHECK = 0.25  # seconds between checks that the parent is still there
 POLL = 0.1  # seconds between the parent's polls of stop()
+TICK = 0.5  # seconds between two calls of the parent's tick() (the progress of a send)
 
 Job = TypeVar("Job")
 
@@ -94,10 +95,13 @@ class CannotStart(Exception):
 
 
 def run_processes(target: Callable[[Job, Callable[[], bool]], object], jobs: Sequence[Job], stop: Callable[[], bool], *,
-                  method: str | None = None) -> list[ProcessResult]:
+                  method: str | None = None, tick: Callable[[], None] | None = None) -> list[ProcessResult]:
     """Run ``target(job, stop)`` for each job in its own process; the results, in order.
-    CannotStart (before any process starts) when the jobs would have to be pickled and cannot."""
+    CannotStart (before any process starts) when the jobs would have to be pickled and cannot.
+    ``tick()`` is called about every TICK seconds while the parent waits for the processes (a
+    thread for it would make the next start method forkserver)."""
     method = method or start_method()
+    log.debug("starting %d processes with %s", len(jobs), method)
     if method != "fork":
         try:
             pickle.dumps((target, list(jobs)))
@@ -131,8 +135,12 @@ def run_processes(target: Callable[[Job, Callable[[], bool]], object], jobs: Seq
     outcomes: list[ProcessResult | None] = [None] * len(procs)
     signalled = False
     interrupted: BaseException | None = None
+    ticked = time.monotonic()
     while any(o is None for o in outcomes):
         try:
+            if tick is not None and time.monotonic() - ticked >= TICK:
+                ticked = time.monotonic()
+                tick()
             if not signalled and stop():
                 _signal_all([p for p, _ in procs])
                 signalled = True
@@ -260,10 +268,11 @@ class SenderJob:
 
 def deliver_in_pool(session: Session, edition: Edition, variants: Variants, factory: Callable[[], Mailer],
                     clock: Clock, cfg: SenderSettings, variant_cfg: VariantSettings, *, database_url: str,
-                    rate_limit: float, stop: Callable[[], bool], n: int) -> DeliveryReport:
+                    rate_limit: float, stop: Callable[[], bool], n: int,
+                    tick: Callable[[], None] | None = None) -> DeliveryReport:
     """Send `edition` from `n` sender processes, each over its own `factory()` mailer, sharing
     `rate_limit` (messages a second, 0: none). Falls back to this process and one connection when
-    the job cannot go to another process."""
+    the job cannot go to another process. `tick()`: see run_processes."""
     ledger = SQLLedger(session)
     edition_id = stored_id(edition)
     # Render, here and once, every variant the pending deliveries need (a sender process that
@@ -274,13 +283,13 @@ def deliver_in_pool(session: Session, edition: Edition, variants: Variants, fact
     job = SenderJob(cfg, variant_cfg, database_url, edition_id, edition.subject, variants.date, variants.rendered,
                     factory, clock, rate_limit / n)
     try:
-        results = run_processes(pool_sender, [job] * n, stop)
+        results = run_processes(pool_sender, [job] * n, stop, tick=tick)
     except CannotStart as exc:
         log.warning("sending from this process over one connection: %s", exc)
         mailer = factory()
         try:
             return run_sender(ledger, edition_id, edition.number, variants, mailer, clock, cfg,
-                              sender=new_sender_id(), stop=stop, rate=rate_limit)
+                              sender=new_sender_id(), stop=stop, rate=rate_limit, tick=tick)
         finally:
             mailer.close()
     report = DeliveryReport(edition.number)

@@ -172,10 +172,12 @@ def run_sender(
     sender: str,
     rate: float = 0.0,
     stop: Callable[[], bool] = lambda: False,
+    tick: Callable[[], None] | None = None,
 ) -> DeliveryReport:
     """One sender, `sender` by id: claim a batch, send it over `mailer`, record each result; until
     nothing is due or `stop()` (polled between messages: messages in flight finish, the rest stays
-    pending). At most `rate` messages a second (0: no limit)."""
+    pending). At most `rate` messages a second (0: no limit). `tick()` (the progress of a send from
+    this process) is called once a batch, after the claim that wrote the last batch's results."""
     report = DeliveryReport(edition_number)
     links = Links(cfg.secret_key, cfg.public_url)
     verp = VERP(cfg.secret_key, cfg.bounce_domain)
@@ -193,6 +195,8 @@ def run_sender(
             batch = store.claim(edition_id, sender, now=now, until=now + cfg.lease, limit=cfg.batch_size,
                                 after=after, results=recorder.results)
             recorder.written()
+            if tick is not None:
+                tick()
             if not batch:
                 if after == 0:
                     break

@@ -41,10 +41,12 @@ def poll(
     *,
     stop: Callable[[], bool] = lambda: False,
     fetch=feeds.fetch_one,
+    on_fetched: Callable[[], None] = lambda: None,
 ) -> list[sources.SourceReport]:
     """`digest fetch`: poll every configured feed and store its posts (see sources.poll)."""
     return sources.poll(
-        session, settings.feed_locations(), settings.feeds, settings.edition, clock, fetch=fetch, stop=stop
+        session, settings.feed_locations(), settings.feeds, settings.edition, clock, fetch=fetch, stop=stop,
+        on_fetched=on_fetched,
     )
 
 
@@ -78,9 +80,11 @@ def send(
     fetch: bool = True,
     stop: Callable[[], bool] = lambda: False,
     slot: datetime | None = None,
+    tick: Callable[[], None] | None = None,
 ) -> SendResult:
     """Fetch, finish every unfinished edition, build the next one from every unsent post (for
-    schedule slot `slot`, if given: at most one edition per slot), deliver it."""
+    schedule slot `slot`, if given: at most one edition per slot), deliver it. `tick()`: the
+    progress of the sends (see delivery.deliver)."""
     result = SendResult()
     if fetch:
         result.polled = poll(session, settings, clock, stop=stop)
@@ -88,7 +92,7 @@ def send(
     if settings.delivery.mode == "workers":
         return _queue_for_workers(session, clock, result, slot, subject_template=nl.subject, newsletter_name=nl.name)
     renderer = Renderer.from_settings(settings)
-    result.resumed = resume(session, settings, mailer, clock, stop=stop, renderer=renderer)
+    result.resumed = resume(session, settings, mailer, clock, stop=stop, renderer=renderer, tick=tick)
     if stop():
         return result
     if slot is None:
@@ -104,7 +108,8 @@ def send(
     result.post_count = view.post_count
     result.recipients = editions.delivery_count(session, edition)
     result.edition = deliver(
-        session, edition, mailer, clock, SendingSettings.from_settings(settings), renderer=renderer, stop=stop
+        session, edition, mailer, clock, SendingSettings.from_settings(settings), renderer=renderer, stop=stop,
+        tick=tick,
     )
     return result
 
@@ -117,6 +122,7 @@ def resume(
     *,
     stop: Callable[[], bool] = lambda: False,
     renderer: Renderer | None = None,
+    tick: Callable[[], None] | None = None,
 ) -> list[DeliveryReport]:
     """Deliver what is due of every unfinished edition (an interrupted send, deferred retries).
     With delivery.mode = "workers" that is the workers' job: nothing is sent here."""
@@ -128,7 +134,7 @@ def resume(
     for unfinished in editions.unfinished(session):
         if stop():
             break
-        reports.append(deliver(session, unfinished, mailer, clock, sending, renderer=renderer, stop=stop))
+        reports.append(deliver(session, unfinished, mailer, clock, sending, renderer=renderer, stop=stop, tick=tick))
     return reports
 
 

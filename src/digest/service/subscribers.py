@@ -5,7 +5,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,14 +105,18 @@ def read_csv(path: Path) -> str:
         ) from None
 
 
-def import_csv(session: Session, stream: io.TextIOBase, clock: Clock, *, source: str = "CSV") -> ImportReport:
+def import_csv(session: Session, stream: io.TextIOBase, clock: Clock, *, source: str = "CSV",
+               on_rows: Callable[[int], None] = lambda rows: None) -> ImportReport:
     """Rows `email[,name]`, an optional header row. Bad rows are reported by line; the rest imported,
     in one transaction: a file that cannot be read to its end (or a full disk) imports nothing.
-    `source` (the file) goes into the message of such an error."""
+    `source` (the file) goes into the message of such an error. `on_rows(rows read)` is called every
+    1,000 rows, for the progress of a long import."""
     now = as_utc(clock())
     report = ImportReport()
     existing = set(session.exec(select(Subscriber.email)).all())
-    for line, row in _rows(stream, source):
+    for read, (line, row) in enumerate(_rows(stream, source), 1):
+        if read % 1000 == 0:
+            on_rows(read)
         if not row or not any(cell.strip() for cell in row):
             continue
         raw = row[0].strip()
