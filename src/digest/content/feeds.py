@@ -69,6 +69,22 @@ class FeedPost:
     content_hash: str
 
 
+def _feed_post(guid: str, url: str, title: str, category: str, display: str, author: str | None,
+          published_at: datetime | None, excerpt_text: str, content_hash: str) -> FeedPost:
+    """A post as stored, whichever format it came in: capped to the columns and the limits."""
+    return FeedPost(
+        guid=guid[:2000],
+        url=url,
+        title=shorten(title, TITLE_LIMIT),
+        category=shorten(category, CATEGORY_LIMIT),
+        display_title=shorten(display, TITLE_LIMIT),
+        author=author,
+        published_at=published_at,
+        excerpt=excerpt_text,
+        content_hash=content_hash,
+    )
+
+
 @dataclass(frozen=True)
 class ParsedFeed:
     title: str | None
@@ -292,17 +308,8 @@ def _post(
         else None
     )
     author = _author_of(entry) or feed_author
-    return FeedPost(
-        guid=guid[:2000],
-        url=url,
-        title=shorten(title, TITLE_LIMIT),
-        category=shorten(category, CATEGORY_LIMIT),
-        display_title=shorten(display, TITLE_LIMIT),
-        author=author,
-        published_at=published_at,
-        excerpt=excerpt(clean(html_to_text(body_html)), excerpt_words),
-        content_hash=content_hash,
-    )
+    return _feed_post(guid, url, title, category, display, author, published_at,
+                      excerpt(clean(html_to_text(body_html)), excerpt_words), content_hash)
 
 
 def _looks_like_json(body: bytes) -> bool:
@@ -375,17 +382,8 @@ def _json_post(item: dict[str, object], feed_author: str, category_from: str, ex
     guid = guid or link or "sha256:" + content_hash
     published_at = _rfc3339(_string(item, "date_published")) or _rfc3339(_string(item, "date_modified"))
     author = shorten(clean(_author_names(item) or feed_author), AUTHOR_LIMIT) or None
-    return FeedPost(
-        guid=guid[:2000],
-        url=url,
-        title=shorten(title, TITLE_LIMIT),
-        category=shorten(category, CATEGORY_LIMIT),
-        display_title=shorten(display, TITLE_LIMIT),
-        author=author,
-        published_at=published_at,
-        excerpt=excerpt(clean(text), excerpt_words),
-        content_hash=content_hash,
-    )
+    return _feed_post(guid, url, title, category, display, author, published_at, excerpt(clean(text), excerpt_words),
+                      content_hash)
 
 
 def _string(obj: dict[str, object], key: str) -> str:
