@@ -751,7 +751,6 @@ def subscribers_list(
     """List subscribers."""
     cfg = settings()
     from rich.table import Table
-    from rich.text import Text
 
     # At 80 columns an address is folded onto more lines, never cut short with an ellipsis: the
     # whole address is what an operator copies into `subscribers remove`.
@@ -833,6 +832,7 @@ def editions_show(number: int) -> None:
     cfg = settings()
     with db(cfg.database_url) as s:
         e, counts, posts, failures = editions_svc.details(s, number)
+        waiting = editions_svc.deferred(s, e)
     out.print(f"Edition {e.number} — {e.subject}")
     out.print(f"Created {e.created_at:%Y-%m-%d %H:%M} UTC, status {e.status.value}"
               + (f", finished {e.finished_at:%Y-%m-%d %H:%M}" if e.finished_at else ""))
@@ -844,8 +844,6 @@ def editions_show(number: int) -> None:
         out.print("Failures:")
         for address, attempts, error in failures:
             out.print(f"  {address or '(erased)'}: {error} (attempts: {attempts})")
-    with db(cfg.database_url) as s:
-        waiting = editions_svc.deferred(s, e)
     if waiting:
         out.print("Deferred (retried automatically, or now with `digest retry N`):")
         for address, attempts, error, next_at in waiting:

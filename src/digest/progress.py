@@ -88,9 +88,8 @@ def watch(poll: Callable[[], tuple[str, int, int | None, str] | None], *, every:
     wait for its processes, or once a batch): at most every `tick` seconds it calls `poll()`, which
     returns (label, done, total, log line) or None when there is nothing to show. The send gains no
     call per message, and no thread."""
-    shown: dict[str, str] = {}
     last: list[tuple[str, int, int | None, str]] = []  # the newest counts shown
-    m = Meter("", lambda done, total: shown.get("line", ""), every=every, min_total=MIN_TOTAL, terminal=terminal)
+    m = Meter("", lambda done, total: last[0][3] if last else "", every=every, min_total=MIN_TOTAL, terminal=terminal)
     polled = time.monotonic()
 
     def on_tick() -> None:
@@ -101,8 +100,8 @@ def watch(poll: Callable[[], tuple[str, int, int | None, str] | None], *, every:
         polled = now
         got = poll()
         if got is not None:
-            label, done, total, shown["line"] = got
             last[:] = [got]
+            label, done, total, _ = got
             m.update(done, total, label)
 
     try:

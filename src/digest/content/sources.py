@@ -215,22 +215,20 @@ def _renamed(stored: Sequence[Post], entries: list[feeds.FeedPost]) -> dict[str,
     Only an identity that one stored post and one entry have counts: a feed that gives every entry
     the blog's home page as its link must not fold new posts into old ones.
     """
-    stored_ids = Counter(_identity(p.url, p.title, p.published_at) for p in stored)
+    stored_key = [(p, _identity(p.url, p.title, p.published_at)) for p in stored]  # each worked out once
+    entry_key = [(fp, _identity(fp.url, fp.title, fp.published_at)) for fp in entries]
+    stored_ids = Counter(identity for _, identity in stored_key)
+    entry_ids = Counter(identity for _, identity in entry_key)
     guids = {p.guid for p in stored}
-    new_entries = [fp for fp in entries if fp.guid not in guids]
-    entry_ids = Counter(_identity(fp.url, fp.title, fp.published_at) for fp in entries)
     fetched = {fp.guid for fp in entries}
     gone = {
         identity: p
-        for p in stored
-        if p.guid not in fetched
-        and (identity := _identity(p.url, p.title, p.published_at)) is not None
-        and stored_ids[identity] == 1
+        for p, identity in stored_key
+        if p.guid not in fetched and identity is not None and stored_ids[identity] == 1
     }
     renamed = {}
-    for fp in new_entries:
-        identity = _identity(fp.url, fp.title, fp.published_at)
-        if identity in gone and entry_ids[identity] == 1:
+    for fp, identity in entry_key:
+        if fp.guid not in guids and identity in gone and entry_ids[identity] == 1:
             renamed[fp.guid] = gone.pop(identity)
     return renamed
 

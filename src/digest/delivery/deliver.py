@@ -88,15 +88,17 @@ def deliver(
             report = run_sender(ledger, edition.id, edition.number, variants, mailer, clock, cfg.sender,  # type: ignore[arg-type]
                                 sender=sender or new_sender_id(), stop=stop, rate=cfg.rate_limit, tick=tick)
     finally:
-        finish_if_done(session, edition, clock)
-    report.pending = pending_count(session, edition)
+        pending = finish_if_done(session, edition, clock)
+    report.pending = pending
     return report
 
 
-def finish_if_done(session: Session, edition: Edition, clock: Clock) -> None:
-    """Mark the edition sent once none of its deliveries is pending."""
-    if pending_count(session, edition) == 0 and edition.status != EditionStatus.sent:
+def finish_if_done(session: Session, edition: Edition, clock: Clock) -> int:
+    """Mark the edition sent once none of its deliveries is pending; how many are pending."""
+    pending = pending_count(session, edition)
+    if pending == 0 and edition.status != EditionStatus.sent:
         edition.status = EditionStatus.sent
         edition.finished_at = as_utc(clock())
         session.add(edition)
         session.commit()
+    return pending

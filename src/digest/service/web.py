@@ -48,6 +48,7 @@ from digest.links import (
 )
 from digest.mail.mailer import Mailer, SMTPMailer
 from digest.service import archive, signup
+from digest.service import subscribers as subs
 from digest.service.ratelimit import RateLimiter
 from digest.store.database import make_engine, session
 from digest.store.models import SubscriberStatus
@@ -280,10 +281,11 @@ def create_app(
         # The body is not read: `List-Unsubscribe=One-Click` (urlencoded or multipart), the
         # page's own form or nothing at all — the signed URL alone says who leaves.
         try:
-            sub = signup.from_token(s, links, token)  # held, so the unsubscribe finds it loaded
-            signup.unsubscribe(s, clock, links, token)
+            sub = signup.from_token(s, links, token)  # the link checked and its subscriber read once
         except BadToken:
             return page("invalid_link.html", 400)
+        if sub is not None:
+            subs.unsubscribe(s, sub, clock)
         return page("unsubscribed.html", prefs_url=prefs_path(sub) if sub else None)
 
     # --- preferences --------------------------------------------------------------------------
