@@ -96,6 +96,7 @@ def line_of(path, text: str) -> int:
         ("DIGEST_FEEDS__URLS", '["a.atom", ', "invalid setting 'feeds.urls': not a JSON list"),
         ("DIGEST_NEWSLETTER__SUBJECT", "{name}: {count} posts", "invalid setting 'newsletter.subject': unknown field {count}: use {name}, {n}, {number}, {date}"),
         ("DIGEST_NEWSLETTER__SUBJECT", "{name} {", "invalid setting 'newsletter.subject': Single '{' encountered"),
+        ("DIGEST_NEWSLETTER__SITE_URL", "blog.example.com", "invalid setting 'newsletter.site_url': must start with http:// or https://"),
         ("DIGEST_DATABASE__URL", "notadb://x", "invalid setting 'database.url': unknown kind of database 'notadb'"),
         ("DIGEST_DATABASE__URL", "digest.db", "invalid setting 'database.url': not a database URL"),
         ("DIGEST_DELIVERY__JOURNAL_DIR", "digest.toml", "invalid setting 'delivery.journal_dir': {dir}/digest.toml is a file, not a directory"),

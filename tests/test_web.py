@@ -8,6 +8,8 @@ import shutil
 import time
 import warnings
 from datetime import timedelta
+from html import unescape
+from html.parser import HTMLParser
 from xml.etree import ElementTree
 
 import feedparser
@@ -920,3 +922,89 @@ def test_templates_of_ones_own_still_get_base_and_public_url(tmp_path, smtp_serv
     preview = jobs.preview(db, settings, clock, latest=1, fetch=False)
     assert preview.message.rendered.text == (
         "past: https://blog.example.org/news/archive and https://blog.example.org/news/archive\n")
+
+
+# --- the form on the blog (/embed) --------------------------------------------------------------
+
+
+class FormFields(HTMLParser):
+    """What a browser would send from a page's first form: its action, and each named input."""
+
+    def __init__(self):
+        super().__init__()
+        self.action: str | None = None
+        self.inputs: dict[str, list[str]] = {}
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.append(tag)
+        if tag == "form" and self.action is None:
+            self.action = a["action"]
+        if tag == "input" and a.get("name"):
+            self.inputs.setdefault(a["name"], []).append(a.get("value") or "")
+
+
+def embedded_form(html: str) -> str:
+    """The HTML /embed gives to copy: the text of its textarea, as the operator's clipboard has it."""
+    m = re.search(r'<textarea id="snippet"[^>]*>(.*?)</textarea>', html, re.S)
+    assert m, "no snippet on /embed"
+    return unescape(m.group(1))
+
+
+def test_embed_shows_the_form_for_the_blog_escaped_posting_to_public_url(config_path, clock, db, posts):
+    db.add(Post(source_id=1, guid="odd-1", url="https://blog.example/odd", title='Q&A "live" <now>',
+                category='Q&A "live" <now>', display_title="odd", excerpt="odd", content_hash="x",
+                first_seen_at=clock.now, updated_at=clock.now))
+    db.commit()
+    settings = load_settings(config_path, newsletter={"public_url": "https://news.example.org/letter"})
+    with TestClient(create_app(settings, clock=clock)) as c:
+        r = c.get("/embed")
+        home = c.get("/").text
+    assert r.status_code == 200
+    snippet = embedded_form(r.text)
+    fields = FormFields()
+    fields.feed(snippet)
+    # absolute: it is pasted into a page on another site
+    assert fields.action == "https://news.example.org/letter/subscribe"
+    assert set(fields.inputs) == {"email", "name", "categories", "website"}  # as the app's own form
+    assert fields.inputs["categories"] == ["Architecture", "Explained", "In Focus", 'Q&A "live" <now>']
+    assert 'value="Q&amp;A &#34;live&#34; &lt;now&gt;"' in snippet  # the feed's text stays text
+    assert {"script", "style", "iframe"}.isdisjoint(fields.tags) and " id=" not in snippet
+    assert 'style="display:none"' in snippet.split('name="website"')[0].rsplit("<div", 1)[1]  # the honeypot hidden
+    assert snippet in r.text  # the preview is the same form
+    assert "<now>" not in r.text.replace(snippet, "")  # and shown as text in the textarea
+    csp = r.headers["Content-Security-Policy"]
+    assert "script-src 'none'" in csp and "frame-ancestors 'none'" in csp
+    assert "form-action 'self' https://news.example.org;" in csp
+    assert "noindex" in r.headers["X-Robots-Tag"]
+    assert "/embed" not in home  # for the operator: the readers' pages don't link it
+
+
+def test_the_embedded_form_posted_from_the_blog_lands_on_check_your_inbox_with_a_way_back(
+        config_path, smtp_server, clock, db, posts):
+    settings = load_settings(config_path, newsletter={"site_url": "https://blog.example.com/"})
+    blog = {"Origin": "https://blog.example.com", "Referer": "https://blog.example.com/p/subscribe.html"}
+    with TestClient(create_app(settings, clock=clock)) as c:
+        fields = FormFields()
+        fields.feed(embedded_form(c.get("/embed").text))
+        sent = {"email": "reader@example.com", "name": "Rea", "categories": ["Explained"], "website": ""}
+        assert set(sent) == set(fields.inputs)
+        r = c.post(path_of(fields.action, settings), data=sent, headers=blog, follow_redirects=False)
+        assert r.status_code == 200 and "Check your inbox" in title(r.text)
+        assert '<a href="https://blog.example.com">Back to the blog</a>' in r.text
+        assert "set-cookie" not in r.headers
+        [mail] = confirmation_mails(db, smtp_server, "reader@example.com")
+        assert mail["Subject"] == "Confirm your subscription to Test Weekly"
+        assert subscriber(db, "reader@example.com").status == SubscriberStatus.pending  # double opt-in
+
+        bot = c.post("/subscribe", data={**sent, "email": "bot@example.com", "website": "https://spam.example"},
+                     headers=blog)
+        assert bot.text.replace("bot@example.com", "reader@example.com") == r.text  # the same answer
+        settled(db)
+        assert subscriber(db, "bot@example.com") is None and smtp_server.to("bot@example.com") == []
+
+
+def test_without_site_url_check_your_inbox_has_no_link_back(client):
+    r = client.post("/subscribe", data={"email": "reader@example.com"})
+    assert "Check your inbox" in title(r.text) and "Back to the blog" not in r.text

@@ -12,8 +12,11 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -92,9 +95,18 @@ def wait_for(what: str, check, timeout: float = 20.0, proc: subprocess.Popen | N
 
 @pytest.fixture
 def server(tmp_path, smtp_server):
+    with serve_digest(tmp_path, smtp_server) as running:
+        yield running
+
+
+@contextmanager
+def serve_digest(tmp_path: Path, smtp_server, site_url: str | None = None):
+    """`digest serve` on a free port of 127.0.0.1, with the fixture blog's posts fetched."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cfg = write_config(tmp_path, smtp_port=smtp_server.port, public_url=url)
+    if site_url:
+        cfg.write_text(cfg.read_text().replace("[newsletter]\n", f'[newsletter]\nsite_url = "{site_url}"\n', 1))
     run_digest(cfg, "fetch", check=True)  # the blog's topics appear on the form
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
     log = tmp_path / "serve.log"
@@ -194,3 +206,87 @@ def test_subscribe_confirm_and_unsubscribe_in_a_real_browser(browser, server, sm
 
     assert problems == []
     context.close()
+
+
+@dataclass
+class Blog:
+    """Another site: a page served from another port of 127.0.0.1, so another origin than the app."""
+
+    url: str
+    html: str = ""
+
+
+@pytest.fixture
+def blog():
+    site = Blog("")
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = site.html.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    site.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    threading.Thread(target=httpd.serve_forever, name="blog", daemon=True).start()
+    try:
+        yield site
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.mark.slow
+def test_the_form_pasted_into_a_blog_subscribes_from_another_origin(browser, blog, tmp_path, smtp_server):
+    reader, bot = "reader@example.com", "bot@example.com"
+    with serve_digest(tmp_path, smtp_server, site_url=blog.url) as server:
+        context = browser.new_context()
+        page = context.new_page()
+        problems: list[str] = []  # console errors include Content-Security-Policy violations
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+
+        # 1. The operator copies the form from /embed (its preview keeps the form's inline styles)
+        # and pastes it into a page of the blog.
+        page.goto(server.url + "/embed")
+        assert not page.is_visible(".preview input[name=website]")
+        snippet = page.input_value("#snippet")
+        blog.html = ("<!doctype html><html><head><meta charset=utf-8><title>A blog</title></head>"
+                     f"<body><h1>A blog</h1><aside>{snippet}</aside></body></html>")
+
+        # 2. A bot fills every field, the hidden one too: the same answer, nothing stored or sent.
+        page.goto(blog.url + "/")
+        page.fill("input[name=email]", bot)
+        page.evaluate("document.querySelector('input[name=website]').value = 'https://spam.example'")
+        page.get_by_role("button", name="Subscribe").click()
+        page.wait_for_selector("h1:has-text('Check your inbox')")
+
+        # 3. A reader on the blog: the form posts across origins and lands on our page.
+        page.goto(blog.url + "/")
+        assert not page.is_visible("input[name=website]")
+        page.fill("input[name=email]", reader)
+        page.fill("input[name=name]", "Rea Der")
+        page.get_by_label("Explained").check()
+        page.get_by_role("button", name="Subscribe").click()
+        page.wait_for_selector("h1:has-text('Check your inbox')")
+        assert page.url == server.url + "/subscribe"
+        assert reader in page.inner_text("main")
+        back = page.get_by_role("link", name="Back to the blog")
+        assert back.get_attribute("href") == blog.url
+
+        mail = wait_for("the confirmation mail", lambda: smtp_server.to(reader), log=server.log)[0].message
+        assert mail["Subject"] == "Confirm your subscription to Test Weekly"
+        assert server.status(reader) == SubscriberStatus.pending  # double opt-in: confirmed from the mail
+        assert server.status(bot) is None and smtp_server.to(bot) == []
+
+        back.click()
+        page.wait_for_selector("h1:has-text('A blog')")
+        assert page.url.startswith(blog.url)
+        assert problems == []
+        context.close()

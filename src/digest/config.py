@@ -81,6 +81,8 @@ class NewsletterSettings(_Section):
                        examples=["My Newsletter <news@example.com>"])
     public_url: str = Field("http://127.0.0.1:8000",
                             description="base URL of the web app (`digest serve`), used in every link")
+    site_url: str | None = Field(None, description="the blog's address: the page after signing up links back to it",
+                                 examples=["https://blog.example.com"])
     secret_key: str = Field(min_length=16,
                             description="signs links (at least 16 characters; `digest init` generates one):"
                             " keep it secret")
@@ -110,9 +112,11 @@ class NewsletterSettings(_Section):
         check_subject(value)  # ValueError naming the unknown field
         return value
 
-    @field_validator("public_url")
+    @field_validator("public_url", "site_url")
     @classmethod
-    def _url(cls, value: str) -> str:
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")

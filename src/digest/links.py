@@ -7,7 +7,8 @@ Link formats (fixed; the web app serves them, its routes are built from the path
 - ``{public_url}/confirm/{token}``: a confirmation token that expires after 7 days;
 - ``{public_url}/archive/{number}``: an edition as a web page, no token; ``{public_url}/archive``
   the list of them, ``{public_url}/archive.atom`` the same as an Atom feed, ``{public_url}/`` the
-  subscribe form.
+  subscribe form, ``{public_url}/subscribe`` where it posts (from the blog too: ``{public_url}/embed``
+  shows the form to paste there).
 
 `PublicUrls` builds the URLs and needs no secret (the renderer and the pages use it); `Links` is
 that plus the signed tokens (the sender, the confirmation mail, the pages that read a token).
@@ -29,7 +30,8 @@ CONFIRM_MAX_AGE = 7 * 24 * 3600
 
 # The paths of the public pages, under public_url (the web app's routes are these).
 HOME = "/"  # the subscribe form
-SUBSCRIBE = "/subscribe"  # where the form posts
+SUBSCRIBE = "/subscribe"  # where the form posts (ours, and the one on the blog)
+EMBED = "/embed"  # the subscribe form as HTML to paste into the blog
 CONFIRM = "/confirm"
 UNSUBSCRIBE = "/unsubscribe"
 PREFERENCES = "/preferences"
@@ -91,6 +93,7 @@ class PublicUrls:
         self.public_url = public_url.rstrip("/")
         self.base_path = urlsplit(self.public_url).path  # "" or "/news"
         self.subscribe_url = self.public_url + HOME
+        self.subscribe_action_url = self.public_url + SUBSCRIBE  # the form pasted into the blog posts here
         self.archive_index_url = self.public_url + ARCHIVE
         self.archive_feed_url = self.public_url + ARCHIVE_FEED
         self.subscribe_path = self.base_path + HOME

@@ -38,6 +38,7 @@ from digest.links import (
     ARCHIVE,
     ARCHIVE_FEED,
     CONFIRM,
+    EMBED,
     HOME,
     PREFERENCES,
     STYLESHEET,
@@ -47,7 +48,7 @@ from digest.links import (
     Links,
 )
 from digest.mail.mailer import Mailer, SMTPMailer
-from digest.service import archive, signup
+from digest.service import archive, embed, signup
 from digest.service import subscribers as subs
 from digest.service.ratelimit import RateLimiter
 from digest.store.database import make_engine, session
@@ -191,9 +192,11 @@ def create_app(
 
     DB = Annotated[Session, Depends(db)]
 
+    newsletter = {"name": settings.newsletter.name, "site_url": settings.newsletter.site_url}
+
     def page(template: str, http_status: int = 200, headers: dict[str, str] | None = None, **ctx: Any) -> HTMLResponse:
         html = env.get_template(f"web/{template}").render(
-            newsletter={"name": settings.newsletter.name}, urls=urls, base=urls.base_path, **ctx
+            newsletter=newsletter, urls=urls, base=urls.base_path, **ctx
         )
         return HTMLResponse(html, status_code=http_status, headers=headers)
 
@@ -243,6 +246,13 @@ def create_app(
         if result.mailed:
             relay.wake()  # the mail is committed in the outbox; a relay thread sends it now
         return answer
+
+    @app.get(EMBED, response_class=HTMLResponse)
+    def embed_page(s: DB):
+        html = embed.form(env, action=urls.subscribe_action_url, newsletter_name=settings.newsletter.name,
+                          categories=signup.known_categories(s, order))
+        headers = {"Content-Security-Policy": embed.content_security_policy(urls.public_url), "X-Robots-Tag": "noindex"}
+        return page("embed.html", snippet=html, action=urls.subscribe_action_url, headers=headers)
 
     # --- confirm ------------------------------------------------------------------------------
 
