@@ -37,7 +37,8 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
         "--disable-sync", "--no-first-run", "--hide-scrollbars"]
 SCHEMES = ("light", "dark")
 WIDTHS = (600, 375)  # the email's width; a phone's
-HEIGHT = 760  # enough for the header and the first posts, or a whole short page
+HEIGHT = 640  # enough for the email's header and first post, or most of the subscribe form
+ARCHIVE_HEIGHT = 320  # the list of one edition
 
 
 def free_port() -> int:
@@ -97,6 +98,7 @@ def main() -> None:
                         page.screenshot(path=str(DOCS / f"email-{scheme}-{width}.png"))
                         page.goto(url + "/")
                         page.screenshot(path=str(DOCS / f"subscribe-{scheme}-{width}.png"))
+                        page.set_viewport_size({"width": width, "height": ARCHIVE_HEIGHT})
                         page.goto(url + "/archive")
                         page.screenshot(path=str(DOCS / f"archive-{scheme}-{width}.png"))
                         page.close()
