@@ -22,11 +22,11 @@ from pathlib import Path
 import httpx
 from playwright.sync_api import sync_playwright
 
-from digest.service import pipeline as jobs
-from digest.service import subscribers as subs
 from digest.config import load_settings, render_config
 from digest.links import PublicUrls
 from digest.mail.mailer import MemoryMailer
+from digest.service import pipeline as jobs
+from digest.service import subscribers as subs
 from digest.store.database import make_engine, session
 from digest.store.schema import create_schema
 
