@@ -112,12 +112,12 @@ def test_hostile_feed_is_inert_in_the_email(tmp_path, smtp_server, clock):
     assert "&lt;b&gt;bold&lt;/b&gt; &amp; &#34;quotes&#34;" in html or "&lt;b&gt;bold&lt;/b&gt; &amp; &quot;quotes&quot;" in html
 
 
-UPDATE_GOLDEN = "DIGEST_UPDATE_GOLDEN"  # =1: write the golden files from this run (then review the diff)
+UPDATE_GOLDEN = "UPDATE_GOLDEN"  # =1: write the golden files from this run (then review the diff)
 
 
 def golden_text(name: str, actual: str) -> str:
     """The text of tests/golden/NAME, to compare `actual` with. A missing golden file is a failure,
-    not a pass: it is written only on a deliberate run with DIGEST_UPDATE_GOLDEN=1, whose diff one
+    not a pass: it is written only on a deliberate run with UPDATE_GOLDEN=1, whose diff one
     then reviews."""
     golden = GOLDEN / name
     if os.environ.get(UPDATE_GOLDEN) == "1":

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -290,3 +291,133 @@ def test_the_form_pasted_into_a_blog_subscribes_from_another_origin(browser, blo
         assert page.url.startswith(blog.url)
         assert problems == []
         context.close()
+
+
+# --- light and dark: what a reader sees with their system set to either ------------------------
+
+# Every visible piece of text: its colour and the background it is drawn on (the nearest
+# element's, up from the text's own, that is not transparent).
+TEXTS_JS = """() => {
+  const opaque = c => !/^rgba\\(.*, 0\\)$/.test(c) && c !== "transparent";
+  const background = el => {
+    for (; el; el = el.parentElement) {
+      const c = getComputedStyle(el).backgroundColor;
+      if (opaque(c)) return c;
+    }
+    return null;
+  };
+  const out = [];
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  while (walker.nextNode()) {
+    const el = walker.currentNode.parentElement;
+    const text = walker.currentNode.textContent.trim();
+    if (!text || !el.getClientRects().length || el.closest(".hp")) continue;
+    out.push({text: text.slice(0, 60), link: !!el.closest("a"), button: !!el.closest("button"),
+              color: getComputedStyle(el).color, background: background(el)});
+  }
+  return out;
+}"""
+SCHEMES = ("light", "dark")
+WCAG_AA = 4.5  # the contrast body text and links need (WCAG 2.x, 1.4.3)
+
+
+def luminance(css: str) -> float:
+    """Relative luminance (WCAG 2.x) of a computed colour, "rgb(r, g, b)"."""
+    channels = [int(v) / 255 for v in re.findall(r"\d+(?:\.\d+)?", css)[:3]]
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def contrast(a: str, b: str) -> float:
+    la, lb = sorted((luminance(a), luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+def texts_seen(browser, scheme: str, *, html: str | None = None, url: str | None = None) -> list[dict]:
+    """The texts of the document (`html`, or the page at `url`) in a phone's window, with the
+    system set to `scheme`. A CSP violation or a stylesheet that did not load fails the test (the
+    page itself may be an error page: its own status is not a problem)."""
+    context = browser.new_context(color_scheme=scheme, viewport={"width": 375, "height": 800})
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if "Content Security Policy" in m.text else None)
+    page.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 and r.url != url else None)
+    try:
+        if html is not None:
+            page.set_content(html)
+        else:
+            page.goto(url)
+        texts = page.evaluate(TEXTS_JS)
+    finally:
+        context.close()
+    assert problems == [], f"{scheme}: {problems}"
+    assert texts
+    return texts
+
+
+def assert_readable(texts: list[dict], where: str) -> None:
+    faint = [f"{t['text']!r}: {t['color']} on {t['background']} {contrast(t['color'], t['background']):.2f}:1"
+             for t in texts if t["background"] is None or contrast(t["color"], t["background"]) < WCAG_AA]
+    assert faint == [], f"{where}: text below {WCAG_AA}:1"
+
+
+def first(texts: list[dict], start: str) -> dict:
+    return next(t for t in texts if t["text"].startswith(start))
+
+
+def assert_follows_the_scheme(seen: dict[str, list[dict]], body_text: str, link_text: str, where: str,
+                              keeps: tuple[str, ...] = ()) -> None:
+    """Readable in both; dark text on light in light mode and light on dark in dark mode; links
+    coloured apart from the text; behind every text but a button's label a dark background
+    (`keeps`: the labels of buttons that are links, as an email's are)."""
+    for scheme, texts in seen.items():
+        assert_readable(texts, f"{where}, {scheme}")
+        body, link = first(texts, body_text), first(texts, link_text)
+        assert link["link"] and link["color"] != body["color"], f"{where}, {scheme}: links look like text"
+    light, dark = first(seen["light"], body_text), first(seen["dark"], body_text)
+    assert luminance(light["background"]) > 0.8 and luminance(light["color"]) < 0.05, light
+    assert luminance(dark["background"]) < 0.05 and luminance(dark["color"]) > 0.6, dark
+    bright = [t["text"] for t in seen["dark"]
+              if luminance(t["background"]) > 0.05 and not t["button"] and t["text"] not in keeps]
+    assert bright == [], f"{where}: light backgrounds left in dark mode"
+
+
+def test_emails_follow_the_readers_light_or_dark_scheme(browser, db, settings, clock):
+    from email import message_from_bytes
+    from email.policy import default
+
+    from digest.content.render import environment
+    from digest.links import PublicUrls
+    from digest.service import pipeline as jobs
+    from digest.service.signup import confirmation_email
+
+    # the poll runs its fetches with asyncio.run, which refuses the thread where Playwright's
+    # sync API keeps its own event loop
+    with ThreadPoolExecutor(1) as thread:
+        thread.submit(jobs.poll, db, settings, clock).result()
+    preview = jobs.preview(db, settings, clock, fetch=False)
+    edition, _ = preview.message.parts_for(jobs.preview_recipient(PublicUrls(settings.newsletter.public_url)))
+    mail = confirmation_email(settings.newsletter, "reader@example.com", settings.newsletter.public_url + "/confirm/t0ken",
+                              clock(), env=environment())
+    confirmation = message_from_bytes(mail, policy=default).get_body(("html",)).get_content()
+
+    for where, html, body_text, link_text, keeps in (
+        ("edition", edition, "Hi Reader", "Read more", ()),
+        ("confirmation", confirmation, "Please confirm", "http://", ("Confirm subscription",)),
+    ):
+        # what tells Apple Mail not to invert the colours itself, and Outlook.com's dark mode hooks
+        assert '<meta name="color-scheme" content="light dark"' in html
+        assert "[data-ogsc] " in html and "[data-ogsb] " in html
+        seen = {scheme: texts_seen(browser, scheme, html=html) for scheme in SCHEMES}
+        assert_follows_the_scheme(seen, body_text, link_text, where, keeps)
+
+
+@pytest.mark.slow
+def test_pages_follow_the_readers_light_or_dark_scheme(browser, server):
+    for path, body_text, link_text in (
+        ("/", "Email address", "Archive"),
+        ("/archive", "No editions yet", "Subscribe"),
+        ("/unsubscribe/not-a-token", "It may have been", "Subscribe"),  # the page of a broken link
+    ):
+        seen = {scheme: texts_seen(browser, scheme, url=server.url + path) for scheme in SCHEMES}
+        assert_follows_the_scheme(seen, body_text, link_text, path)
