@@ -6,8 +6,8 @@ import email
 import email.policy
 import os
 import re
-from html.parser import HTMLParser
 from datetime import UTC
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -194,7 +194,7 @@ def entry(n: int, title: str, link: str, body: str, *, author: str = "Ann", day:
 
 
 def send_feed(tmp_path, smtp_server, clock, feed: str, people, *, max_bytes: int = 10 * 1024 * 1024,
-              images: str = "lead"):
+              images: str = "lead", templates_dir: Path | None = None):
     """Send the edition of `feed` to `people` [(address, name, categories)] over real SMTP;
     names are written to the database as they are, as a row stored by an older version would be."""
     from conftest import write_config
@@ -207,6 +207,7 @@ def send_feed(tmp_path, smtp_server, clock, feed: str, people, *, max_bytes: int
     cfg = load_settings(write_config(tmp_path, feeds=[str(path)], smtp_port=smtp_server.port))
     cfg.feeds.max_bytes = max_bytes
     cfg.edition.images = images
+    cfg.edition.templates_dir = templates_dir
     engine = make_engine(cfg.database_url)
     create_schema(engine)
     with session(engine) as db:
@@ -401,3 +402,21 @@ def test_a_30_post_edition_with_an_image_each_is_sent_whole_under_102_kb(tmp_pat
     shown = img_tags(html)
     assert len(shown) == 30 and {(i["width"], i["height"]) for i in shown} == {("552", "311")}
     assert len(html.encode("utf-8")) < 102_000 and len(received.data) < 102_000, (len(html), len(received.data))
+
+
+def test_a_template_of_ones_own_gets_the_setting_and_each_posts_image(tmp_path, smtp_server, clock):
+    from conftest import FIXTURES
+    own = tmp_path / "templates"
+    own.mkdir()
+    (own / "edition.mjml.j2").write_text(
+        "<mjml><mj-body><mj-section><mj-column>{% for s in sections %}{% for post in s.posts %}"
+        "<mj-text>[{{ images }} {{ post.display_title }}: {% if post.image %}{{ post.image.url }} {{ post.image.width }}"
+        "x{{ post.image.height }}{% else %}none{% endif %}]</mj-text>{% endfor %}{% endfor %}"
+        "<mj-text>{{ unsubscribe_url }}</mj-text></mj-column></mj-section></mj-body></mjml>", encoding="utf-8")
+    feed = (FIXTURES / "images.rss").read_text(encoding="utf-8")
+    _, _, got = send_feed(tmp_path, smtp_server, clock, feed, [("ann@example.com", "Ann", None)], images="none",
+                          templates_dir=own)
+    _, html = parts(got["ann@example.com"])
+    assert "[none Night market: https://static.pictures.example/2026/11/night-market-large.jpg 552x368]" in html
+    assert "[none Tide pools: https://blogger.googleusercontent.com/img/a/AVvXsEgTestTidePools8Lw3Rn5Kd1=w600 552xNone]" in html
+    assert "[none Seed catalogue: none]" in html
