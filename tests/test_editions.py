@@ -218,3 +218,27 @@ def test_a_source_keyed_by_its_absolute_path_is_re_keyed_not_sent_again(tmp_path
         assert [src.url for src in s.exec(select(Source)).all()] == ["blog.atom"]
     engine.dispose()
     assert len(smtp_server.received) == 1
+
+
+def test_a_post_stored_before_lead_images_gets_its_image_on_the_next_poll_unless_sent(tmp_path, db, clock):
+    thumbnail = ("<media:thumbnail xmlns:media='http://search.yahoo.com/mrss/' width='1200' height='800'"
+                 " url='https://blog.test/{id}.jpg'/></entry>")
+    entries = [{"id": 1, "date": "2026-11-20T10:00:00Z", "title": "Explained: Sent"}]
+    cfg, path = setup(tmp_path, entries)
+    pipeline.poll(db, cfg, clock)
+    new_edition(db, clock, cfg)
+    entries.append({"id": 2, "date": "2026-11-21T10:00:00Z", "title": "Explained: Unsent"})
+    path.write_text(feed(entries))
+    pipeline.poll(db, cfg, clock)
+    for post in db.exec(select(Post)).all():  # as the migration leaves them: no image
+        post.image_url = post.image_width = post.image_height = None
+        db.add(post)
+    db.commit()
+    *posts, end = feed(entries).split("</entry>")  # the feed now gives each post an image
+    path.write_text("".join(part + thumbnail.format(id=n) for n, part in enumerate(posts, start=1)) + end)
+    report = pipeline.poll(db, cfg, clock)[0]
+    assert (report.new, report.updated) == (0, 0)  # no post is new, no text was edited
+    images = {p.display_title: (p.image_url, p.image_width, p.image_height) for p in db.exec(select(Post)).all()}
+    assert images == {"Sent": (None, None, None), "Unsent": ("https://blog.test/2.jpg", 1200, 800)}
+    [section] = editions.edition_view(db, new_edition(db, clock, cfg)).sections
+    assert [p.image_url for p in section.posts] == ["https://blog.test/2.jpg"]

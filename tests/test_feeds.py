@@ -223,3 +223,66 @@ def test_an_entry_without_an_author_is_the_feeds_authors():
 </feed>"""
     anonymous, signed = feeds.parse(body, "blog.atom").posts
     assert (anonymous.author, signed.author) == ("Feed Writer", "Guest")
+
+
+# --- lead images ------------------------------------------------------------------------------
+
+def lead(post: feeds.FeedPost) -> tuple[str | None, int | None, int | None]:
+    return post.image_url, post.image_width, post.image_height
+
+
+def test_each_post_takes_its_lead_image_from_the_feed():
+    posts = {p.display_title: lead(p) for p in parse("images.rss").posts}
+    assert posts == {
+        # Blogger's 72 px square thumbnail, asked for 600 px wide; its height from the w400-h300 the URL names
+        "The lighthouse at dusk": (
+            "https://blogger.googleusercontent.com/img/b/R29vZ2xl/AVvXsEhTestLighthouse0Qm9Zx7Yk2/w600/lighthouse-dusk.jpg",
+            600, 450),
+        # ...and the other form of its URLs; a square crop names no aspect ratio: the height is unknown
+        "Tide pools": ("https://blogger.googleusercontent.com/img/a/AVvXsEgTestTidePools8Lw3Rn5Kd1=w600", 600, None),
+        # media:content: the largest image (not the video, not the thumbnail)
+        "Night market": ("https://static.pictures.example/2026/11/night-market-large.jpg", 1200, 800),
+        # the enclosure that is an image (not the podcast's mp3), no size given
+        "Bridges of the old town": ("https://cdn.pictures.example/upload/v1764/bridges-cover.png", None, None),
+        # the first <img> of the content that is an http(s) image, not a data: or javascript: one
+        # nor a tracking pixel
+        "First frost": ("https://pictures.example/wp-content/uploads/2026/11/frost-on-dahlias.jpg", 1024, 683),
+        # javascript:, data:, a quote that would end the attribute, a hidden character: no image
+        "Seed catalogue": (None, None, None),
+    }
+
+
+def test_a_json_feed_items_image_and_else_its_first_img():
+    body = b"""{"version": "https://jsonfeed.org/version/1.1", "title": "J", "items": [
+      {"id": "1", "url": "https://j.example/1", "title": "One", "content_text": "x",
+       "image": "https://j.example/img/one.jpg"},
+      {"id": "2", "url": "https://j.example/posts/2", "title": "Two", "image": "javascript:alert(1)",
+       "content_html": "<p><img src='/img/two.png' width='640' height='480'>Two</p>"},
+      {"id": "3", "url": "https://j.example/3", "title": "Three", "image": 42, "content_html": "<p>No picture</p>"}]}"""
+    posts = feeds.parse(body, "j.json").posts
+    assert [lead(p) for p in posts] == [
+        ("https://j.example/img/one.jpg", None, None),
+        ("https://j.example/img/two.png", 640, 480),  # relative: against the post's link
+        (None, None, None),
+    ]
+
+
+@pytest.mark.parametrize(("url", "declared", "expected"), [
+    ("https://blogger.googleusercontent.com/img/b/R29vZ2xl/AVv/s72-c/a.png", (72, 72),
+     ("https://blogger.googleusercontent.com/img/b/R29vZ2xl/AVv/w600/a.png", 600, None)),
+    ("https://blogger.googleusercontent.com/img/b/R29vZ2xl/AVv/s72-w395-h220-c/a.png", (72, 72),
+     ("https://blogger.googleusercontent.com/img/b/R29vZ2xl/AVv/w600/a.png", 600, 334)),
+    ("https://1.bp.blogspot.com/-aB/XyZ/AAAA/cD-eF/s320/a.jpg", (320, 240),  # not cropped: the declared aspect
+     ("https://1.bp.blogspot.com/-aB/XyZ/AAAA/cD-eF/w600/a.jpg", 600, 450)),
+    ("https://blogger.googleusercontent.com/img/a/AVvXsEg-x_y=s72-w400-h390-c", (72, 72),
+     ("https://blogger.googleusercontent.com/img/a/AVvXsEg-x_y=w600", 600, 585)),
+    ("https://img.youtube.com/vi/abc/default.jpg", (72, 72), None),  # a thumbnail elsewhere is too small
+    ("https://example.com/s72-c/a.png", (None, None), ("https://example.com/s72-c/a.png", None, None)),
+    ("//cdn.example/a.png", (None, None), ("https://cdn.example/a.png", None, None)),
+    ("ftp://cdn.example/a.png", (None, None), None),
+    ("https://cdn.example/a b.png", (None, None), None),
+])
+def test_a_lead_image_url_is_http_and_bloggers_are_asked_for_600_px(url, declared, expected):
+    from digest.content.images import Image, usable
+    image = usable(Image(url, *declared))
+    assert (image and (image.url, image.width, image.height)) == expected

@@ -7,6 +7,7 @@ import email.policy
 import os
 import re
 from datetime import UTC
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -192,7 +193,8 @@ def entry(n: int, title: str, link: str, body: str, *, author: str = "Ann", day:
             f"<author><name>{escape(author)}</name></author></entry>")
 
 
-def send_feed(tmp_path, smtp_server, clock, feed: str, people, *, max_bytes: int = 10 * 1024 * 1024):
+def send_feed(tmp_path, smtp_server, clock, feed: str, people, *, max_bytes: int = 10 * 1024 * 1024,
+              images: str = "lead", templates_dir: Path | None = None):
     """Send the edition of `feed` to `people` [(address, name, categories)] over real SMTP;
     names are written to the database as they are, as a row stored by an older version would be."""
     from conftest import write_config
@@ -204,6 +206,8 @@ def send_feed(tmp_path, smtp_server, clock, feed: str, people, *, max_bytes: int
     path.write_text(feed, encoding="utf-8")
     cfg = load_settings(write_config(tmp_path, feeds=[str(path)], smtp_port=smtp_server.port))
     cfg.feeds.max_bytes = max_bytes
+    cfg.edition.images = images
+    cfg.edition.templates_dir = templates_dir
     engine = make_engine(cfg.database_url)
     create_schema(engine)
     with session(engine) as db:
@@ -304,3 +308,115 @@ def test_a_30_post_edition_is_sent_whole(tmp_path, smtp_server, clock):
     text = got["ann@example.com"].message.get_payload()[0].get_content().replace("\r\n", "\n")
     assert len(re.findall(r"^Post \d+$", text, re.M)) == 30 and "more on the web" not in text
     assert len(re.search(r"^(w0 .*?…)$", text, re.M | re.S).group(1).split()) == 60  # excerpt_words
+
+
+# --- lead images ------------------------------------------------------------------------------
+
+class ImgTags(HTMLParser):
+    """Each <img> of an HTML part: its attributes and the href of the link around it."""
+
+    def __init__(self):
+        super().__init__()
+        self.images, self.href = [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "a":
+            self.href = dict(attrs).get("href")
+        elif tag == "img":
+            self.images.append({**dict(attrs), "link": self.href})
+
+    def handle_endtag(self, tag):
+        if tag == "a":
+            self.href = None
+
+
+def img_tags(html: str) -> list[dict]:
+    parser = ImgTags()
+    parser.feed(html)
+    return parser.images
+
+
+def parts(received) -> tuple[str, str]:
+    text, html = (part.get_content().replace("\r\n", "\n") for part in received.message.get_payload())
+    return text, html
+
+
+def test_each_post_shows_its_lead_image_as_wide_as_the_card_linked_to_the_post(tmp_path, smtp_server, clock):
+    from conftest import FIXTURES
+    feed = (FIXTURES / "images.rss").read_text(encoding="utf-8")
+    _, _, got = send_feed(tmp_path, smtp_server, clock, feed, [("ann@example.com", "Ann", None)])
+    _, html = parts(got["ann@example.com"])
+    shown = [(i["src"], i["alt"], i["width"], i.get("height"), i["link"]) for i in img_tags(html)]
+    post = "https://pictures.example/2026/11/"
+    assert shown == [  # sections Cities, Coast, Garden; newest post first
+        ("https://static.pictures.example/2026/11/night-market-large.jpg", "Night market", "552", "368",
+         post + "night-market.html"),
+        ("https://cdn.pictures.example/upload/v1764/bridges-cover.png", "Bridges of the old town", "552", None,
+         post + "bridges.html"),
+        ("https://blogger.googleusercontent.com/img/b/R29vZ2xl/AVvXsEhTestLighthouse0Qm9Zx7Yk2/w600/lighthouse-dusk.jpg",
+         "The lighthouse at dusk", "552", "414", post + "lighthouse.html"),
+        ("https://blogger.googleusercontent.com/img/a/AVvXsEgTestTidePools8Lw3Rn5Kd1=w600", "Tide pools", "552", None,
+         post + "tide-pools.html"),
+        ("https://pictures.example/wp-content/uploads/2026/11/frost-on-dahlias.jpg", "First frost", "552", "368",
+         post + "first-frost.html"),
+    ]
+    # on a phone as wide as the card, on a desktop never wider than its width: the height follows
+    assert all("width:100%;max-width:552px;height:auto" in i["style"] for i in img_tags(html))
+    for bad in ("javascript:", "data:", "onerror", "pixel.gif", "\u202e"):
+        assert bad not in html.lower()
+
+
+def test_images_none_shows_no_image_and_the_text_part_is_the_same_either_way(tmp_path, smtp_server, clock):
+    from conftest import FIXTURES
+    feed = (FIXTURES / "images.rss").read_text(encoding="utf-8")
+    (tmp_path / "lead").mkdir()
+    (tmp_path / "none").mkdir()
+    _, _, got = send_feed(tmp_path / "lead", smtp_server, clock, feed, [("ann@example.com", "Ann", None)])
+    _, _, got_none = send_feed(tmp_path / "none", smtp_server, clock, feed, [("bob@example.com", "Ann", None)],
+                               images="none")
+    text, html = parts(got["ann@example.com"])
+    text_none, html_none = parts(got_none["bob@example.com"])
+    assert len(img_tags(html)) == 5 and img_tags(html_none) == [] and "<img" not in html_none
+    assert "Night market" in html_none
+    # the same reader's text, but for the links signed for each address
+    unsubscribe = [re.search(r"^Unsubscribe: (\S+)$", t, re.M).group(1) for t in (text, text_none)]
+    prefs = [re.search(r"^Choose topics: (\S+)$", t, re.M).group(1) for t in (text, text_none)]
+    assert text.replace(unsubscribe[0], "U").replace(prefs[0], "P") == \
+        text_none.replace(unsubscribe[1], "U").replace(prefs[1], "P")
+    assert "blogger" not in text and "img" not in text
+
+
+def test_a_30_post_edition_with_an_image_each_is_sent_whole_under_102_kb(tmp_path, smtp_server, clock):
+    """Blogger's URLs are long (~200 characters); 30 posts of them and full excerpts still fit."""
+    body = "<p>" + " ".join(f"w{i}" for i in range(200)) + "</p>"
+    token = "AVvXsEh" + "Qm9ZxLk2Rn5Kd1Tp7Vb3Wc8Yf4Hg6Js0Ma" * 5  # the length of Blogger's tokens
+    thumbnail = ("<media:thumbnail xmlns:media='http://search.yahoo.com/mrss/' url='https://blogger.googleusercontent.com"
+                 "/img/b/R29vZ2xl/{token}{n}/s72-w640-h360-c/a-picture-of-post-{n}.png' height='72' width='72'/>")
+    entries = [entry(n, f"News: Post {n}", f"https://blog.test/2026/11/a-long-post-name-{n}.html", body)
+               .replace("</entry>", thumbnail.format(token=token, n=n) + "</entry>") for n in range(1, 31)]
+    _, _, got = send_feed(tmp_path, smtp_server, clock, atom(entries), [("ann@example.com", "\U0001F4EC" * 200, None)])
+    received = got["ann@example.com"]
+    text, html = parts(received)
+    assert len(re.findall(r"^Post \d+$", text, re.M)) == 30 and "more on the web" not in text
+    assert len(re.search(r"^(w0 .*?…)$", text, re.M | re.S).group(1).split()) == 60  # excerpt_words
+    shown = img_tags(html)
+    assert len(shown) == 30 and {(i["width"], i["height"]) for i in shown} == {("552", "311")}
+    assert len(html.encode("utf-8")) < 102_000 and len(received.data) < 102_000, (len(html), len(received.data))
+
+
+def test_a_template_of_ones_own_gets_the_setting_and_each_posts_image(tmp_path, smtp_server, clock):
+    from conftest import FIXTURES
+    own = tmp_path / "templates"
+    own.mkdir()
+    (own / "edition.mjml.j2").write_text(
+        "<mjml><mj-body><mj-section><mj-column>{% for s in sections %}{% for post in s.posts %}"
+        "<mj-text>[{{ images }} {{ post.display_title }}: {% if post.image %}{{ post.image.url }} {{ post.image.width }}"
+        "x{{ post.image.height }}{% else %}none{% endif %}]</mj-text>{% endfor %}{% endfor %}"
+        "<mj-text>{{ unsubscribe_url }}</mj-text></mj-column></mj-section></mj-body></mjml>", encoding="utf-8")
+    feed = (FIXTURES / "images.rss").read_text(encoding="utf-8")
+    _, _, got = send_feed(tmp_path, smtp_server, clock, feed, [("ann@example.com", "Ann", None)], images="none",
+                          templates_dir=own)
+    _, html = parts(got["ann@example.com"])
+    assert "[none Night market: https://static.pictures.example/2026/11/night-market-large.jpg 552x368]" in html
+    assert "[none Tide pools: https://blogger.googleusercontent.com/img/a/AVvXsEgTestTidePools8Lw3Rn5Kd1=w600 552xNone]" in html
+    assert "[none Seed catalogue: none]" in html

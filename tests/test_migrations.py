@@ -208,3 +208,29 @@ def test_comma_separated_topics_are_converted_and_back(tmp_path):
             "dee@example.com": "Gone,Tech",
         }
     engine.dispose()
+
+
+def test_posts_get_lead_image_columns_and_keep_their_rows_both_ways(tmp_path):
+    """5a1e7c3b9d40 adds the post's lead image (URL, width, height): a stored post keeps every
+    value and has no image until its feed is polled again; the downgrade drops the columns only."""
+    before = schema._script().get_revision("5a1e7c3b9d40").down_revision
+    engine = make_engine(database_url(tmp_path))
+    schema.upgrade(engine, before)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO source (id, url, created_at) VALUES (1, 'https://club.test/feed', '2026-11-01 00:00:00+00:00')"))
+        conn.execute(text(
+            "INSERT INTO post (id, source_id, guid, url, title, category, display_title, excerpt, content_hash,"
+            " first_seen_at, updated_at, eligible) VALUES (7, 1, 'g', 'https://club.test/p', 'News: P', 'News', 'P',"
+            " 'Body', 'x', '2026-11-01 00:00:00+00:00', '2026-11-01 00:00:00+00:00', true)"))
+    schema.upgrade(engine, "5a1e7c3b9d40")
+    read = text("SELECT id, guid, url, display_title, excerpt, image_url, image_width, image_height FROM post")
+    with engine.begin() as conn:
+        assert conn.execute(read).all() == [(7, "g", "https://club.test/p", "P", "Body", None, None, None)]
+        conn.execute(text("UPDATE post SET image_url = 'https://club.test/p.png', image_width = 600, image_height = 400"))
+    schema.downgrade(engine, before)
+    assert not {"image_url", "image_width", "image_height"} & {c["name"] for c in inspect(engine).get_columns("post")}
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT id, guid, display_title, excerpt FROM post")).all() == [(7, "g", "P", "Body")]
+    schema.upgrade(engine)
+    assert pending_diff(engine) == []
+    engine.dispose()

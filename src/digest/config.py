@@ -287,6 +287,8 @@ class EditionSettings(_Section):
                                     description="when a source is new, only its posts this recent are sent (`0`: all)")
     templates_dir: Path | None = Field(None, description="a directory whose templates override the bundled ones",
                                        examples=["templates"])
+    images: Literal["lead", "none"] = Field("lead", description="`lead`: each post's image from the feed above its"
+                                            " title, as wide as the card (at most 552 px); `none`: no images")
 
 
 class DeliverySettings(_Section):

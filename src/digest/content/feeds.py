@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 import feedparser
 import nh3
 
+from digest.content.images import Image, img_tags, lead_image, pixels
 from digest.content.plaintext import (
     AUTHOR_LIMIT,
     CATEGORY_LIMIT,
@@ -67,10 +68,13 @@ class FeedPost:
     published_at: datetime | None  # UTC
     excerpt: str  # plain text
     content_hash: str
+    image_url: str | None  # the lead image (images.lead_image): an http(s) URL
+    image_width: int | None  # its size in pixels, when the feed (or a Blogger URL) gives it
+    image_height: int | None
 
 
 def _feed_post(guid: str, url: str, title: str, category: str, display: str, author: str | None,
-          published_at: datetime | None, excerpt_text: str, content_hash: str) -> FeedPost:
+          published_at: datetime | None, excerpt_text: str, content_hash: str, image: Image | None) -> FeedPost:
     """A post as stored, whichever format it came in: capped to the columns and the limits."""
     return FeedPost(
         guid=guid[:2000],
@@ -82,6 +86,9 @@ def _feed_post(guid: str, url: str, title: str, category: str, display: str, aut
         published_at=published_at,
         excerpt=excerpt_text,
         content_hash=content_hash,
+        image_url=image.url if image else None,  # images.URL_LIMIT: within the column
+        image_width=image.width if image else None,
+        image_height=image.height if image else None,
     )
 
 
@@ -308,8 +315,36 @@ def _post(
         else None
     )
     author = _author_of(entry) or feed_author
+    image = lead_image(_entry_images(entry, body_html), base=url)
     return _feed_post(guid, url, title, category, display, author, published_at,
-                      excerpt(clean(html_to_text(body_html)), excerpt_words), content_hash)
+                      excerpt(clean(html_to_text(body_html)), excerpt_words), content_hash, image)
+
+
+_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".avif")
+
+
+def _entry_images(entry: feedparser.FeedParserDict, body_html: str) -> list[Image]:
+    """An entry's images, best first: its media:content images, then its media:thumbnails (each
+    the largest first), then image enclosures, then the <img> tags of its content."""
+    def largest_first(items: list[feedparser.FeedParserDict]) -> list[Image]:
+        images = [Image(m.get("url") or "", pixels(m.get("width")), pixels(m.get("height"))) for m in items]
+        return sorted(images, key=lambda i: -(i.width or 0) * (i.height or 0))  # stable: unknown sizes keep their order
+
+    media = [m for m in entry.get("media_content") or [] if _is_image(m.get("medium"), m.get("type"), m.get("url"))]
+    thumbnails = list(entry.get("media_thumbnail") or [])
+    enclosures = [Image(e.get("href") or "", None, None) for e in entry.get("enclosures") or []
+                  if _is_image(None, e.get("type"), e.get("href"))]
+    return largest_first(media) + largest_first(thumbnails) + enclosures + img_tags(body_html)
+
+
+def _is_image(medium: object, kind: object, url: object) -> bool:
+    """Whether a media:content or an enclosure is an image: by its medium, else its MIME type,
+    else (neither given) the extension of its URL."""
+    if isinstance(medium, str) and medium:
+        return medium.lower() == "image"
+    if isinstance(kind, str) and kind:
+        return kind.lower().startswith("image/")
+    return isinstance(url, str) and urlsplit(url).path.lower().endswith(_IMAGE_EXTENSIONS)
 
 
 def _looks_like_json(body: bytes) -> bool:
@@ -382,8 +417,10 @@ def _json_post(item: dict[str, object], feed_author: str, category_from: str, ex
     guid = guid or link or "sha256:" + content_hash
     published_at = _rfc3339(_string(item, "date_published")) or _rfc3339(_string(item, "date_modified"))
     author = shorten(clean(_author_names(item) or feed_author), AUTHOR_LIMIT) or None
+    # `image`: "the main image for the item" (jsonfeed.org/version/1.1), no size given.
+    candidates = [Image(_string(item, "image"), None, None), *img_tags(content_html)]
     return _feed_post(guid, url, title, category, display, author, published_at, excerpt(clean(text), excerpt_words),
-                      content_hash)
+                      content_hash, lead_image(candidates, base=url))
 
 
 def _string(obj: dict[str, object], key: str) -> str:

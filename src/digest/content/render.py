@@ -18,6 +18,7 @@ from mjml import mjml2html
 
 from digest.config import Settings
 from digest.content.editions import EditionView, Section
+from digest.content.images import shown_size, web_url
 from digest.content.plaintext import (
     AUTHOR_LIMIT,
     CATEGORY_LIMIT,
@@ -54,6 +55,25 @@ class Rendered:
 
 
 @dataclass(frozen=True)
+class ImageView:
+    """A post's lead image as the email shows it: `width` at most the card's (images.CARD_WIDTH),
+    `height` in proportion, None when the feed gave no size (the mail program then finds it)."""
+
+    url: str
+    width: int
+    height: int | None
+
+    @classmethod
+    def of(cls, post: Post) -> ImageView | None:
+        # Checked again: a row stored by an older version obeys the same rules.
+        url = web_url(post.image_url) if post.image_url else None
+        if url is None:
+            return None
+        width, height = shown_size(post.image_width, post.image_height if post.image_width else None)
+        return cls(url, width, height)
+
+
+@dataclass(frozen=True)
 class PostView:
     """A post as an edition shows it. Text is cleaned and capped again here (feeds.parse already
     did when it was stored), so rows stored by an older version obey the same rules; a link
@@ -67,6 +87,7 @@ class PostView:
     published_at: datetime | None
     first_seen_at: datetime
     excerpt: str
+    image: ImageView | None  # shown when `images` is "lead" (the bundled templates ask)
 
     @classmethod
     def of(cls, post: Post, excerpt_words: int | None = None) -> PostView:
@@ -80,6 +101,7 @@ class PostView:
             published_at=post.published_at,
             first_seen_at=post.first_seen_at,
             excerpt=text if excerpt_words is None else excerpt(text, excerpt_words),
+            image=ImageView.of(post),
         )
 
 
@@ -142,10 +164,12 @@ def _longdate(value: datetime | None) -> str:
 class Renderer:
     """Renders EditionViews with one template environment (compiled templates are cached)."""
 
-    def __init__(self, *, newsletter_name: str, public_url: str, templates_dir: Path | None = None):
+    def __init__(self, *, newsletter_name: str, public_url: str, templates_dir: Path | None = None,
+                 images: str = "lead"):
         self.env = environment(templates_dir)
         self.newsletter_name = newsletter_name
         self.urls = PublicUrls(public_url)
+        self.images = images  # edition.images: "lead" or "none", for the templates
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Renderer:
@@ -154,6 +178,7 @@ class Renderer:
             newsletter_name=settings.newsletter.name,
             public_url=settings.newsletter.public_url,
             templates_dir=settings.templates_dir,
+            images=settings.edition.images,
         )
 
     def render(
@@ -185,6 +210,7 @@ class Renderer:
             "archive_index_url": urls.archive_index_url,
             "subscribe_url": urls.subscribe_url,
             "personal": personal,
+            "images": self.images,
             "unsubscribe_url": _FIELD_TO_PLACEHOLDER["unsubscribe_url"] if personal else None,
             "preferences_url": _FIELD_TO_PLACEHOLDER["preferences_url"] if personal else None,
             "name": _FIELD_TO_PLACEHOLDER["name"] if personal else None,

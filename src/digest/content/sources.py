@@ -195,8 +195,9 @@ def _store_posts(
         if post.id in sent_ids:
             # A sent post is history and is not sent again, edited or not; a new GUID is noted.
             post.guid = fp.guid
-        elif edited or post.guid != fp.guid:
-            # An unsent post picks up the edit (and a new GUID).
+        elif edited or post.guid != fp.guid or _image(post) != _image(fp):
+            # An unsent post picks up the edit (and a new GUID, and a lead image: the feed's may
+            # change without the post, and a post stored before images were kept has none).
             for key, value in asdict(fp).items():
                 setattr(post, key, value)
             post.updated_at = now
@@ -204,6 +205,10 @@ def _store_posts(
             report.updated += 1
         else:
             report.unchanged += 1
+
+
+def _image(post: Post | feeds.FeedPost) -> tuple[str | None, int | None, int | None]:
+    return post.image_url, post.image_width, post.image_height
 
 
 def _renamed(stored: Sequence[Post], entries: list[feeds.FeedPost]) -> dict[str, Post]:

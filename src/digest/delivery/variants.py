@@ -153,14 +153,16 @@ class VariantSettings:
     templates_dir: Path | None
     dkim: DKIMSettings
     dkim_key_path: Path | None
+    images: str = "lead"  # edition.images: the same for every reader, so no part of a variant's key
 
     @classmethod
     def from_settings(cls, s: Settings) -> VariantSettings:
-        return cls(s.newsletter, tuple(s.edition.sections), s.templates_dir, s.dkim, s.dkim_key_path)
+        return cls(s.newsletter, tuple(s.edition.sections), s.templates_dir, s.dkim, s.dkim_key_path,
+                   s.edition.images)
 
     def renderer(self) -> Renderer:
         return Renderer(newsletter_name=self.newsletter.name, public_url=self.newsletter.public_url,
-                        templates_dir=self.templates_dir)
+                        templates_dir=self.templates_dir, images=self.images)
 
     def signer(self) -> DKIMSigner | None:
         return signer_for(self.dkim, self.dkim_key_path)

@@ -143,6 +143,11 @@ class Post(SQLModel, table=True):
     published_at: datetime | None = None
     excerpt: str = Field(sa_column=Column(Text, nullable=False))  # plain text
     content_hash: str = Field(max_length=64)
+    # The lead image (content.images): an http(s) URL as the email shows it, and its size in
+    # pixels when the feed gives it. None: the feed names no usable image.
+    image_url: str | None = Field(default=None, max_length=2000)
+    image_width: int | None = None
+    image_height: int | None = None
     first_seen_at: datetime = Field(index=True)
     updated_at: datetime
     # False when the post was already old on a new install: it counts as seen, never sent.
