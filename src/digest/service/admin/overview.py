@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import ColumnElement, Integer, bindparam, cast, func, text
 from sqlmodel import Session, col, select
@@ -56,7 +57,7 @@ def week_start(instant: datetime) -> datetime:
     return day - timedelta(days=day.weekday())
 
 
-def _week_of(column: ColumnElement[datetime], start: datetime, dialect: str) -> ColumnElement[int]:
+def _week_of(column: Any, start: datetime, dialect: str) -> ColumnElement[Any]:
     """SQL: how many whole weeks `column` is after `start` (0, 1, ...; column >= start)."""
     origin = int(start.timestamp())
     if dialect == "postgresql":
@@ -65,7 +66,7 @@ def _week_of(column: ColumnElement[datetime], start: datetime, dialect: str) -> 
     return (cast(func.strftime("%s", column), Integer) - origin) / int(WEEK.total_seconds())
 
 
-def _per_week(session: Session, column: ColumnElement[datetime], start: datetime, end: datetime,
+def _per_week(session: Session, column: Any, start: datetime, end: datetime,
               statuses: Sequence[SubscriberStatus]) -> dict[int, int]:
     dialect = session.get_bind().dialect.name
     week = _week_of(column, start, dialect).label("week")
