@@ -137,9 +137,9 @@ def recent_editions(session: Session, n: int = 10) -> list[EditionLine]:
     unsent: dict[int, dict[str, int]] = {i: {} for i in ids}
     for eid, status, count in session.execute(_UNSENT, {"ids": ids}).all():
         unsent[eid][status] = count
-    bounced = dict(session.execute(_BOUNCED, {"ids": ids}).tuples().all())
+    bounced = {eid: n for eid, n in session.execute(_BOUNCED, {"ids": ids}).all()}
     unknown = [stored_id(e) for e in rows if e.recipients is None]  # built before recipients were stored
-    totals = dict(session.execute(_ALL, {"ids": unknown}).tuples().all()) if unknown else {}
+    totals = {eid: n for eid, n in session.execute(_ALL, {"ids": unknown}).all()} if unknown else {}
     lines = []
     for e in rows:
         eid = stored_id(e)
