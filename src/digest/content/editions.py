@@ -166,14 +166,16 @@ def build(
     session.flush()
     session.add_all(EditionPost(post_id=stored_id(p), edition_id=stored_id(edition)) for p in posts)
     session.flush()
-    edition.recipients = _add_deliveries(session, edition, frozenset(p.category for p in posts))
+    _add_deliveries(session, edition, frozenset(p.category for p in posts))
+    # Counted, not the INSERT's rowcount: psycopg reports -1 for an INSERT ... SELECT here.
+    edition.recipients = delivery_count(session, edition)
     session.add(edition)
     return edition
 
 
-def _add_deliveries(session: Session, edition: Edition, categories: frozenset[str]) -> int:
+def _add_deliveries(session: Session, edition: Edition, categories: frozenset[str]) -> None:
     """One pending delivery per subscriber who is active, not paused, and wants one of these
-    categories, in a single INSERT ... SELECT (no subscriber is loaded into memory). How many."""
+    categories, in a single INSERT ... SELECT (no subscriber is loaded into memory)."""
     wanted = sa_select(
         literal(edition.id),
         col(Subscriber.id),
@@ -184,10 +186,9 @@ def _add_deliveries(session: Session, edition: Edition, categories: frozenset[st
         col(Subscriber.paused) == False,  # noqa: E712
         or_(col(Subscriber.topics).is_(None), _chose_any(session.get_bind().dialect.name, categories)),
     )
-    added: int = session.execute(  # type: ignore[attr-defined]  # an INSERT's result is a CursorResult
+    session.execute(
         insert(Delivery).from_select(["edition_id", "subscriber_id", "status", "attempts"], wanted)
-    ).rowcount
-    return added
+    )
 
 
 def _chose_any(dialect: str, categories: frozenset[str]) -> Exists:
