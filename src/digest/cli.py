@@ -60,11 +60,13 @@ editions_app = group("List editions, or show one with `digest editions show N`."
 bounces_app = group("Process bounce messages (DSNs).", no_args_is_help=True)
 dkim_app = group("DKIM signing keys and the DNS record to publish.", no_args_is_help=True)
 db_app = group("The database schema: `digest db upgrade` after installing a new version.", no_args_is_help=True)
+admin_app = group("Who may sign in to /admin in `digest serve`.", no_args_is_help=True)
 app.add_typer(subscribers_app, name="subscribers")
 app.add_typer(editions_app, name="editions")
 app.add_typer(bounces_app, name="bounces")
 app.add_typer(dkim_app, name="dkim")
 app.add_typer(db_app, name="db")
+app.add_typer(admin_app, name="admin")
 
 # Neither console ever reads markup or emoji codes: what they print comes from subscribers (the
 # public form), feeds, SMTP and HTTP servers, and "[/]" or ":zap:" in it is text, not a style.
@@ -797,6 +799,65 @@ def subscribers_delete(
             typer.confirm(f"Erase {sub.email} and their data?", abort=True)
         subs.erase(s, sub)
     out.print(f"Erased {email}")
+
+
+# --- admin ------------------------------------------------------------------------------------
+
+
+def _read_password(from_stdin: bool) -> str:
+    """The new password: the first line of standard input (--password-stdin), else asked twice
+    at the terminal, never echoed. Never an argument: those show in `ps` and shell history."""
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise DigestError("no terminal to ask for the password on; pipe it in with --password-stdin")
+    import getpass
+
+    password = getpass.getpass("Password: ")
+    if getpass.getpass("Again: ") != password:
+        raise DigestError("the two passwords differ; nothing changed")
+    return password
+
+
+@command(admin_app, "add")
+def admin_add(
+    email: str,
+    password_stdin: Annotated[bool, typer.Option(
+        "--password-stdin", help="Read the password from the first line of standard input.")] = False,
+) -> None:
+    """Add an admin, or set a new password for one (their sessions end)."""
+    from digest.service.admin import accounts
+
+    password = _read_password(password_stdin)
+    cfg = settings()
+    with db(cfg.database_url) as s:
+        admin, created = accounts.add(s, email, password, utc_now)
+    out.print(f"{'Added' if created else 'New password for'} admin {admin.email}")
+
+
+@command(admin_app, "remove")
+def admin_remove(email: str) -> None:
+    """Remove an admin; their sessions end at once."""
+    from digest.service.admin import accounts
+
+    cfg = settings()
+    with db(cfg.database_url) as s:
+        admin = accounts.remove(s, email)
+    out.print(f"Removed admin {admin.email}")
+
+
+@command(admin_app, "list")
+def admin_list() -> None:
+    """List the admins: address, added, last sign-in (UTC)."""
+    from digest.service.admin import accounts
+
+    cfg = settings()
+    with db(cfg.database_url) as s:
+        admins = accounts.listing(s)
+    for a in admins:
+        last = f"{a.last_login_at:%Y-%m-%d %H:%M}" if a.last_login_at else "never signed in"
+        out.print(f"{a.email}  added {a.created_at:%Y-%m-%d}  last sign-in {last}")
+    out.print(plural(len(admins), "admin"))
 
 
 # --- editions ---------------------------------------------------------------------------------

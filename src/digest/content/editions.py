@@ -167,6 +167,9 @@ def build(
     session.add_all(EditionPost(post_id=stored_id(p), edition_id=stored_id(edition)) for p in posts)
     session.flush()
     _add_deliveries(session, edition, frozenset(p.category for p in posts))
+    # Counted, not the INSERT's rowcount: psycopg reports -1 for an INSERT ... SELECT here.
+    edition.recipients = delivery_count(session, edition)
+    session.add(edition)
     return edition
 
 

@@ -118,6 +118,7 @@ def _record(
                 excerpt_words=edition.excerpt_words,
             )
     except FeedError as exc:
+        source.last_polled_at = now
         source.last_error = str(exc)
         session.add(source)
         session.commit()
@@ -137,7 +138,7 @@ def _record(
         # A validator too long for its column is dropped, not cut (a cut one would never match).
         source.etag = _fits(outcome.etag, 500)
         source.last_modified = _fits(outcome.last_modified, 100)
-    source.last_fetched_at = now
+    source.last_polled_at = source.last_fetched_at = now
     source.last_error = None
     session.add(source)
     session.commit()

@@ -145,9 +145,11 @@ def _record(session: Session, delivery: Delivery, status: dsn.RecipientStatus, r
         return
     if kind == "hard":
         sub.status = SubscriberStatus.bounced
+        sub.bounced_at = as_utc(clock())
         report.bounced.append(sub.email)
     elif sub.status == SubscriberStatus.active and soft_bounces_in_a_row(session, sub) >= SOFT_IN_A_ROW:
         sub.status = SubscriberStatus.suspended
+        sub.bounced_at = as_utc(clock())
         report.suspended.append(sub.email)
     session.add(sub)
     session.flush()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from sqlalchemy import TextClause, bindparam, text, update
+from sqlalchemy import TextClause, bindparam, func, text, update
 from sqlalchemy.engine import Dialect
 from sqlmodel import Session, col, select
 
@@ -298,10 +298,11 @@ class SQLLedger:
                 for i, status, attempts, error, next_at in results.other
             ])
         if results.bounced:
+            # bounced_at from the database's clock: Results carry no time for a bounce.
             session.execute(
                 update(Subscriber)
                 .where(col(Subscriber.id).in_(results.bounced), col(Subscriber.status) == SubscriberStatus.active)
-                .values(status=SubscriberStatus.bounced)
+                .values(status=SubscriberStatus.bounced, bounced_at=func.now())
             )
 
     def renew(self, sender: str, until: datetime) -> int:
@@ -426,6 +427,7 @@ class MemoryLedger:
             s = self.subscribers.get(sid)
             if s is not None and s.status == SubscriberStatus.active:
                 s.status = SubscriberStatus.bounced
+                s.bounced_at = datetime.now(UTC)
 
     def renew(self, sender: str, until: datetime) -> int:
         kept = 0

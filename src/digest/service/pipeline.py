@@ -226,6 +226,19 @@ def send_preview(
     preview: Preview, addresses: list[str], mailer: Mailer, settings: Settings, clock: Clock = utc_now
 ) -> list[tuple[str, Reply]]:
     """Mail the preview to `addresses` only, subject prefixed "[Preview]". Records nothing."""
+    envelopes = preview_envelopes(preview, addresses, settings, clock)
+    mailer.open()
+    try:
+        return [(env.recipient, reply) for env, reply in mailer.send(envelopes)]
+    finally:
+        mailer.close()
+
+
+def preview_envelopes(
+    preview: Preview, addresses: list[str], settings: Settings, clock: Clock = utc_now, tag: object = None
+) -> list[Envelope]:
+    """The preview's copies for `addresses`, subject prefixed "[Preview]", links that lead nowhere
+    (PREVIEW_TOKEN); each envelope tagged `tag`."""
     from digest.service.subscribers import normalize_email
 
     now = clock()
@@ -241,12 +254,8 @@ def send_preview(
             email, None, urls.unsubscribe_url(PREVIEW_TOKEN), urls.preferences_url(PREVIEW_TOKEN), mid
         )
         data = message.for_recipient(recipient)
-        envelopes.append(Envelope(nl.from_address, email, data))
-    mailer.open()
-    try:
-        return [(env.recipient, reply) for env, reply in mailer.send(envelopes)]
-    finally:
-        mailer.close()
+        envelopes.append(Envelope(nl.from_address, email, data, tag=tag))
+    return envelopes
 
 
 def preview_recipient(urls: PublicUrls) -> Recipient:

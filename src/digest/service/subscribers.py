@@ -70,7 +70,7 @@ def add(session: Session, email: str, clock: Clock, *, name: str | None = None) 
     if created or sub.status != SubscriberStatus.active:
         sub.status = SubscriberStatus.active
         sub.confirmed_at = now
-        sub.unsubscribed_at = None
+        sub.unsubscribed_at = sub.bounced_at = None
     if name is not None:
         sub.name = clean_name(name)
     session.add(sub)

@@ -2,7 +2,8 @@
 
 Thin: each handler reads the request, calls a service (signup, archive) and renders a template
 from templates/web/. Plain HTML forms, no JavaScript, no sessions, no cookies: every action on a
-subscriber is authorised by the signed token in its URL.
+subscriber is authorised by the signed token in its URL. The operator's pages under /admin
+(service.admin) have sessions; their cookie is sent for /admin paths only.
 
 No request waits on SMTP: a sign-up queues its confirmation mail in the outbox (digest.outbox) in
 its own transaction, and the app's Relay threads send it.
@@ -50,6 +51,8 @@ from digest.links import (
 from digest.mail.mailer import Mailer, SMTPMailer
 from digest.service import archive, embed, signup
 from digest.service import subscribers as subs
+from digest.service.admin import area as admin
+from digest.service.admin import testmail
 from digest.service.ratelimit import RateLimiter
 from digest.store.database import make_engine, session
 from digest.store.models import SubscriberStatus
@@ -119,7 +122,7 @@ class SecurityHeaders:
                 headers.setdefault("Content-Security-Policy", CSP)
                 headers["X-Content-Type-Options"] = "nosniff"
                 headers["Referrer-Policy"] = "no-referrer"
-                headers["X-Frame-Options"] = "DENY"
+                headers.setdefault("X-Frame-Options", "DENY")  # the admin's preview frame: SAMEORIGIN
                 headers["Cross-Origin-Opener-Policy"] = "same-origin"
                 headers.setdefault("Cache-Control", "no-store")
                 if personal:
@@ -153,8 +156,9 @@ def create_app(
     order = settings.edition.sections
     resend_after = timedelta(minutes=settings.web.confirm_resend_minutes)
 
+    kinds = {**signup.outbox_kinds(links, settings.newsletter, clock, env), **testmail.outbox_kinds(settings, clock)}
     relay = outbox.Relay(
-        engine, signup.outbox_kinds(links, settings.newsletter, clock, env), mailer_factory, clock,
+        engine, kinds, mailer_factory, clock,
         connections=settings.smtp.connections, max_attempts=settings.smtp.max_attempts,
         rate_limit=settings.smtp.rate_limit,
     )
@@ -163,9 +167,11 @@ def create_app(
     async def lifespan(app: FastAPI):
         anyio.to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
         relay.start()
+        send_now.start()
         yield
         # after the message in flight; waited for off the event loop
         await anyio.to_thread.run_sync(lambda: relay.close(timeout=settings.smtp.timeout + 5))
+        await anyio.to_thread.run_sync(lambda: send_now.close(timeout=settings.smtp.timeout + 5))
         if own_engine:
             engine.dispose()
 
@@ -191,6 +197,8 @@ def create_app(
                 s.close()
 
     DB = Annotated[Session, Depends(db)]
+    send_now = admin.mount(app, settings, engine=engine, clock=clock, env=env, db=db, relay=relay,
+                           mailer_factory=mailer_factory)
 
     newsletter = {"name": settings.newsletter.name, "site_url": settings.newsletter.site_url}
 

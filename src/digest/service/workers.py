@@ -27,6 +27,7 @@ from digest.errors import DeliveryError
 from digest.links import Links
 from digest.mail.mailer import Mailer
 from digest.service import signup
+from digest.service.admin import testmail
 
 
 @dataclass
@@ -73,7 +74,8 @@ def run(
     sending = SendingSettings.from_settings(settings)
     renderer = sending.variants.renderer()
     nl = settings.newsletter
-    kinds = signup.outbox_kinds(Links(nl.secret_key, nl.public_url, clock), nl, clock, renderer.env)
+    kinds = {**signup.outbox_kinds(Links(nl.secret_key, nl.public_url, clock), nl, clock, renderer.env),
+             **testmail.outbox_kinds(settings, clock)}
     if wait is None:
         wait = threading.Event().wait  # (nothing sets it: each wait sleeps the whole interval)
     while not stop():

@@ -1,4 +1,5 @@
-"""The tables: Source, Post, Subscriber, Edition, EditionPost, Delivery; Outbox; ScheduleRun, Lock.
+"""The tables: Source, Post, Subscriber, Edition, EditionPost, Delivery; Outbox; ScheduleRun, Lock;
+Admin, AdminSession, SendRequest.
 
 Datetimes are timezone-aware UTC in Python (``as_utc()``); SQLModel stores them as UTC.
 Status enums are stored by name in a VARCHAR on every database (no native ENUM type, no CHECK):
@@ -125,7 +126,8 @@ class Source(SQLModel, table=True):
     etag: str | None = Field(default=None, max_length=500)
     last_modified: str | None = Field(default=None, max_length=100)
     created_at: datetime
-    last_fetched_at: datetime | None = None
+    last_polled_at: datetime | None = None  # the last fetch tried, whatever came of it
+    last_fetched_at: datetime | None = None  # the last fetch that succeeded
     last_error: str | None = Field(default=None, sa_column=Column(Text))
 
 
@@ -155,6 +157,14 @@ class Post(SQLModel, table=True):
 
 
 class Subscriber(SQLModel, table=True):
+    __table_args__ = (
+        # The admin overview's chart counts joins, departures and bounces per week over 26 weeks
+        # from these columns alone (index-only range scans at a million subscribers).
+        Index("ix_subscriber_confirmed", "confirmed_at", "status"),
+        Index("ix_subscriber_unsubscribed", "unsubscribed_at"),
+        Index("ix_subscriber_bounced", "bounced_at", "status"),
+    )
+
     id: int | None = Field(default=None, primary_key=True)
     email: str = Field(unique=True, max_length=320)  # normalized, lower-case domain
     name: str | None = Field(default=None, max_length=200)
@@ -172,6 +182,7 @@ class Subscriber(SQLModel, table=True):
     confirmed_at: datetime | None = None
     unsubscribed_at: datetime | None = None
     confirmation_sent_at: datetime | None = None
+    bounced_at: datetime | None = None  # when it became bounced or suspended
 
 
 class Edition(SQLModel, table=True):
@@ -183,6 +194,9 @@ class Edition(SQLModel, table=True):
     finished_at: datetime | None = None
     # The schedule slot that produced it (UTC instant), so one slot makes at most one edition.
     slot: datetime | None = Field(default=None, unique=True)
+    # Deliveries it was built with, so its delivered count is this minus the few failed, skipped
+    # and pending ones (ix_delivery_unsent) rather than a count of a million rows.
+    recipients: int | None = None
 
 
 class EditionPost(SQLModel, table=True):
@@ -203,6 +217,15 @@ class Delivery(SQLModel, table=True):
             "id",
             sqlite_where=text("status = 'pending'"),
             postgresql_where=text("status = 'pending'"),
+        ),
+        # What is not (yet) delivered, by edition: the admin overview counts failed, skipped and
+        # pending deliveries from it; delivered ones, nearly all of them, leave it.
+        Index(
+            "ix_delivery_unsent",
+            "edition_id",
+            "status",
+            sqlite_where=text("status <> 'sent'"),
+            postgresql_where=text("status <> 'sent'"),
         ),
         # Claims held right now (a few batches per sender): releasing and taking over claims.
         Index(
@@ -285,3 +308,44 @@ class Lock(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=50)
     holder: str | None = Field(default=None, max_length=100)
     acquired_at: datetime | None = None
+
+
+class Admin(SQLModel, table=True):
+    """Someone who may sign in to /admin (`digest admin add`). The password is kept only as an
+    argon2id hash (with its own salt and parameters, as argon2's encoded form carries them)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(unique=True, max_length=320)
+    password_hash: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime
+    last_login_at: datetime | None = None
+
+
+class AdminSession(SQLModel, table=True):
+    """A signed-in browser. The cookie carries a random token (signed); the row is found by the
+    token's SHA-256, so the table alone lets nobody sign in. Deleting the row is logging out;
+    `last_seen_at` gives the idle expiry."""
+
+    __tablename__ = "admin_session"
+
+    id: str = Field(primary_key=True, max_length=64)  # SHA-256 of the cookie's token, hex
+    admin_id: int = Field(foreign_key="admin.id", index=True)
+    csrf_token: str = Field(max_length=64)  # what every form of this session posts back
+    created_at: datetime
+    last_seen_at: datetime
+
+
+class SendRequest(SQLModel, table=True):
+    """"Send now" from /admin: the request answers at once, and the web app's background thread
+    (service.admin.sending) builds and sends the edition, recording what became of it here."""
+
+    __tablename__ = "send_request"
+
+    id: int | None = Field(default=None, primary_key=True)
+    requested_by: str = Field(max_length=320)  # the admin's address
+    requested_at: datetime
+    status: str = Field(default="pending", max_length=20)  # pending, running, done, failed
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    edition_number: int | None = None  # the edition it built (None: nothing new to send)
+    outcome: str | None = Field(default=None, sa_column=Column(Text))  # a line for the page
