@@ -14,6 +14,7 @@ from sqlmodel import Session, col, select
 
 from digest.clock import Clock
 from digest.content.plaintext import NAME_LIMIT, clean, shorten
+from digest.delivery.webhooks import NO_EVENTS, Events, subscriber_data
 from digest.errors import DigestError, InvalidAddress, NotFound
 from digest.store.models import Delivery, Outbox, Subscriber, SubscriberStatus, as_utc, stored_id, topics_text
 
@@ -58,8 +59,10 @@ def get(session: Session, email: str) -> Subscriber:
     return sub
 
 
-def add(session: Session, email: str, clock: Clock, *, name: str | None = None) -> tuple[Subscriber, bool]:
-    """Add (or reactivate) a confirmed subscriber. Returns (subscriber, created)."""
+def add(session: Session, email: str, clock: Clock, *, name: str | None = None,
+        events: Events = NO_EVENTS) -> tuple[Subscriber, bool]:
+    """Add (or reactivate) a confirmed subscriber. Returns (subscriber, created). One who was not
+    active is reported as `subscriber.confirmed`."""
     now = as_utc(clock())
     address = normalize_email(email)
     sub = session.exec(select(Subscriber).where(Subscriber.email == address)).first()
@@ -67,13 +70,17 @@ def add(session: Session, email: str, clock: Clock, *, name: str | None = None) 
     if sub is None:
         sub = Subscriber(email=address, created_at=now)
     # Added by the operator is confirmed, as imported is: now, for a new address as for a returning one.
-    if created or sub.status != SubscriberStatus.active:
+    confirmed = created or sub.status != SubscriberStatus.active
+    if confirmed:
         sub.status = SubscriberStatus.active
         sub.confirmed_at = now
         sub.unsubscribed_at = None
     if name is not None:
         sub.name = clean_name(name)
     session.add(sub)
+    if confirmed:
+        session.flush()  # the new subscriber's id, for the event
+        events.emit(session, "subscriber.confirmed", subscriber_data(sub))
     session.commit()
     return sub, created
 
@@ -187,13 +194,15 @@ def iterate(session: Session, status: SubscriberStatus | None = None, batch: int
         last = stored_id(rows[-1])
 
 
-def unsubscribe(session: Session, sub: Subscriber, clock: Clock) -> bool:
-    """Unsubscribe, keeping history. False when already unsubscribed."""
+def unsubscribe(session: Session, sub: Subscriber, clock: Clock, events: Events = NO_EVENTS) -> bool:
+    """Unsubscribe, keeping history (reported as `subscriber.unsubscribed`). False when already
+    unsubscribed."""
     if sub.status == SubscriberStatus.unsubscribed:
         return False
     sub.status = SubscriberStatus.unsubscribed
     sub.unsubscribed_at = as_utc(clock())
     session.add(sub)
+    events.emit(session, "subscriber.unsubscribed", subscriber_data(sub))
     session.commit()
     return True
 
