@@ -896,7 +896,8 @@ def render_config(
     for section, model in TABLE_LISTS.items():  # none by default: one example, commented out
         lines += ["", "# " + " ".join((model.__doc__ or "").split()), f"# [[{section}]]"]
         for attr, field in model.model_fields.items():
-            setting = f"# {field.alias or attr} = {toml_value((field.examples or [""])[0])}"
+            example = field.examples[0] if field.examples else ""
+            setting = f"# {field.alias or attr} = {toml_value(example)}"
             lines += _with_comment(setting, field.description or "")
     return "\n".join(lines) + "\n"
 
