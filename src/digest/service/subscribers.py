@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from sqlmodel import Session, col, select
 
 from digest.clock import Clock
 from digest.content.plaintext import NAME_LIMIT, clean, shorten
+from digest.delivery import webhooks
 from digest.delivery.webhooks import NO_EVENTS, Events, subscriber_data
 from digest.errors import DigestError, InvalidAddress, NotFound
 from digest.store.models import Delivery, Outbox, Subscriber, SubscriberStatus, as_utc, stored_id, topics_text
@@ -212,5 +214,8 @@ def erase(session: Session, sub: Subscriber) -> None:
     theirs = col(Delivery.subscriber_id) == sub.id
     session.execute(update(Delivery).where(theirs).values(subscriber_id=None, last_error=None))
     session.execute(delete(Outbox).where(col(Outbox.recipient) == sub.email))  # queued mail names the address
+    # ... and so does the body of every webhook about them (events.subscriber_data writes it so)
+    session.execute(delete(Outbox).where(col(Outbox.kind) == webhooks.KIND, col(Outbox.payload).contains(
+        f'"email": {json.dumps(sub.email)}', autoescape=True)))
     session.delete(sub)
     session.commit()
