@@ -350,7 +350,6 @@ class Relay:
     ):
         self.engine = engine
         self.kinds = kinds
-        self._dispatcher = Dispatcher(engine, couriers, clock, poll_seconds=poll_seconds) if couriers else None
         self.mailer_factory = mailer_factory
         self.clock = clock
         self.connections = max(1, connections)
@@ -361,6 +360,7 @@ class Relay:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._dispatcher = Dispatcher(engine, couriers, clock, poll_seconds=poll_seconds) if couriers else None
 
     def start(self) -> None:
         for i in range(self.connections):
