@@ -7,7 +7,7 @@ import re
 import pytest
 
 from conftest import ROOT, one_line_error, run_digest, write_config
-from digest.config import field_of, initial_value, load_settings, section_models, toml_value
+from digest.config import TABLE_LISTS, field_of, initial_value, load_settings, section_models, toml_value
 
 
 def test_env_overrides_the_file(tmp_path, monkeypatch):
@@ -197,6 +197,10 @@ def settings_table() -> str:
         for name, field in model.model_fields.items():
             key = field.alias or name
             rows.append(f"| `{section}.{key}` | {field.description} | {readme_default(section, key)} |")
+    for section, model in TABLE_LISTS.items():  # `[[webhooks]]`: every key of a table is required
+        for name, field in model.model_fields.items():
+            assert field.is_required(), f"{section}.{name}"
+            rows.append(f"| `{section}[].{field.alias or name}` | {field.description} | required |")
     return "\n".join(rows) + "\n"
 
 

@@ -31,6 +31,7 @@ from digest.config import (
 )
 from digest.content import editions as editions_svc
 from digest.content import sources
+from digest.delivery.webhooks import Events
 from digest.errors import ConfigError, DigestError
 from digest.links import PublicUrls
 from digest.mail.mailer import SMTPMailer
@@ -596,12 +597,16 @@ def worker(
             progress=(lambda r: None) if once else _print_progress,
             on_error=lambda message: err.print(f"error: {message} (retrying in {cfg.delivery.poll_seconds:g} s)"),
         )
-    if not report.editions and not report.mails.claimed:
+    if not report.editions and not report.mails.claimed and not report.webhooks.claimed:
         out.print("Nothing to send.")
     if report.mails.claimed:
         m = report.mails
         out.print(f"Confirmation mails: {m.sent} sent, {m.failed} failed, {m.retrying} to retry"
                   + (f", {m.skipped} no longer needed" if m.skipped else ""))
+    if report.webhooks.claimed:
+        w = report.webhooks
+        out.print(f"Webhooks: {w.sent} sent, {w.failed} failed, {w.retrying} to retry"
+                  + (f", {w.skipped} no longer configured" if w.skipped else ""))
     for r in report.editions.values():
         out.print(f"Edition {r.edition_number}: {r.sent} delivered, {r.failed} failed"
                   + (f", {r.skipped} skipped" if r.skipped else "") + f", {r.pending} pending")
@@ -701,7 +706,7 @@ def subscribers_add(
     """Add a confirmed subscriber (or reactivate one)."""
     cfg = settings()
     with db(cfg.database_url) as s:
-        sub, created = subs.add(s, email, utc_now, name=name)
+        sub, created = subs.add(s, email, utc_now, name=name, events=Events(cfg.webhooks, utc_now))
     out.print(f"{'Added' if created else 'Updated'} {sub.email} ({sub.status.value})")
     if subs.needs_smtputf8(sub.email):
         out.print(_smtputf8_note(1, sub.email))
@@ -779,7 +784,7 @@ def subscribers_remove(email: str) -> None:
     cfg = settings()
     with db(cfg.database_url) as s:
         sub = subs.get(s, email)
-        changed = subs.unsubscribe(s, sub, utc_now)
+        changed = subs.unsubscribe(s, sub, utc_now, Events(cfg.webhooks, utc_now))
     out.print(f"Unsubscribed {sub.email}" if changed else f"{sub.email} was already unsubscribed")
 
 
@@ -942,7 +947,8 @@ def bounces_process(
 
     cfg = settings()
     with db(cfg.database_url) as s:
-        report = bounces_svc.process(s, VERP(cfg.newsletter.secret_key, cfg.bounce_domain), path, utc_now)
+        report = bounces_svc.process(s, VERP(cfg.newsletter.secret_key, cfg.bounce_domain), path, utc_now,
+                                     Events(cfg.webhooks, utc_now))
     for label, reason in report.unreadable:
         err.print(f"{label}: not processed: {reason}")
     out.print(f"Read {plural(report.read, 'message')}: {plural(report.hard, 'hard bounce')},"

@@ -350,8 +350,44 @@ class ScheduleSettings(_Section):
         return Cron.parse(self.cron, self.timezone)
 
 
+# What a webhook can be told about (docs/webhooks.md shows each event's body).
+EVENTS = ("subscriber.confirmed", "subscriber.unsubscribed", "subscriber.bounced", "edition.sent")
+
+
+class WebhookSettings(_Section):
+    """`[[webhooks]]`, one table per URL: a signed POST there for each event it lists (docs/webhooks.md)."""
+
+    url: str = Field(description="where the POSTs go: an http:// or https:// URL",
+                     examples=["https://crm.example.com/hooks/digest"])
+    secret: str = Field(min_length=16, description="signs each POST (`X-Digest-Signature`, HMAC-SHA256; at least 16"
+                        " characters): keep it secret", examples=["a long random string"])
+    events: StrList = Field(min_length=1, examples=[list(EVENTS)],
+                            description="the events it is told about: " + ", ".join(f"`{e}`" for e in EVENTS))
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        try:
+            parts = urlsplit(value)
+        except ValueError as exc:
+            raise ValueError(f"{value!r}: not a valid URL ({exc})") from None
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r}: must be an http:// or https:// URL with a host")
+        return value
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, value: list[str]) -> list[str]:
+        for event in value:
+            if event not in EVENTS:
+                guess = _closest(event, list(EVENTS))
+                hint = f"did you mean {guess!r}?" if guess else "events: " + ", ".join(EVENTS)
+                raise ValueError(f"unknown event {event!r} ({hint})")
+        return list(dict.fromkeys(value))
+
+
 class Settings(BaseSettings):
-    """Every setting: the sections in the order `digest init` writes them."""
+    """Every setting: the sections in the order `digest init` writes them, then the lists of tables."""
 
     newsletter: NewsletterSettings
     database: DatabaseSettings = DatabaseSettings()
@@ -362,6 +398,8 @@ class Settings(BaseSettings):
     delivery: DeliverySettings = DeliverySettings()
     web: WebSettings = WebSettings()
     schedule: ScheduleSettings = ScheduleSettings()
+    # `[[webhooks]]` tables; from the environment, the whole list as JSON in DIGEST_WEBHOOKS.
+    webhooks: list[WebhookSettings] = []
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -371,6 +409,17 @@ class Settings(BaseSettings):
 
     # Set by load_settings(); relative paths in the file are resolved against it.
     _config_path: Path | None = None
+
+    @field_validator("webhooks")
+    @classmethod
+    def _one_table_per_url(cls, value: list[WebhookSettings]) -> list[WebhookSettings]:
+        # A queued POST finds its secret by its URL when it is sent (the secret is never stored).
+        seen: set[str] = set()
+        for hook in value:
+            if hook.url in seen:
+                raise ValueError(f"{hook.url!r} is given twice: one [[webhooks]] table per URL, listing every event")
+            seen.add(hook.url)
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -582,6 +631,11 @@ def _check_environment(environ: Mapping[str, str]) -> None:
             continue
         section, _, key = upper[len(ENV_PREFIX):].lower().partition("__")
         section = FORMER_SECTIONS.get(section, section)
+        if section in TABLE_LISTS:
+            if key:
+                raise ConfigError(f"{name}: not a digest setting: [[{section}]] tables are set from the environment"
+                                  f" all at once, as a JSON list in {env_name(section)}")
+            continue
         if section not in sections:
             guess = _closest(section, sections)
             hint = f" (did you mean {env_name(guess, key)}?)" if guess else f" (sections: {', '.join(sections)})"
@@ -618,6 +672,26 @@ class _Origin:
                 return f"{self.path}:{line}"
         return str(self.path)
 
+    def of_table(self, section: str, index: int | None = None, key: str | None = None) -> str:
+        """Where the `index`-th `[[section]]` table (or its `key`) was given: the environment
+        variable holding the whole list, else the file and line."""
+        if env_name(section) in self._env:
+            return env_name(section)
+        header = re.compile(r"\[\[\s*" + re.escape(section) + r"\s*\]\]")
+        assignment = re.compile(r"""["']?""" + re.escape(key or "") + r"""["']?\s*=""")
+        wanted = index or 0  # the list itself: its first table
+        tables, inside, found = -1, False, None
+        for number, line in enumerate(self._lines, 1):
+            stripped = line.strip()
+            if stripped.startswith("["):
+                inside = header.match(stripped) is not None
+                tables += inside
+                if inside and tables == wanted:
+                    found = number
+            elif inside and key is not None and tables == wanted and assignment.match(stripped):
+                return f"{self.path}:{number}"
+        return f"{self.path}:{found}" if found is not None else str(self.path)
+
     def _line(self, section: str, key: str | None) -> int | None:
         """The line of `key = ` under `[section]` (of the header when key is None). None for what
         this simple reading does not find (dotted keys, inline tables): the message names the key."""
@@ -640,6 +714,8 @@ def _describe(exc: ValidationError, origin: _Origin) -> str:
     parts = ["from" if str(p) == "from_" else str(p) for p in err["loc"]]
     key = ".".join(parts)
     section, name = parts[0], (parts[1] if len(parts) > 1 else None)
+    if section in TABLE_LISTS:
+        return _describe_table(err, parts, origin)
     if err["type"] == "missing":
         return f"{origin.path}: missing required setting '{key}' (set it in the file or as {env_name(section, name)})"
     where = origin.of(section, name)
@@ -650,6 +726,24 @@ def _describe(exc: ValidationError, origin: _Origin) -> str:
         guess = _closest(name, _section_keys(section))
         return f"{where}: unknown setting '{key}'" + (f" (did you mean '{section}.{guess}'?)" if guess else "")
     return f"{where}: invalid setting '{key}': {err['msg'].removeprefix('Value error, ')}"
+
+
+def _describe_table(err: Any, parts: list[str], origin: _Origin) -> str:
+    """An error in a list of tables, e.g. `webhooks[2].url`: the second [[webhooks]] table."""
+    section = parts[0]
+    message = err["msg"].removeprefix("Value error, ")
+    if len(parts) < 2 or not parts[1].isdigit():
+        return f"{origin.of_table(section)}: invalid setting '{section}': {message} (a list of [[{section}]] tables)"
+    index = int(parts[1])
+    key = parts[2] if len(parts) > 2 else None
+    name = f"{section}[{index + 1}]" + (f".{key}" if key else "")
+    if err["type"] == "missing":
+        return f"{origin.of_table(section, index)}: missing required setting '{name}'"
+    if err["type"] == "extra_forbidden" and key is not None:
+        guess = _closest(key, _keys(TABLE_LISTS[section]))
+        return (f"{origin.of_table(section, index, key)}: unknown setting '{name}'"
+                + (f" (did you mean '{section}[{index + 1}].{guess}'?)" if guess else ""))
+    return f"{origin.of_table(section, index, key)}: invalid setting '{name}': {message}"
 
 
 def _check_login(settings: Settings, origin: _Origin) -> None:
@@ -729,8 +823,14 @@ _WIDTH = 100
 
 
 def section_models() -> dict[str, type[_Section]]:
-    """Each section of the config file and its model, in the file's order."""
-    return {name: field.annotation for name, field in Settings.model_fields.items()}  # type: ignore[misc]
+    """Each section of the config file and its model, in the file's order (not the lists of
+    tables: TABLE_LISTS)."""
+    return {name: field.annotation for name, field in Settings.model_fields.items()  # type: ignore[misc]
+            if name not in TABLE_LISTS}
+
+
+# The lists of tables (`[[webhooks]]`), by name, and the model of one table.
+TABLE_LISTS: dict[str, type[_Section]] = {"webhooks": WebhookSettings}
 
 
 def initial_value(section: str, key: str) -> Any:
@@ -798,6 +898,12 @@ def render_config(
             setting = f"{key} = {toml_value(initial_value(section, key) if value is None else value)}"
             if key not in WRITTEN_BY_INIT.get(section, ()):
                 setting = "# " + setting
+            lines += _with_comment(setting, field.description or "")
+    for section, model in TABLE_LISTS.items():  # none by default: one example, commented out
+        lines += ["", "# " + " ".join((model.__doc__ or "").split()), f"# [[{section}]]"]
+        for attr, field in model.model_fields.items():
+            example = field.examples[0] if field.examples else ""
+            setting = f"# {field.alias or attr} = {toml_value(example)}"
             lines += _with_comment(setting, field.description or "")
     return "\n".join(lines) + "\n"
 

@@ -242,6 +242,11 @@ def sending_counts(session: Session) -> tuple[int, dict[str, int]] | None:
     return edition.number, _counts(session, [stored_id(edition)])[stored_id(edition)]
 
 
+def counts(session: Session, edition: Edition) -> dict[str, int]:
+    """Posts, and deliveries by status, of one edition."""
+    return _counts(session, [stored_id(edition)])[stored_id(edition)]
+
+
 def pending_count(session: Session, edition: Edition) -> int:
     """Deliveries of `edition` not yet sent (due now or waiting for a retry). The literal 'pending'
     lets both databases answer from the partial index ix_delivery_pending."""

@@ -31,6 +31,7 @@ from sqlalchemy import select
 from sqlmodel import Session, col
 
 from digest.clock import Clock
+from digest.delivery.webhooks import NO_EVENTS, Events, subscriber_data
 from digest.errors import DigestError
 from digest.mail import dsn
 from digest.mail.verp import VERP
@@ -82,9 +83,11 @@ def read_messages(path: Path) -> Iterator[tuple[str, bytes]]:
     yield str(path), path.read_bytes()
 
 
-def process(session: Session, verp: VERP, path: Path, clock: Clock) -> BounceReport:
+def process(session: Session, verp: VERP, path: Path, clock: Clock, events: Events = NO_EVENTS) -> BounceReport:
     """Read every message at `path` and record the bounces among them. `verp` reads the bounce
-    addresses our envelope senders were (the secret key and bounce domain they were made with)."""
+    addresses our envelope senders were (the secret key and bounce domain they were made with).
+    A subscriber who becomes `bounced` or `suspended` is reported as `subscriber.bounced`, in the
+    transaction that records it."""
     report = BounceReport()
     for label, raw in read_messages(path):
         report.read += 1
@@ -103,7 +106,7 @@ def process(session: Session, verp: VERP, path: Path, clock: Clock) -> BounceRep
         if verdict.kind is None:
             report.ignored.append((label, f"{verdict.action} ({verdict.status}): not a bounce"))
             continue
-        _record(session, delivery, verdict, report, label, clock)
+        _record(session, delivery, verdict, report, label, clock, events)
     session.commit()
     return report
 
@@ -123,7 +126,7 @@ def _find_delivery(session: Session, verp: VERP, notice: dsn.DSN) -> Delivery | 
 
 
 def _record(session: Session, delivery: Delivery, status: dsn.RecipientStatus, report: BounceReport, label: str,
-            clock: Clock) -> None:
+            clock: Clock, events: Events) -> None:
     kind = status.kind
     if kind is None:  # not a bounce: process() records bounces only
         return
@@ -151,7 +154,12 @@ def _record(session: Session, delivery: Delivery, status: dsn.RecipientStatus, r
         sub.status = SubscriberStatus.suspended
         sub.bounced_at = as_utc(clock())
         report.suspended.append(sub.email)
+    else:
+        return
     session.add(sub)
+    data = subscriber_data(sub)
+    data["bounce"] = {"kind": kind, "status": status.status, "diagnostic": status.diagnostic}
+    events.emit(session, "subscriber.bounced", data)
     session.flush()
 
 

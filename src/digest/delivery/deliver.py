@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlmodel import Session
+from sqlalchemy import update
+from sqlmodel import Session, col
 
 from digest.clock import Clock
-from digest.config import Settings
-from digest.content.editions import edition_view, pending_count
+from digest.config import Settings, WebhookSettings
+from digest.content.editions import counts, edition_view, pending_count
 from digest.content.render import Renderer
 from digest.delivery import pool
 from digest.delivery.claims import new_sender_id
@@ -18,6 +19,7 @@ from digest.delivery.journal import settle_dead_senders
 from digest.delivery.ledger import SQLLedger
 from digest.delivery.sender import DeliveryReport, SenderSettings, run_sender
 from digest.delivery.variants import Variants, VariantSettings
+from digest.delivery.webhooks import Events, iso
 from digest.mail.mailer import Mailer
 from digest.store.models import Edition, EditionStatus, as_utc
 
@@ -31,11 +33,12 @@ class SendingSettings:
     connections: int  # SMTP connections, each from its own sender process
     rate_limit: float  # messages a second over all of them (0: no limit)
     database_url: str  # for the sender processes
+    webhooks: tuple[WebhookSettings, ...] = ()  # told `edition.sent` when the edition is done
 
     @classmethod
     def from_settings(cls, s: Settings) -> SendingSettings:
         return cls(SenderSettings.from_settings(s), VariantSettings.from_settings(s), s.smtp.connections,
-                   s.smtp.rate_limit, s.database_url)
+                   s.smtp.rate_limit, s.database_url, tuple(s.webhooks))
 
 
 def deliver(
@@ -88,17 +91,28 @@ def deliver(
             report = run_sender(ledger, edition.id, edition.number, variants, mailer, clock, cfg.sender,  # type: ignore[arg-type]
                                 sender=sender or new_sender_id(), stop=stop, rate=cfg.rate_limit, tick=tick)
     finally:
-        pending = finish_if_done(session, edition, clock)
+        pending = finish_if_done(session, edition, Events(cfg.webhooks, clock))
     report.pending = pending
     return report
 
 
-def finish_if_done(session: Session, edition: Edition, clock: Clock) -> int:
-    """Mark the edition sent once none of its deliveries is pending; how many are pending."""
+def finish_if_done(session: Session, edition: Edition, events: Events) -> int:
+    """Mark the edition sent once none of its deliveries is pending, and report it as
+    `edition.sent` in the same transaction; how many are pending. Several senders may finish at
+    once (a pool, workers on other hosts): the one whose UPDATE changes the status reports it."""
     pending = pending_count(session, edition)
     if pending == 0 and edition.status != EditionStatus.sent:
-        edition.status = EditionStatus.sent
-        edition.finished_at = as_utc(clock())
-        session.add(edition)
+        finished = as_utc(events.clock())
+        changed = session.execute(
+            update(Edition)
+            .where(col(Edition.id) == edition.id, col(Edition.status) == EditionStatus.sending)
+            .values(status=EditionStatus.sent, finished_at=finished)
+        ).rowcount  # type: ignore[attr-defined]  # an UPDATE's result is a CursorResult
+        session.refresh(edition)
+        if changed:
+            events.emit(session, "edition.sent", {"edition": {
+                "id": edition.id, "number": edition.number, "subject": edition.subject,
+                "finished_at": iso(finished), "deliveries": counts(session, edition),
+            }})
         session.commit()
     return pending

@@ -17,8 +17,11 @@ makes the UPDATE atomic), so two processes never send one row, and a sender that
 rows to the others when the lease ends. No database transaction is open while SMTP talks: a slow
 relay never holds a pooled connection.
 
-What a row is for is its `kind`; each kind (a `Kind`, given by the caller: see
-`signup.outbox_kinds`) turns a row into an envelope. Another kind of mail, or a webhook, adds one.
+What a row is for is its `kind`; each kind of mail (a `Kind`, given by the caller: see
+`signup.outbox_kinds`) turns a row into an envelope. A kind that is not mail (a `Courier`: a
+webhook's POST, see delivery/webhooks.py) delivers its rows itself and has its own retry policy;
+its rows are claimed and sent apart from the mail (`dispatch_due`, a thread of its own in the
+Relay), so a slow receiver never holds up a confirmation mail, nor a slow relay a webhook.
 """
 
 from __future__ import annotations
@@ -26,10 +29,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
@@ -65,6 +68,26 @@ class Kind(Protocol):
         """The row failed for good; undo what queuing it promised (the caller commits)."""
 
 
+class Attempt(NamedTuple):
+    """What one try of a Courier came to."""
+
+    ok: bool
+    permanent: bool  # refused for good: not tried again
+    detail: str  # what happened, for last_error and the log
+
+
+class Courier(Protocol):
+    """How rows of a kind that is not mail are delivered (a webhook's POST)."""
+
+    def deliver(self, row: Outbox) -> Attempt | None:
+        """Try once (no database transaction is open meanwhile); None when the row is no longer
+        wanted (it is then `skipped`)."""
+
+    def next_attempt(self, row: Outbox, now: datetime) -> datetime | None:
+        """When to try again after a temporary failure (`row.attempts` counts the one just made);
+        None: give up, the row is `failed`."""
+
+
 def backoff(attempts: int) -> timedelta:
     return BACKOFF[attempts - 1] if 0 < attempts <= len(BACKOFF) else BACKOFF_LATER
 
@@ -90,13 +113,16 @@ def payload(row: Outbox) -> dict[str, Any]:
     return data
 
 
-def claim(session: Session, sender: str, now: datetime, limit: int = BATCH, lease: timedelta = LEASE) -> list[Outbox]:
-    """Atomically take up to `limit` due pending rows that nobody holds; commits."""
+def claim(session: Session, sender: str, now: datetime, kinds: Collection[str], limit: int = BATCH,
+          lease: timedelta = LEASE) -> list[Outbox]:
+    """Atomically take up to `limit` due pending rows of `kinds` that nobody holds; commits. (A
+    kind this process does not know, a newer digest's, is left to the processes that do.)"""
     until = now + lease
     due = (
         select(Outbox.id)
         .where(
             col(Outbox.status) == OutboxStatus.pending,
+            col(Outbox.kind).in_(list(kinds)),
             col(Outbox.next_attempt_at) <= now,
             (col(Outbox.claimed_until).is_(None)) | (col(Outbox.claimed_until) < now),
         )
@@ -157,17 +183,14 @@ def send_due(
     """Claim due rows, send them over `mailer`, record each outcome as its reply comes. `pace()`
     is called before each message (a rate limit; False stops like `stop()`)."""
     result = Pass()
-    rows = claim(session, sender, as_utc(clock()), limit)
+    rows = claim(session, sender, as_utc(clock()), kinds, limit)
     result.claimed = len(rows)
     if not rows:
         return result
     by_id: dict[object, Outbox] = {}  # by the envelope's tag: the row's id
     envelopes: list[Envelope] = []
     for row in rows:
-        kind = kinds.get(row.kind)
-        if kind is None:  # a newer digest's kind: left claimed, so another sender takes it after the lease
-            log.warning("outbox row %d: unknown kind %r, left for another sender", row.id, row.kind)
-            continue
+        kind = kinds[row.kind]
         try:
             env = kind.envelope(session, row)
         except Exception as exc:  # noqa: BLE001 - a broken template: retried later, the others still go
@@ -253,10 +276,64 @@ def _finish(session: Session, row: Outbox, status: OutboxStatus, clock: Clock) -
     session.add(row)
 
 
+def dispatch_due(
+    session: Session,
+    couriers: Mapping[str, Courier],
+    clock: Clock,
+    *,
+    sender: str,
+    limit: int = BATCH,
+    stop: Callable[[], bool] = lambda: False,
+) -> Pass:
+    """Claim due rows of the couriers' kinds, deliver each, record each outcome as it comes (one
+    commit a row; no transaction open while a courier works)."""
+    result = Pass()
+    rows = claim(session, sender, as_utc(clock()), couriers, limit)
+    result.claimed = len(rows)
+    for i, row in enumerate(rows):
+        if stop():
+            for left in rows[i:]:  # not tried: back to the queue as they were
+                left.claimed_by = left.claimed_until = None
+                session.add(left)
+            session.commit()
+            break
+        courier = couriers[row.kind]
+        try:
+            attempt = courier.deliver(row)
+        except Exception as exc:  # noqa: BLE001 - a bug in one row's delivery: retried later, the others still go
+            log.error("outbox row %d (%s): %s: %s", row.id, row.kind, type(exc).__name__, exc)
+            attempt = Attempt(False, False, f"{type(exc).__name__}: {exc}")
+        if attempt is None:
+            _finish(session, row, OutboxStatus.skipped, clock)
+            result.skipped += 1
+        else:
+            row.attempts += 1
+            if attempt.ok:
+                row.last_error = None
+                _finish(session, row, OutboxStatus.sent, clock)
+                result.sent += 1
+            else:
+                row.last_error = attempt.detail
+                later = None if attempt.permanent else courier.next_attempt(row, as_utc(clock()))
+                if later is None:
+                    log.warning("outbox: %s to %s failed after %d attempt(s): %s", row.kind, row.recipient,
+                                row.attempts, attempt.detail)
+                    _finish(session, row, OutboxStatus.failed, clock)
+                    result.failed += 1
+                else:
+                    row.next_attempt_at = later
+                    row.claimed_by = row.claimed_until = None
+                    session.add(row)
+                    result.retrying += 1
+        session.commit()
+    return result
+
+
 class Relay:
     """The outbox's senders in `digest serve`: `connections` threads, each with its own SMTP
     connection (closed while idle), sending due rows as soon as `wake()` says a request queued
-    one, and every POLL_SECONDS anyway (retries, rows queued by other processes)."""
+    one, and every POLL_SECONDS anyway (retries, rows queued by other processes). With
+    `couriers`, a Dispatcher delivers the rows of their kinds (webhooks) beside them."""
 
     def __init__(
         self,
@@ -269,6 +346,7 @@ class Relay:
         max_attempts: int = 8,
         rate_limit: float = 0,
         poll_seconds: float = POLL_SECONDS,
+        couriers: Mapping[str, Courier] | None = None,
     ):
         self.engine = engine
         self.kinds = kinds
@@ -282,23 +360,32 @@ class Relay:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._dispatcher = Dispatcher(engine, couriers, clock, poll_seconds=poll_seconds) if couriers else None
 
     def start(self) -> None:
         for i in range(self.connections):
             t = threading.Thread(target=self._run, name=f"outbox-{i}", daemon=True)
             t.start()
             self._threads.append(t)
+        if self._dispatcher is not None:
+            self._dispatcher.start()
 
     def wake(self) -> None:
         self._wake.set()
+        if self._dispatcher is not None:
+            self._dispatcher.wake()
 
     def close(self, timeout: float = 30) -> None:
-        """Stop after the message in flight; what is left stays queued for the next start."""
+        """Stop after the message (or POST) in flight; what is left stays queued for the next start."""
+        if self._dispatcher is not None:
+            self._dispatcher.stop()
         self._stop.set()
         self._wake.set()
         for t in self._threads:
             t.join(timeout)
         self._threads.clear()
+        if self._dispatcher is not None:
+            self._dispatcher.close(timeout)
 
     def _pace(self) -> bool:
         with self._pace_lock:
@@ -325,6 +412,55 @@ class Relay:
             mailer.close()
 
 
+
+class Dispatcher:
+    """A thread that delivers the rows of `couriers` (webhooks) as soon as `wake()` says one was
+    queued, and every POLL_SECONDS anyway: in `digest serve` (the Relay's) and in a polling
+    `digest worker`, so that a receiver that is slow to answer never holds up mail."""
+
+    def __init__(self, engine: Engine, couriers: Mapping[str, Courier], clock: Clock, *,
+                 poll_seconds: float = POLL_SECONDS):
+        self.engine = engine
+        self.couriers = dict(couriers)
+        self.clock = clock
+        self.poll_seconds = poll_seconds
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="outbox-couriers", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Ask the thread to stop after the delivery in flight (close() waits for it)."""
+        self._stop.set()
+        self._wake.set()
+
+    def close(self, timeout: float = 30) -> None:
+        self.stop()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        sender = new_sender_id()
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                with new_session(self.engine) as s:
+                    done = dispatch_due(s, self.couriers, self.clock, sender=sender, stop=self._stop.is_set)
+            except Exception as exc:  # the thread keeps running; the rows stay queued
+                log.error("outbox: %s: %s", type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+                done = Pass()
+            if done.claimed:
+                continue  # more may be due
+            self._wake.wait(self.poll_seconds)
+
+
 def drain(
     session: Session,
     mailer: Mailer,
@@ -341,5 +477,23 @@ def drain(
         done = send_due(session, mailer, kinds, clock, sender=sender, max_attempts=max_attempts, stop=stop)
         total.add(done)
         if not done.claimed or done.error:
+            break
+    return total
+
+
+def drain_couriers(
+    session: Session,
+    couriers: Mapping[str, Courier],
+    clock: Clock,
+    *,
+    sender: str,
+    stop: Callable[[], bool] = lambda: False,
+) -> Pass:
+    """Deliver every courier row due now, batch after batch (`digest worker`); the sums of the passes."""
+    total = Pass()
+    while not stop():
+        done = dispatch_due(session, couriers, clock, sender=sender, stop=stop)
+        total.add(done)
+        if not done.claimed:
             break
     return total

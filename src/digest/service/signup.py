@@ -28,6 +28,7 @@ from digest.config import NewsletterSettings
 from digest.content.plaintext import clean
 from digest.content.render import compile_mjml
 from digest.delivery import outbox
+from digest.delivery.webhooks import NO_EVENTS, Events, subscriber_data
 from digest.errors import BadToken
 from digest.links import CONFIRM_MAX_AGE, Links
 from digest.mail.mailer import Envelope
@@ -257,8 +258,10 @@ def _asked_again(sub: Subscriber) -> bool:
     return sub.unsubscribed_at is None or as_utc(sub.confirmation_sent_at) > as_utc(sub.unsubscribed_at)
 
 
-def confirm(session: Session, clock: Clock, links: Links, token: str) -> tuple[Subscriber, bool]:
-    """Activate the subscriber of a confirmation link. (subscriber, changed); idempotent."""
+def confirm(session: Session, clock: Clock, links: Links, token: str,
+            events: Events = NO_EVENTS) -> tuple[Subscriber, bool]:
+    """Activate the subscriber of a confirmation link (reported as `subscriber.confirmed`).
+    (subscriber, changed); idempotent."""
     sub = check_confirm(session, links, token)
     if sub.status == SubscriberStatus.active:
         return sub, False
@@ -267,6 +270,7 @@ def confirm(session: Session, clock: Clock, links: Links, token: str) -> tuple[S
     sub.confirmed_at = now
     sub.unsubscribed_at = None
     session.add(sub)
+    events.emit(session, "subscriber.confirmed", subscriber_data(sub))
     session.commit()
     return sub, True
 
@@ -284,12 +288,12 @@ def from_token(session: Session, links: Links, token: str) -> Subscriber | None:
     return sub
 
 
-def unsubscribe(session: Session, clock: Clock, links: Links, token: str) -> bool:
+def unsubscribe(session: Session, clock: Clock, links: Links, token: str, events: Events = NO_EVENTS) -> bool:
     """Unsubscribe the link's subscriber at once. True when this changed something; idempotent."""
     sub = from_token(session, links, token)
     if sub is None:
         return False
-    return subs.unsubscribe(session, sub, clock)
+    return subs.unsubscribe(session, sub, clock, events)
 
 
 def save_preferences(session: Session, sub: Subscriber, *, categories: Iterable[str], known: Sequence[str]) -> None:
@@ -306,13 +310,15 @@ def set_paused(session: Session, sub: Subscriber, paused: bool) -> None:
     session.commit()
 
 
-def resubscribe(session: Session, sub: Subscriber, clock: Clock) -> bool:
-    """An unsubscribed reader comes back through a link from their own mail: active at once."""
+def resubscribe(session: Session, sub: Subscriber, clock: Clock, events: Events = NO_EVENTS) -> bool:
+    """An unsubscribed reader comes back through a link from their own mail: active at once
+    (reported as `subscriber.confirmed`)."""
     if sub.status != SubscriberStatus.unsubscribed:
         return False
     sub.status = SubscriberStatus.active
     sub.confirmed_at = sub.confirmed_at or as_utc(clock())
     sub.unsubscribed_at = None
     session.add(sub)
+    events.emit(session, "subscriber.confirmed", subscriber_data(sub))
     session.commit()
     return True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,8 @@ from sqlmodel import Session, col, select
 
 from digest.clock import Clock
 from digest.content.plaintext import NAME_LIMIT, clean, shorten
+from digest.delivery import webhooks
+from digest.delivery.webhooks import NO_EVENTS, Events, subscriber_data
 from digest.errors import DigestError, InvalidAddress, NotFound
 from digest.store.models import Delivery, Outbox, Subscriber, SubscriberStatus, as_utc, stored_id, topics_text
 
@@ -58,8 +61,10 @@ def get(session: Session, email: str) -> Subscriber:
     return sub
 
 
-def add(session: Session, email: str, clock: Clock, *, name: str | None = None) -> tuple[Subscriber, bool]:
-    """Add (or reactivate) a confirmed subscriber. Returns (subscriber, created)."""
+def add(session: Session, email: str, clock: Clock, *, name: str | None = None,
+        events: Events = NO_EVENTS) -> tuple[Subscriber, bool]:
+    """Add (or reactivate) a confirmed subscriber. Returns (subscriber, created). One who was not
+    active is reported as `subscriber.confirmed`."""
     now = as_utc(clock())
     address = normalize_email(email)
     sub = session.exec(select(Subscriber).where(Subscriber.email == address)).first()
@@ -67,13 +72,17 @@ def add(session: Session, email: str, clock: Clock, *, name: str | None = None) 
     if sub is None:
         sub = Subscriber(email=address, created_at=now)
     # Added by the operator is confirmed, as imported is: now, for a new address as for a returning one.
-    if created or sub.status != SubscriberStatus.active:
+    confirmed = created or sub.status != SubscriberStatus.active
+    if confirmed:
         sub.status = SubscriberStatus.active
         sub.confirmed_at = now
         sub.unsubscribed_at = sub.bounced_at = None
     if name is not None:
         sub.name = clean_name(name)
     session.add(sub)
+    if confirmed:
+        session.flush()  # the new subscriber's id, for the event
+        events.emit(session, "subscriber.confirmed", subscriber_data(sub))
     session.commit()
     return sub, created
 
@@ -187,13 +196,15 @@ def iterate(session: Session, status: SubscriberStatus | None = None, batch: int
         last = stored_id(rows[-1])
 
 
-def unsubscribe(session: Session, sub: Subscriber, clock: Clock) -> bool:
-    """Unsubscribe, keeping history. False when already unsubscribed."""
+def unsubscribe(session: Session, sub: Subscriber, clock: Clock, events: Events = NO_EVENTS) -> bool:
+    """Unsubscribe, keeping history (reported as `subscriber.unsubscribed`). False when already
+    unsubscribed."""
     if sub.status == SubscriberStatus.unsubscribed:
         return False
     sub.status = SubscriberStatus.unsubscribed
     sub.unsubscribed_at = as_utc(clock())
     session.add(sub)
+    events.emit(session, "subscriber.unsubscribed", subscriber_data(sub))
     session.commit()
     return True
 
@@ -203,5 +214,8 @@ def erase(session: Session, sub: Subscriber) -> None:
     theirs = col(Delivery.subscriber_id) == sub.id
     session.execute(update(Delivery).where(theirs).values(subscriber_id=None, last_error=None))
     session.execute(delete(Outbox).where(col(Outbox.recipient) == sub.email))  # queued mail names the address
+    # ... and so does the body of every webhook about them (events.subscriber_data writes it so)
+    session.execute(delete(Outbox).where(col(Outbox.kind) == webhooks.KIND, col(Outbox.payload).contains(
+        f'"email": {json.dumps(sub.email)}', autoescape=True)))
     session.delete(sub)
     session.commit()

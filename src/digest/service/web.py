@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from digest.clock import Clock, utc_now
 from digest.config import Settings, WebSettings
 from digest.content.render import Renderer, bundled_templates_dir, environment
-from digest.delivery import outbox
+from digest.delivery import outbox, webhooks
 from digest.errors import BadToken, InvalidAddress
 from digest.links import (
     ARCHIVE,
@@ -144,7 +144,7 @@ def create_app(
     own_engine = engine is None
     # One connection for every thread that may want one (handlers, relay threads), so a request
     # never waits for the pool, let alone fails on it: none holds one across anything slow.
-    connections = REQUEST_THREADS + max(1, settings.smtp.connections)
+    connections = REQUEST_THREADS + max(1, settings.smtp.connections) + 1  # + the webhooks' thread
     engine = engine or make_engine(settings.database_url, connections=connections)
     ready(engine)
     env = environment(settings.templates_dir)
@@ -157,10 +157,11 @@ def create_app(
     resend_after = timedelta(minutes=settings.web.confirm_resend_minutes)
 
     kinds = {**signup.outbox_kinds(links, settings.newsletter, clock, env), **testmail.outbox_kinds(settings, clock)}
+    events = webhooks.Events(settings.webhooks, clock)
     relay = outbox.Relay(
         engine, kinds, mailer_factory, clock,
         connections=settings.smtp.connections, max_attempts=settings.smtp.max_attempts,
-        rate_limit=settings.smtp.rate_limit,
+        rate_limit=settings.smtp.rate_limit, couriers=webhooks.couriers(settings.webhooks, clock),
     )
 
     @asynccontextmanager
@@ -277,9 +278,11 @@ def create_app(
     @app.post(f"{CONFIRM}/{{token}}", response_class=HTMLResponse)
     def confirm(token: str, s: DB):
         try:
-            sub, _ = signup.confirm(s, clock, links, token)
+            sub, changed = signup.confirm(s, clock, links, token, events)
         except BadToken:
             return bad_link(s)
+        if changed:
+            relay.wake()  # its webhooks are committed in the outbox
         return page("confirmed.html", email=sub.email, prefs_url=prefs_path(sub))
 
     # --- unsubscribe (RFC 8058 one-click, and the page) ----------------------------------------
@@ -302,8 +305,8 @@ def create_app(
             sub = signup.from_token(s, links, token)  # the link checked and its subscriber read once
         except BadToken:
             return page("invalid_link.html", 400)
-        if sub is not None:
-            subs.unsubscribe(s, sub, clock)
+        if sub is not None and subs.unsubscribe(s, sub, clock, events):
+            relay.wake()  # its webhooks are committed in the outbox
         return page("unsubscribed.html", prefs_url=prefs_path(sub) if sub else None)
 
     # --- preferences --------------------------------------------------------------------------
@@ -344,7 +347,8 @@ def create_app(
             signup.set_paused(s, sub, False)
             notice = "Welcome back. Your digests will start again with the next edition."
         elif action == "resubscribe":
-            signup.resubscribe(s, sub, clock)
+            if signup.resubscribe(s, sub, clock, events):
+                relay.wake()  # its webhooks are committed in the outbox
             notice = "You're subscribed again."
         return preferences(s, sub, token, notice=notice)
 

@@ -19,7 +19,8 @@ from sqlmodel import Session
 from digest.clock import Clock
 from digest.config import Settings
 from digest.content import editions
-from digest.delivery import outbox
+from digest.content.render import Renderer
+from digest.delivery import outbox, webhooks
 from digest.delivery.claims import new_sender_id
 from digest.delivery.deliver import SendingSettings, deliver
 from digest.delivery.sender import DeliveryReport
@@ -36,6 +37,7 @@ class WorkerReport:
     editions: dict[int, DeliveryReport] = field(default_factory=dict)  # by edition number
     errors: list[str] = field(default_factory=list)  # SMTP trouble met while polling
     mails: outbox.Pass = field(default_factory=outbox.Pass)  # the outbox's confirmation mails
+    webhooks: outbox.Pass = field(default_factory=outbox.Pass)  # its webhooks (with `once`)
 
     @property
     def sent(self) -> int:
@@ -61,7 +63,9 @@ def run(
     sender: str | None = None,
 ) -> WorkerReport:
     """Deliver pending deliveries of every unfinished edition, and the mail waiting in the outbox
-    (confirmation mails, which `digest serve` sends too). With `once`, return after one pass,
+    (confirmation mails, which `digest serve` sends too), and its webhooks: after the mail with
+    `once`, else from a thread of their own (a receiver slow to answer never holds up a send).
+    With `once`, return after one pass,
     when nothing is left that this worker can claim now (deliveries held by other workers, or
     waiting for a retry, are theirs or later's); otherwise poll every `delivery.poll_seconds` until
     `stop()`. `wait(seconds)` sleeps between polls (and should return early on a stop).
@@ -76,6 +80,29 @@ def run(
     nl = settings.newsletter
     kinds = {**signup.outbox_kinds(Links(nl.secret_key, nl.public_url, clock), nl, clock, renderer.env),
              **testmail.outbox_kinds(settings, clock)}
+    couriers = webhooks.couriers(settings.webhooks, clock)
+    dispatcher = None
+    if not once:
+        dispatcher = outbox.Dispatcher(session.get_bind(), couriers, clock,  # type: ignore[arg-type]
+                                       poll_seconds=settings.delivery.poll_seconds)
+        dispatcher.start()
+    try:
+        _loop(session, settings, mailer, clock, report, sending, renderer, kinds, once=once, stop=stop, wait=wait,
+              progress=progress, on_error=on_error, sender=sender)
+    finally:
+        if once and not stop():  # even when the SMTP server could not be reached
+            report.webhooks = outbox.drain_couriers(session, couriers, clock, sender=sender, stop=stop)
+        if dispatcher is not None:
+            dispatcher.close(timeout=webhooks.TIMEOUT_SECONDS + 5)
+    mailer.close()
+    return report
+
+
+def _loop(session: Session, settings: Settings, mailer: Mailer, clock: Clock, report: WorkerReport,
+          sending: SendingSettings, renderer: Renderer, kinds: dict[str, outbox.Kind], *, once: bool,
+          stop: Callable[[], bool], wait: Callable[[float], object] | None,
+          progress: Callable[[DeliveryReport], None], on_error: Callable[[str], None], sender: str) -> None:
+    """run()'s passes over the editions and the outbox's mail."""
     if wait is None:
         wait = threading.Event().wait  # (nothing sets it: each wait sleeps the whole interval)
     while not stop():
@@ -108,6 +135,4 @@ def run(
         if not busy:
             mailer.close()  # do not hold an idle SMTP connection between polls
             wait(settings.delivery.poll_seconds)
-    mailer.close()
-    return report
 

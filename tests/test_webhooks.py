@@ -1,0 +1,412 @@
+"""Webhooks: events queued with the change they report and POSTed, signed, to a real HTTP receiver
+on 127.0.0.1; retried on a 5xx or no answer for 24 h (the test's clock moves, nothing sleeps that
+long); a removed webhook's requests dropped; neither a request nor a send waits for a receiver."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+import time
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from conftest import one_line_error, run_digest, write_config
+from digest.clock import utc_now
+from digest.config import load_settings
+from digest.delivery import outbox, webhooks
+from digest.delivery.webhooks import Events
+from digest.errors import ConfigError
+from digest.links import Links
+from digest.mail.mailer import SMTPMailer
+from digest.service import pipeline as jobs
+from digest.service import signup
+from digest.service import subscribers as subs
+from digest.service.web import create_app
+from digest.store.database import make_engine, session
+from digest.store.models import Outbox, OutboxStatus, as_utc
+
+DOC = Path(__file__).parent.parent / "docs" / "webhooks.md"
+SECRET = "test-secret-0123456789"
+
+
+class Receiver:
+    """A real HTTP server that records each POST (headers, raw body) and answers `failures`
+    requests with `failure_status` first, then 204."""
+
+    def __init__(self, failures: int = 0, failure_status: int = 500):
+        self.failures = failures
+        self.failure_status = failure_status
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.arrived = threading.Condition()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with owner.arrived:
+                    owner.requests.append((dict(self.headers), body))
+                    failing = owner.failures > 0
+                    owner.failures -= failing
+                    owner.arrived.notify_all()
+                self.send_response(owner.failure_status if failing else 204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def __enter__(self) -> Receiver:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def wait_for(self, n: int, timeout: float = 30) -> list[dict]:
+        """The bodies of the first `n` requests, once they have come."""
+        with self.arrived:
+            assert self.arrived.wait_for(lambda: len(self.requests) >= n, timeout), self.requests
+        return [json.loads(body) for _, body in self.requests[:n]]
+
+
+def hook_table(url: str, events: list[str], secret: str = SECRET) -> str:
+    return f'\n[[webhooks]]\nurl = "{url}"\nsecret = "{secret}"\nevents = {json.dumps(events)}\n'
+
+
+def with_webhooks(config: Path, *tables: str) -> Path:
+    config.write_text(config.read_text(encoding="utf-8") + "".join(tables), encoding="utf-8")
+    return config
+
+
+def doc_verify():
+    """The `verify` function of docs/webhooks.md, from the doc's own Python block."""
+    [code] = re.findall(r"^```python\n(.*?)^```", DOC.read_text(encoding="utf-8"), re.M | re.S)
+    scope: dict = {}
+    exec(compile(code, str(DOC), "exec"), scope)  # the documented snippet, run as a receiver would
+    return scope["verify"]
+
+
+def verified(verify, request: tuple[dict[str, str], bytes], secret: str = SECRET) -> bool:
+    headers, body = request
+    return verify(secret, headers["X-Digest-Timestamp"], headers["X-Digest-Signature"], body)
+
+
+def rows(db) -> list[Outbox]:
+    db.expire_all()
+    found = list(db.exec(select(Outbox).where(Outbox.kind == webhooks.KIND).order_by(Outbox.id)).all())
+    db.rollback()
+    return found
+
+
+# --- settings ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    (hook_table("ftp://crm.example.com/x", ["edition.sent"]),
+     r"digest.toml:\d+: invalid setting 'webhooks\[1\].url': 'ftp://crm.example.com/x': must be an http:// or https://"),
+    (hook_table("https://crm.example.com/x", ["edition.send"]),
+     r"digest.toml:\d+: invalid setting 'webhooks\[1\].events': unknown event 'edition.send' \(did you mean 'edition.sent'\?\)"),
+    ('\n[[webhooks]]\nurl = "https://crm.example.com/x"\nevents = ["edition.sent"]\n',
+     r"digest.toml:\d+: missing required setting 'webhooks\[1\].secret'"),
+    (hook_table("https://a.example.com/x", ["edition.sent"]) + hook_table("https://a.example.com/x", ["edition.sent"]),
+     r"invalid setting 'webhooks': 'https://a.example.com/x' is given twice"),
+])
+def test_a_bad_webhook_is_a_one_line_error_naming_the_key(tmp_path, table, message):
+    config = with_webhooks(write_config(tmp_path), table)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config)
+    assert re.search(message, str(caught.value)), str(caught.value)
+
+
+def test_the_line_named_is_the_key_of_the_table_at_fault(tmp_path):
+    config = with_webhooks(write_config(tmp_path), hook_table("https://a.example.com/x", ["edition.sent"]),
+                           hook_table("https://b.example.com/x", ["subscriber.left"]))
+    lines = config.read_text(encoding="utf-8").splitlines()
+    line = max(i for i, text in enumerate(lines, 1) if text.startswith("events = "))
+    proc = run_digest(config, "editions")
+    assert proc.returncode != 0
+    assert one_line_error(proc).startswith(f"error: {config}:{line}: invalid setting 'webhooks[2].events'")
+
+
+def test_webhooks_from_the_environment_as_one_json_list(tmp_path, monkeypatch):
+    config = write_config(tmp_path)
+    monkeypatch.setenv("DIGEST_WEBHOOKS", json.dumps([{"url": "https://a.example.com/x", "secret": SECRET,
+                                                      "events": ["edition.sent"]}]))
+    [hook] = load_settings(config).webhooks
+    assert (hook.url, hook.secret, hook.events) == ("https://a.example.com/x", SECRET, ["edition.sent"])
+
+
+# --- what a receiver gets -----------------------------------------------------------------------
+
+
+def test_confirm_and_unsubscribe_arrive_signed_and_the_documented_check_accepts_them(tmp_path, smtp_server):
+    verify = doc_verify()
+    with Receiver() as receiver:
+        config = with_webhooks(write_config(tmp_path, smtp_port=smtp_server.port),
+                               hook_table(receiver.url, ["subscriber.confirmed", "subscriber.unsubscribed"]))
+        settings = load_settings(config)
+        from fastapi.testclient import TestClient
+
+        links = Links(settings.newsletter.secret_key, settings.newsletter.public_url, utc_now)
+        with TestClient(create_app(settings, clock=utc_now)) as client:
+            client.post("/subscribe", data={"email": "ann@example.com"})
+            engine = make_engine(settings.database_url)
+            with session(engine) as db:
+                sub = subs.get(db, "ann@example.com")
+                sub_id = sub.id
+                assert rows(db) == []  # a sign-up is not an event: only confirming is
+                assert client.post(f"/confirm/{links.confirm_token(sub_id, 'ann@example.com')}").status_code == 200
+                [confirmed] = receiver.wait_for(1)
+                assert client.post(f"/unsubscribe/{links.subscriber_token(sub_id, 'ann@example.com')}").status_code == 200
+                _, unsubscribed = receiver.wait_for(2)
+                deadline = time.monotonic() + 30
+                while {r.status for r in rows(db)} != {OutboxStatus.sent}:  # the receiver answered; then the row is written
+                    assert time.monotonic() < deadline, rows(db)
+                    time.sleep(0.02)
+            engine.dispose()
+    assert confirmed["type"] == "subscriber.confirmed"
+    assert confirmed["data"]["subscriber"] == {"id": sub_id, "email": "ann@example.com", "name": None,
+                                               "status": "active", "topics": None}
+    assert unsubscribed["type"] == "subscriber.unsubscribed"
+    assert unsubscribed["data"]["subscriber"]["status"] == "unsubscribed"
+    assert confirmed["id"] != unsubscribed["id"]
+    for request in receiver.requests:
+        headers, body = request
+        assert headers["X-Digest-Event"] == json.loads(body)["type"]
+        assert headers["Content-Type"] == "application/json"
+        assert verified(verify, request)
+        assert not verified(verify, request, secret="another-secret-0123456789")
+        assert not verified(verify, (headers, body.replace(b"ann@", b"bob@")))
+
+
+def test_the_documented_check_refuses_a_request_signed_ten_minutes_ago(db, settings, clock):
+    """A recorded request replayed later: its signature is good, its timestamp too old."""
+    verify = doc_verify()
+    with Receiver() as receiver:
+        hooks = load_settings(with_webhooks(settings._config_path, hook_table(receiver.url, ["edition.sent"]))).webhooks
+        clock.now = utc_now() - timedelta(minutes=10)
+        Events(hooks, clock).emit(db, "edition.sent", {"edition": {"number": 1}})
+        db.commit()
+        assert outbox.dispatch_due(db, webhooks.couriers(hooks, clock), clock, sender="t").sent == 1
+        [request] = receiver.requests
+    assert not verified(verify, request)
+    headers, body = request
+    assert webhooks.signature(SECRET, headers["X-Digest-Timestamp"], body) == headers["X-Digest-Signature"]
+
+
+def test_a_500_is_tried_again_after_the_backoff_with_the_same_event(db, settings, clock):
+    with Receiver(failures=2) as receiver:
+        hooks = load_settings(with_webhooks(settings._config_path, hook_table(receiver.url, ["edition.sent"]))).webhooks
+        couriers = webhooks.couriers(hooks, clock)
+        Events(hooks, clock).emit(db, "edition.sent", {"edition": {"number": 7}})
+        db.commit()
+        first = outbox.dispatch_due(db, couriers, clock, sender="t")
+        assert (first.sent, first.retrying) == (0, 1)
+        [row] = rows(db)
+        assert row.last_error == "HTTP 500 Internal Server Error"
+        assert as_utc(row.next_attempt_at) == clock.now + timedelta(seconds=10)
+        assert outbox.dispatch_due(db, couriers, clock, sender="t").claimed == 0  # not due yet
+        clock.now += timedelta(seconds=10)
+        assert outbox.dispatch_due(db, couriers, clock, sender="t").retrying == 1
+        clock.now += timedelta(minutes=1)
+        assert outbox.dispatch_due(db, couriers, clock, sender="t").sent == 1
+        bodies = receiver.wait_for(3)
+    [row] = rows(db)
+    assert (row.status, row.attempts, row.last_error) == (OutboxStatus.sent, 3, None)
+    assert bodies[0] == bodies[1] == bodies[2] and bodies[0]["data"] == {"edition": {"number": 7}}
+
+
+def test_a_receiver_that_never_answers_well_fails_the_row_24_hours_after_the_event(db, settings, clock):
+    with Receiver(failures=10**6, failure_status=503) as receiver:
+        hooks = load_settings(with_webhooks(settings._config_path, hook_table(receiver.url, ["edition.sent"]))).webhooks
+        couriers = webhooks.couriers(hooks, clock)
+        start = clock.now
+        Events(hooks, clock).emit(db, "edition.sent", {})
+        db.commit()
+        tried_at = []
+        while True:
+            [row] = rows(db)
+            if row.status != OutboxStatus.pending:
+                break
+            clock.now = as_utc(row.next_attempt_at)
+            tried_at.append(clock.now)
+            outbox.dispatch_due(db, couriers, clock, sender="t")
+    assert (row.status, row.last_error) == (OutboxStatus.failed, "HTTP 503 Service Unavailable")
+    assert len(receiver.requests) == row.attempts == len(tried_at)
+    assert tried_at[-1] == start + timedelta(hours=24)  # the last try is at the 24th hour, none after
+    assert [t - start for t in tried_at[:4]] == [timedelta(0), timedelta(seconds=10), timedelta(seconds=70),
+                                                 timedelta(seconds=370)]
+
+
+@pytest.mark.parametrize(("status", "outcome"), [(400, OutboxStatus.failed), (410, OutboxStatus.failed),
+                                                 (429, OutboxStatus.pending), (408, OutboxStatus.pending)])
+def test_a_4xx_fails_at_once_but_408_and_429_are_tried_again(db, settings, clock, status, outcome):
+    with Receiver(failures=1, failure_status=status) as receiver:
+        hooks = load_settings(with_webhooks(settings._config_path, hook_table(receiver.url, ["edition.sent"]))).webhooks
+        Events(hooks, clock).emit(db, "edition.sent", {})
+        db.commit()
+        outbox.dispatch_due(db, webhooks.couriers(hooks, clock), clock, sender="t")
+    [row] = rows(db)
+    assert (row.status, row.attempts) == (outcome, 1)
+    assert row.last_error.startswith(f"HTTP {status}")
+
+
+def test_the_requests_of_a_webhook_removed_from_the_settings_are_dropped_and_the_secret_is_not_stored(
+        db, settings, clock):
+    with Receiver() as kept, Receiver() as removed:
+        config = with_webhooks(settings._config_path, hook_table(kept.url, ["edition.sent"]),
+                               hook_table(removed.url, ["edition.sent"]))
+        before = load_settings(config).webhooks
+        assert Events(before, clock).emit(db, "edition.sent", {"edition": {"number": 1}}) == 2
+        db.commit()
+        assert all(SECRET not in r.payload for r in rows(db))
+        config.write_text(config.read_text().split("\n[[webhooks]]")[0] + hook_table(kept.url, ["edition.sent"]))
+        after = load_settings(config).webhooks
+        done = outbox.dispatch_due(db, webhooks.couriers(after, clock), clock, sender="t")
+        assert (done.sent, done.skipped) == (1, 1)
+        assert len(kept.requests) == 1 and removed.requests == []
+    assert {r.recipient: r.status for r in rows(db)} == {kept.url: OutboxStatus.sent, removed.url: OutboxStatus.skipped}
+
+
+def test_only_the_webhooks_listening_for_an_event_get_it(db, settings, clock):
+    hooks = load_settings(with_webhooks(
+        settings._config_path, hook_table("https://a.example.com/x", ["edition.sent"]),
+        hook_table("https://b.example.com/x", ["subscriber.unsubscribed", "subscriber.confirmed"]))).webhooks
+    sub, _ = subs.add(db, "ann@example.com", clock, events=Events(hooks, clock))
+    subs.unsubscribe(db, sub, clock, Events(hooks, clock))
+    assert subs.unsubscribe(db, sub, clock, Events(hooks, clock)) is False  # no change, no event
+    assert [(r.recipient, json.loads(r.payload)["type"]) for r in rows(db)] == [
+        ("https://b.example.com/x", "subscriber.confirmed"), ("https://b.example.com/x", "subscriber.unsubscribed")]
+    subs.erase(db, sub)  # their data goes, the webhooks that name them with it
+    assert rows(db) == []
+
+
+# --- edition.sent and subscriber.bounced ------------------------------------------------------
+
+
+def test_edition_sent_is_queued_once_when_the_edition_is_done(db, settings, clock, smtp_server):
+    hooks_config = with_webhooks(settings._config_path, hook_table("https://a.example.com/x", ["edition.sent"]))
+    settings = load_settings(hooks_config)
+    for a in ("ann@example.com", "bob@example.com"):
+        subs.add(db, a, clock)
+    result = jobs.send(db, settings, SMTPMailer(settings.smtp), clock)
+    assert result.edition.sent == 2
+    jobs.send(db, settings, SMTPMailer(settings.smtp), clock, fetch=False)  # nothing new: no second event
+    [row] = rows(db)
+    event = json.loads(row.payload)
+    assert event["type"] == "edition.sent"
+    assert event["data"]["edition"]["number"] == 1
+    assert event["data"]["edition"]["deliveries"]["sent"] == 2
+    assert event["data"]["edition"]["deliveries"]["pending"] == 0
+
+
+def test_bounces_process_reports_the_bounced_reader(tmp_path, db, settings, clock, smtp_server):
+    from test_bounces import make_dsn
+
+    config = with_webhooks(settings._config_path, hook_table("https://a.example.com/x", ["subscriber.bounced"]))
+    settings = load_settings(config)
+    subs.add(db, "ann@example.com", clock)
+    jobs.send(db, settings, SMTPMailer(settings.smtp), clock)
+    [mail] = smtp_server.to("ann@example.com")
+    (tmp_path / "bounce.eml").write_bytes(make_dsn(mail.sender, "ann@example.com", "5.1.1"))
+    run_digest(config, "bounces", "process", str(tmp_path / "bounce.eml"), check=True)
+    run_digest(config, "bounces", "process", str(tmp_path / "bounce.eml"), check=True)  # again: no change, no event
+    [row] = rows(db)
+    event = json.loads(row.payload)
+    assert event["type"] == "subscriber.bounced"
+    assert event["data"]["subscriber"]["status"] == "bounced"
+    assert event["data"]["bounce"]["kind"] == "hard" and event["data"]["bounce"]["status"] == "5.1.1"
+
+
+# --- nothing waits for a receiver -------------------------------------------------------------
+
+
+@pytest.fixture
+def silent_receiver():
+    """A URL whose server accepts the connection and never answers (the kernel completes the
+    handshake for the listen backlog): each POST waits out the timeout."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/hook"
+
+
+def test_a_receiver_that_never_answers_holds_up_neither_a_request_nor_mail(tmp_path, smtp_server, silent_receiver,
+                                                                           monkeypatch):
+    monkeypatch.setattr(webhooks, "TIMEOUT_SECONDS", 4.0)
+    config = with_webhooks(write_config(tmp_path, smtp_port=smtp_server.port),
+                           hook_table(silent_receiver, ["subscriber.confirmed"]))
+    settings = load_settings(config)
+    links = Links(settings.newsletter.secret_key, settings.newsletter.public_url, utc_now)
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(settings, clock=utc_now)) as client:
+        engine = make_engine(settings.database_url)
+        with session(engine) as db:
+            for a in ("ann@example.com", "bob@example.com"):
+                client.post("/subscribe", data={"email": a})
+            smtp_server_deadline = time.monotonic() + 30
+            while len(smtp_server.received) < 2:
+                assert time.monotonic() < smtp_server_deadline
+                time.sleep(0.05)
+            ann = subs.get(db, "ann@example.com")
+            client.post(f"/confirm/{links.confirm_token(ann.id, ann.email)}")  # its POST now waits 4 s
+            db.rollback()
+            deadline = time.monotonic() + 10
+            while not [r for r in rows(db) if r.claimed_by]:  # the webhooks' thread is in the POST
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            started = time.monotonic()
+            bob = subs.get(db, "bob@example.com")
+            assert client.post(f"/confirm/{links.confirm_token(bob.id, bob.email)}").status_code == 200
+            client.post("/subscribe", data={"email": "cy@example.com"})
+            waited = time.monotonic() - started
+            while not smtp_server.to("cy@example.com"):  # the mail goes out while the POST still waits
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            mailed = time.monotonic() - started
+            assert [r.status for r in rows(db)] == [OutboxStatus.pending, OutboxStatus.pending]
+        engine.dispose()
+    # Loosely: the requests and the mail came well inside the 4 s the receiver keeps the POST waiting.
+    assert waited < 3, waited
+    assert mailed < 3.5, mailed
+
+
+def test_a_send_does_not_post_anything(db, settings, clock, smtp_server, silent_receiver):
+    """`digest send` only queues edition.sent: the POST is for `digest serve` or `digest worker`."""
+    settings = load_settings(with_webhooks(settings._config_path, hook_table(silent_receiver, ["edition.sent"])))
+    subs.add(db, "ann@example.com", clock)
+    assert jobs.send(db, settings, SMTPMailer(settings.smtp), clock).edition.sent == 1
+    [row] = rows(db)
+    assert (row.status, row.attempts) == (OutboxStatus.pending, 0)
+
+
+def test_digest_worker_once_posts_the_queued_webhooks(db, settings, clock):
+    with Receiver() as receiver:
+        config = with_webhooks(settings._config_path, hook_table(receiver.url, ["subscriber.confirmed"]))
+        subs.add(db, "ann@example.com", clock, events=Events(load_settings(config).webhooks, utc_now))
+        out = run_digest(config, "worker", "--once", check=True).stdout
+        assert "Webhooks: 1 sent, 0 failed, 0 to retry" in out
+        [event] = receiver.wait_for(1)
+    assert event["data"]["subscriber"]["email"] == "ann@example.com"
+
+
+def test_a_mail_sender_never_claims_a_webhooks_row(db, settings, clock):
+    """A mail sender never takes a webhook's row (nor the other way round)."""
+    Events(load_settings(with_webhooks(settings._config_path, hook_table("https://a.example.com/x", ["edition.sent"])))
+           .webhooks, clock).emit(db, "edition.sent", {})
+    db.commit()
+    assert outbox.claim(db, "mail", clock.now, {signup.CONFIRMATION}) == []
+    assert len(outbox.claim(db, "hooks", clock.now, {webhooks.KIND})) == 1
+
