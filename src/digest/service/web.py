@@ -47,7 +47,7 @@ from digest.links import (
     Links,
 )
 from digest.mail.mailer import Mailer, SMTPMailer
-from digest.service import archive, signup
+from digest.service import api, archive, signup
 from digest.service import subscribers as subs
 from digest.service.ratelimit import RateLimiter
 from digest.store.database import make_engine, session
@@ -388,6 +388,8 @@ def create_app(
     @app.get("/favicon.ico")
     def favicon():
         return Response(status_code=204, headers={"Cache-Control": "public, max-age=86400"})
+
+    app.mount(api.PREFIX, api.create_api(settings, engine, clock, relay.wake))  # JSON, its own errors and OpenAPI
 
     # --- errors as pages ------------------------------------------------------------------------
 

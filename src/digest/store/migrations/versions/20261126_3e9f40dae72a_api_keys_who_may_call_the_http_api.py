@@ -35,7 +35,6 @@ def upgrade() -> None:
         batch_op.create_index('uq_api_key_live_name', ['name'], unique=True, sqlite_where=sa.text('revoked_at IS NULL'), postgresql_where=sa.text('revoked_at IS NULL'))
 
 
-
 def downgrade() -> None:
     with op.batch_alter_table('api_key', schema=None) as batch_op:
         batch_op.drop_index('uq_api_key_live_name', sqlite_where=sa.text('revoked_at IS NULL'), postgresql_where=sa.text('revoked_at IS NULL'))
