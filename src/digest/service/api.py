@@ -12,9 +12,11 @@ one. Each key has its own rate limit (api.rate_limit_per_minute), and a lower on
 pending subscribers (api.sign_ups_per_minute), since each of those mails a confirmation to an
 address nobody has confirmed yet. No request waits on SMTP: the confirmation goes through the
 outbox, as a sign-up on the form does.
-"""
 
-from __future__ import annotations
+Handlers are plain functions under `create_api` and their parameters' types are aliases made
+there (DB, Caller): FastAPI reads them at run time, so this module has no `from __future__ import
+annotations`.
+"""
 
 import base64
 import binascii
@@ -97,7 +99,7 @@ class SubscriberOut(BaseModel):
     unsubscribed_at: datetime | None
 
     @classmethod
-    def of(cls, sub: Subscriber) -> SubscriberOut:
+    def of(cls, sub: Subscriber) -> "SubscriberOut":
         return cls(id=stored_id(sub), email=sub.email, name=sub.name, status=sub.status, topics=sub.topics,
                    paused=sub.paused, created_at=sub.created_at, confirmed_at=sub.confirmed_at,
                    unsubscribed_at=sub.unsubscribed_at)
@@ -142,7 +144,7 @@ class EditionOut(BaseModel):
     counts: EditionCounts
 
     @classmethod
-    def of(cls, edition: Edition, counts: dict[str, int]) -> EditionOut:
+    def of(cls, edition: Edition, counts: dict[str, int]) -> "EditionOut":
         return cls(number=edition.number, subject=edition.subject, status=edition.status.value,
                    created_at=edition.created_at, finished_at=edition.finished_at, counts=EditionCounts(**counts))
 
@@ -380,7 +382,7 @@ def _read_cursor(cursor: str | None) -> int:
         return 0
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-        if text[:1] == "s" and text[1:].isdigit():
+        if text[:1] == "s" and text[1:].isdigit() and _cursor(int(text[1:])) == cursor:  # as _cursor wrote it
             return int(text[1:])
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass
