@@ -35,10 +35,10 @@ from digest.delivery.webhooks import Events
 from digest.errors import ConfigError, DigestError
 from digest.links import PublicUrls
 from digest.mail.mailer import SMTPMailer
+from digest.service import apikeys, workers
 from digest.service import pipeline as jobs
 from digest.service import slots as schedule_svc
 from digest.service import subscribers as subs
-from digest.service import workers
 from digest.store import schema
 from digest.store.database import database_error, display_url, make_engine, session
 from digest.store.models import SubscriberStatus
@@ -62,12 +62,14 @@ bounces_app = group("Process bounce messages (DSNs).", no_args_is_help=True)
 dkim_app = group("DKIM signing keys and the DNS record to publish.", no_args_is_help=True)
 db_app = group("The database schema: `digest db upgrade` after installing a new version.", no_args_is_help=True)
 admin_app = group("Who may sign in to /admin in `digest serve`.", no_args_is_help=True)
+api_key_app = group("Keys for the HTTP API at /api/v1 (see docs/api.md).", no_args_is_help=True)
 app.add_typer(subscribers_app, name="subscribers")
 app.add_typer(editions_app, name="editions")
 app.add_typer(bounces_app, name="bounces")
 app.add_typer(dkim_app, name="dkim")
 app.add_typer(db_app, name="db")
 app.add_typer(admin_app, name="admin")
+app.add_typer(api_key_app, name="api-key")
 
 # Neither console ever reads markup or emoji codes: what they print comes from subscribers (the
 # public form), feeds, SMTP and HTTP servers, and "[/]" or ":zap:" in it is text, not a style.
@@ -958,6 +960,56 @@ def bounces_process(
         out.print(f"  bounced: {address}")
     for address in report.suspended:
         out.print(f"  suspended (3 soft bounces in a row): {address}")
+
+
+# --- api keys ---------------------------------------------------------------------------------
+
+
+@command(api_key_app, "create")
+def api_key_create(name: Annotated[str, typer.Argument(help="What uses it, e.g. the site or script.")]) -> None:
+    """Make an API key and print it: shown this once, only its hash is stored."""
+    cfg = settings()
+    with db(cfg.database_url) as s:
+        row, key = apikeys.create(s, name, utc_now)
+    out.print(key)
+    err.print(f"API key {row.id} ({row.name}): copy it now, it is not shown again."
+              f" Use it as `Authorization: Bearer <key>`; `digest api-key revoke {row.id}` ends it.")
+
+
+@command(api_key_app, "revoke")
+def api_key_revoke(name_or_id: Annotated[str, typer.Argument(metavar="NAME|ID", help="The key's name or id.")]) -> None:
+    """Revoke an API key: its next request gets 401."""
+    cfg = settings()
+    with db(cfg.database_url) as s:
+        row = apikeys.find(s, name_or_id)
+        changed = apikeys.revoke(s, row, utc_now)
+    which = f"API key {row.id} ({row.name})"
+    out.print(f"Revoked {which}" if changed else f"{which} was already revoked")
+
+
+@command(api_key_app, "list")
+def api_key_list() -> None:
+    """List API keys (never the keys themselves): id, name, created, last used, revoked."""
+    cfg = settings()
+    from rich.table import Table
+
+    table = Table()
+    table.add_column("id", no_wrap=True, justify="right")
+    table.add_column("name", overflow="fold", ratio=1)
+    for heading in ("created (UTC)", "last used (UTC)", "revoked (UTC)"):
+        table.add_column(heading, no_wrap=True)
+    with db(cfg.database_url) as s:
+        rows = apikeys.keys(s)
+
+    def when(moment) -> str:
+        return f"{moment:%Y-%m-%d %H:%M}" if moment else "-"
+
+    for row in rows:
+        table.add_row(str(row.id), row.name, when(row.created_at), when(row.last_used_at), when(row.revoked_at))
+    out.print(table if rows else "No API keys yet: `digest api-key create NAME` makes one.")
+    if rows:
+        live = sum(row.revoked_at is None for row in rows)
+        out.print(f"{plural(len(rows), 'key')}, {live} in use")
 
 
 # --- dkim -------------------------------------------------------------------------------------

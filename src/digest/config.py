@@ -322,6 +322,14 @@ class WebSettings(_Section):
     forwarded_allow_ips: str = Field("127.0.0.1", description="reverse proxies whose `X-Forwarded-For` is trusted")
 
 
+class ApiSettings(_Section):
+    """The HTTP API at /api/v1 (`digest serve`), for keys made with `digest api-key create`."""
+
+    rate_limit_per_minute: int = Field(default=600, ge=1, description="requests per API key per minute; more get 429")
+    sign_ups_per_minute: int = Field(default=30, ge=1, description="pending subscribers (each mailed a confirmation)"
+                                     " an API key may create per minute; more get 429")
+
+
 class ScheduleSettings(_Section):
     """When `digest serve` sends the digest (`digest schedule` shows the next times)."""
 
@@ -397,6 +405,7 @@ class Settings(BaseSettings):
     edition: EditionSettings = EditionSettings()
     delivery: DeliverySettings = DeliverySettings()
     web: WebSettings = WebSettings()
+    api: ApiSettings = ApiSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     # `[[webhooks]]` tables; from the environment, the whole list as JSON in DIGEST_WEBHOOKS.
     webhooks: list[WebhookSettings] = []

@@ -242,11 +242,6 @@ def sending_counts(session: Session) -> tuple[int, dict[str, int]] | None:
     return edition.number, _counts(session, [stored_id(edition)])[stored_id(edition)]
 
 
-def counts(session: Session, edition: Edition) -> dict[str, int]:
-    """Posts, and deliveries by status, of one edition."""
-    return _counts(session, [stored_id(edition)])[stored_id(edition)]
-
-
 def pending_count(session: Session, edition: Edition) -> int:
     """Deliveries of `edition` not yet sent (due now or waiting for a retry). The literal 'pending'
     lets both databases answer from the partial index ix_delivery_pending."""
@@ -263,6 +258,11 @@ def summaries(session: Session) -> list[tuple[Edition, dict[str, int]]]:
     return [(e, counts[stored_id(e)]) for e in rows]
 
 
+def counts(session: Session, edition: Edition) -> dict[str, int]:
+    """`edition`'s posts and its deliveries by status: {"posts", "pending", "sent", "failed", "skipped"}."""
+    return _counts(session, [stored_id(edition)])[stored_id(edition)]
+
+
 def get(session: Session, number: int) -> Edition:
     edition = session.exec(select(Edition).where(col(Edition.number) == number)).first()
     if edition is None:
@@ -277,7 +277,6 @@ Failure = tuple[str | None, int, str | None]
 def details(session: Session, number: int) -> tuple[Edition, dict[str, int], list[Post], Sequence[Failure]]:
     """(edition, counts, posts, failures[(address, attempts, error)]) for `digest editions show`."""
     edition = get(session, number)
-    counts = _counts(session, [stored_id(edition)])[stored_id(edition)]
     posts = edition_view(session, edition).sections
     failures = session.exec(
         select(col(Subscriber.email), col(Delivery.attempts), col(Delivery.last_error))
@@ -286,7 +285,7 @@ def details(session: Session, number: int) -> tuple[Edition, dict[str, int], lis
         .where(col(Delivery.edition_id) == edition.id, col(Delivery.status) == DeliveryStatus.failed)
         .order_by(col(Delivery.id))
     ).all()
-    return edition, counts, [p for s in posts for p in s.posts], failures
+    return edition, counts(session, edition), [p for s in posts for p in s.posts], failures
 
 
 def deferred(session: Session, edition: Edition) -> Sequence[tuple[str | None, int, str | None, datetime | None]]:

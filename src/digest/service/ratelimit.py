@@ -36,6 +36,15 @@ class RateLimiter:
             hits.append(now)
             return True
 
+    def wait(self, key: str) -> float:
+        """Seconds until `key` may hit again: until its oldest hit in the window leaves it (0: now)."""
+        now = self.clock().timestamp()
+        with self._lock:
+            hits = self._hits.get(key)
+            if not hits or len(hits) < self.limit:
+                return 0.0
+            return max(0.0, hits[-self.limit] + self.window - now)
+
     def _prune(self, start: float) -> None:
         for key in [k for k, v in self._hits.items() if not v or v[-1] <= start]:
             del self._hits[key]

@@ -186,14 +186,27 @@ def iterate(session: Session, status: SubscriberStatus | None = None, batch: int
     """Subscribers in id order, loaded a batch at a time."""
     last = 0
     while True:
-        stmt = select(Subscriber).where(col(Subscriber.id) > last).order_by(col(Subscriber.id)).limit(batch)
-        if status is not None:
-            stmt = stmt.where(Subscriber.status == status)
-        rows = session.exec(stmt).all()
+        rows = page(session, after=last, limit=batch, status=status)
         if not rows:
             return
         yield from rows
         last = stored_id(rows[-1])
+
+
+def page(session: Session, *, after: int, limit: int, status: SubscriberStatus | None = None) -> list[Subscriber]:
+    """The first `limit` subscribers (of `status`) whose id is above `after`, in id order: a page
+    that stays right while subscribers join and leave (keyset pagination)."""
+    stmt = select(Subscriber).where(col(Subscriber.id) > after).order_by(col(Subscriber.id)).limit(limit)
+    if status is not None:
+        stmt = stmt.where(Subscriber.status == status)
+    return list(session.exec(stmt).all())
+
+
+def rename(session: Session, sub: Subscriber, name: str | None) -> None:
+    """Set the name a digest greets them by (as clean_name stores it; None or blank: no name)."""
+    sub.name = clean_name(name)
+    session.add(sub)
+    session.commit()
 
 
 def unsubscribe(session: Session, sub: Subscriber, clock: Clock, events: Events = NO_EVENTS) -> bool:

@@ -49,7 +49,7 @@ from digest.links import (
     Links,
 )
 from digest.mail.mailer import Mailer, SMTPMailer
-from digest.service import archive, embed, signup
+from digest.service import api, archive, embed, signup
 from digest.service import subscribers as subs
 from digest.service.admin import area as admin
 from digest.service.admin import testmail
@@ -410,6 +410,8 @@ def create_app(
     @app.get("/favicon.ico")
     def favicon():
         return Response(status_code=204, headers={"Cache-Control": "public, max-age=86400"})
+
+    app.mount(api.PREFIX, api.create_api(settings, engine, clock, relay.wake))  # JSON, its own errors and OpenAPI
 
     # --- errors as pages ------------------------------------------------------------------------
 

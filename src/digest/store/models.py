@@ -1,5 +1,5 @@
 """The tables: Source, Post, Subscriber, Edition, EditionPost, Delivery; Outbox; ScheduleRun, Lock;
-Admin, AdminSession, SendRequest.
+Admin, AdminSession, SendRequest; ApiKey.
 
 Datetimes are timezone-aware UTC in Python (``as_utc()``); SQLModel stores them as UTC.
 Status enums are stored by name in a VARCHAR on every database (no native ENUM type, no CHECK):
@@ -349,3 +349,30 @@ class SendRequest(SQLModel, table=True):
     finished_at: datetime | None = None
     edition_number: int | None = None  # the edition it built (None: nothing new to send)
     outcome: str | None = Field(default=None, sa_column=Column(Text))  # a line for the page
+
+
+class ApiKey(SQLModel, table=True):
+    """A key for the HTTP API (/api/v1), made by `digest api-key create`. Only the SHA-256 of the
+    key is stored: the key itself is shown once, when it is made. A plain hash, not a password
+    hash such as argon2: the key is 32 random bytes (256 bits), so there is nothing to guess a
+    dictionary from, and one SHA-256 (~1 µs) a request is what authenticating it costs."""
+
+    __tablename__ = "api_key"
+    __table_args__ = (
+        # A name names one live key (`digest api-key revoke NAME`); a revoked key's name can be
+        # given to its replacement.
+        Index(
+            "uq_api_key_live_name",
+            "name",
+            unique=True,
+            sqlite_where=text("revoked_at IS NULL"),
+            postgresql_where=text("revoked_at IS NULL"),
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=100)
+    key_hash: str = Field(max_length=64, unique=True)  # hex SHA-256 of the whole key
+    created_at: datetime
+    last_used_at: datetime | None = None  # to the minute (written at most once a minute)
+    revoked_at: datetime | None = None
