@@ -316,6 +316,24 @@ class WebSettings(_Section):
     forwarded_allow_ips: str = Field("127.0.0.1", description="reverse proxies whose `X-Forwarded-For` is trusted")
 
 
+class WelcomeSettings(_Section):
+    """The welcome mail a reader gets once, when they confirm: a greeting and the latest edition's
+    posts in their topics (templates `welcome.mjml.j2` and `welcome.txt.j2`)."""
+
+    enabled: bool = Field(True, description="mail a welcome to each reader who confirms (and on `digest subscribers"
+                          " add --welcome`)")
+    subject: str = Field("Welcome to {name}",  # fields: subject.SUBJECT_FIELDS
+                         description="its subject: the fields of `newsletter.subject`; `{n}` is the posts it shows")
+    newest_posts: int = Field(default=10, ge=0, description="before the first edition went out, it shows this many of"
+                              " the newest posts")
+
+    @field_validator("subject")
+    @classmethod
+    def _subject(cls, value: str) -> str:
+        check_subject(value)  # ValueError naming the unknown field
+        return value
+
+
 class ScheduleSettings(_Section):
     """When `digest serve` sends the digest (`digest schedule` shows the next times)."""
 
@@ -355,6 +373,7 @@ class Settings(BaseSettings):
     edition: EditionSettings = EditionSettings()
     delivery: DeliverySettings = DeliverySettings()
     web: WebSettings = WebSettings()
+    welcome: WelcomeSettings = WelcomeSettings()
     schedule: ScheduleSettings = ScheduleSettings()
 
     model_config = SettingsConfigDict(

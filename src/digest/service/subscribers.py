@@ -15,6 +15,7 @@ from sqlmodel import Session, col, select
 from digest.clock import Clock
 from digest.content.plaintext import NAME_LIMIT, clean, shorten
 from digest.errors import DigestError, InvalidAddress, NotFound
+from digest.service import welcome
 from digest.store.models import Delivery, Outbox, Subscriber, SubscriberStatus, as_utc, stored_id, topics_text
 
 
@@ -58,8 +59,11 @@ def get(session: Session, email: str) -> Subscriber:
     return sub
 
 
-def add(session: Session, email: str, clock: Clock, *, name: str | None = None) -> tuple[Subscriber, bool]:
-    """Add (or reactivate) a confirmed subscriber. Returns (subscriber, created)."""
+def add(session: Session, email: str, clock: Clock, *, name: str | None = None,
+        welcome_mail: bool = False) -> tuple[Subscriber, bool]:
+    """Add (or reactivate) a confirmed subscriber. Returns (subscriber, created). With
+    `welcome_mail`, their welcome mail is queued in the same transaction, unless they had one
+    already (welcome.queue; `subscriber.welcomed_at` says when)."""
     now = as_utc(clock())
     address = normalize_email(email)
     sub = session.exec(select(Subscriber).where(Subscriber.email == address)).first()
@@ -74,6 +78,9 @@ def add(session: Session, email: str, clock: Clock, *, name: str | None = None) 
     if name is not None:
         sub.name = clean_name(name)
     session.add(sub)
+    if welcome_mail:
+        session.flush()
+        welcome.queue(session, stored_id(sub), sub.email, now)
     session.commit()
     return sub, created
 

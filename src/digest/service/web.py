@@ -153,7 +153,7 @@ def create_app(
     resend_after = timedelta(minutes=settings.web.confirm_resend_minutes)
 
     relay = outbox.Relay(
-        engine, signup.outbox_kinds(links, settings.newsletter, clock, env), mailer_factory, clock,
+        engine, signup.outbox_kinds(settings, links, clock, renderer), mailer_factory, clock,
         connections=settings.smtp.connections, max_attempts=settings.smtp.max_attempts,
         rate_limit=settings.smtp.rate_limit,
     )
@@ -259,9 +259,11 @@ def create_app(
     @app.post(f"{CONFIRM}/{{token}}", response_class=HTMLResponse)
     def confirm(token: str, s: DB):
         try:
-            sub, _ = signup.confirm(s, clock, links, token)
+            sub, changed = signup.confirm(s, clock, links, token, welcome_mail=settings.welcome.enabled)
         except BadToken:
             return bad_link(s)
+        if changed and settings.welcome.enabled:
+            relay.wake()  # the welcome, if this was its first confirmation, is committed in the outbox
         return page("confirmed.html", email=sub.email, prefs_url=prefs_path(sub))
 
     # --- unsubscribe (RFC 8058 one-click, and the page) ----------------------------------------

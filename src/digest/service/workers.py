@@ -34,7 +34,7 @@ class WorkerReport:
     sender: str  # this worker's sender id
     editions: dict[int, DeliveryReport] = field(default_factory=dict)  # by edition number
     errors: list[str] = field(default_factory=list)  # SMTP trouble met while polling
-    mails: outbox.Pass = field(default_factory=outbox.Pass)  # the outbox's confirmation mails
+    mails: outbox.Pass = field(default_factory=outbox.Pass)  # the outbox's confirmation and welcome mails
 
     @property
     def sent(self) -> int:
@@ -60,7 +60,7 @@ def run(
     sender: str | None = None,
 ) -> WorkerReport:
     """Deliver pending deliveries of every unfinished edition, and the mail waiting in the outbox
-    (confirmation mails, which `digest serve` sends too). With `once`, return after one pass,
+    (confirmation and welcome mails, which `digest serve` sends too). With `once`, return after one pass,
     when nothing is left that this worker can claim now (deliveries held by other workers, or
     waiting for a retry, are theirs or later's); otherwise poll every `delivery.poll_seconds` until
     `stop()`. `wait(seconds)` sleeps between polls (and should return early on a stop).
@@ -73,7 +73,7 @@ def run(
     sending = SendingSettings.from_settings(settings)
     renderer = sending.variants.renderer()
     nl = settings.newsletter
-    kinds = signup.outbox_kinds(Links(nl.secret_key, nl.public_url, clock), nl, clock, renderer.env)
+    kinds = signup.outbox_kinds(settings, Links(nl.secret_key, nl.public_url, clock), clock, renderer)
     if wait is None:
         wait = threading.Event().wait  # (nothing sets it: each wait sleeps the whole interval)
     while not stop():

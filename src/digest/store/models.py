@@ -167,6 +167,8 @@ class Subscriber(SQLModel, table=True):
     confirmed_at: datetime | None = None
     unsubscribed_at: datetime | None = None
     confirmation_sent_at: datetime | None = None
+    # When the welcome mail was queued (service/welcome.py): at most once per subscriber.
+    welcomed_at: datetime | None = None
 
 
 class Edition(SQLModel, table=True):
