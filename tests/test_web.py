@@ -209,7 +209,9 @@ def test_the_answer_is_the_same_for_new_pending_active_and_honeypot(client, db, 
     answers = [(r.status_code, r.text) for r in (new, pending, already, honeypot)]
     assert all(a == answers[0] for a in answers), "the answer must not tell who subscribes"
     settled(db)
-    assert len(smtp_server.received) == 1  # only the first post mailed anything
+    # only the first post mailed a confirmation; confirming mailed the welcome
+    assert [r.message["Subject"] for r in smtp_server.received] == [
+        "Confirm your subscription to Test Weekly", "Welcome to Test Weekly"]
 
 
 def test_honeypot_stores_nothing_and_mails_nothing(client, db, smtp_server):
@@ -246,6 +248,7 @@ def test_posting_the_form_again_never_changes_a_pending_subscribers_name_or_topi
 
     # Confirmed, Ann's first digest greets her by her own name, with her own topics.
     client.post(path_of(confirm_link(mails[-1]), settings))
+    settled(db)  # (her welcome mail)
     smtp_server.received.clear()
     with SMTPMailer(settings.smtp) as mailer:
         jobs.send(db, settings, mailer, clock, fetch=False)
