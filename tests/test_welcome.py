@@ -238,3 +238,14 @@ def test_subscribers_add_welcome_when_welcomes_are_off_is_an_error(tmp_path, smt
     assert proc.returncode != 0
     assert "welcome.enabled is false" in one_line_error(proc)
     assert "ann@example.com" not in run_digest(config, "subscribers", "list", check=True).stdout
+
+
+def test_a_reader_who_leaves_before_their_welcome_goes_out_does_not_get_it(db, settings, clock, smtp_server):
+    sub, _ = subs.add(db, "ann@example.com", clock, welcome_mail=True)
+    subs.unsubscribe(db, sub, clock)
+    links = Links(settings.newsletter.secret_key, settings.newsletter.public_url, clock)
+    with SMTPMailer(settings.smtp) as mailer:
+        done = outbox.drain(db, mailer, signup.outbox_kinds(settings, links, clock, Renderer.from_settings(settings)),
+                            clock, sender="test", max_attempts=8)
+    assert (done.skipped, done.sent) == (1, 0)
+    assert smtp_server.received == []
