@@ -18,7 +18,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette's note about httpx's successor
     from fastapi.testclient import TestClient
 
-from conftest import write_config
+from conftest import settled, write_config
 from digest.config import load_settings
 from digest.content import editions, render
 from digest.links import Links
@@ -61,21 +61,6 @@ def posts(db, settings, clock):
 def subscriber(db, email: str) -> Subscriber | None:
     db.expire_all()
     return db.exec(select(Subscriber).where(Subscriber.email == email)).first()
-
-
-def settled(db, timeout: float = 30) -> None:
-    """Wait until the app's outbox relay has done what it can now: no mail waiting for its first
-    attempt or in flight (a retry waits for the test's clock)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        db.expire_all()
-        busy = db.exec(select(Outbox).where(Outbox.status == OutboxStatus.pending,
-                                            (Outbox.attempts == 0) | (Outbox.claimed_by.is_not(None)))).all()
-        db.rollback()
-        if not busy:
-            return
-        assert time.monotonic() < deadline, f"outbox still busy after {timeout} s: {busy}"
-        time.sleep(0.02)
 
 
 def confirmation_mails(db, smtp_server, address: str):

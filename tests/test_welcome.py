@@ -5,7 +5,6 @@ TestClient), a real SMTP server (aiosmtpd) and the real `digest` command."""
 from __future__ import annotations
 
 import re
-import time
 import warnings
 from datetime import timedelta
 
@@ -16,7 +15,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette's note about httpx's successor
     from fastapi.testclient import TestClient
 
-from conftest import one_line_error, run_digest, write_config
+from conftest import one_line_error, run_digest, settled, write_config
 from digest.config import load_settings
 from digest.content.render import Renderer
 from digest.delivery import outbox
@@ -26,26 +25,12 @@ from digest.service import pipeline as jobs
 from digest.service import signup, welcome
 from digest.service import subscribers as subs
 from digest.service.web import create_app
-from digest.store.models import Outbox, OutboxStatus, Subscriber, SubscriberStatus
+from digest.store.models import Outbox, Subscriber, SubscriberStatus
 
 CONFIRM_LINK = re.compile(r"https?://[^\s\"<>]+(/confirm/[A-Za-z0-9._-]+)")
 WELCOME_SUBJECT = "Welcome to Test Weekly"
 # The fixture blog (tests/fixtures/blogger.atom): its posts by section, as `digest send` sorts them.
 SECTIONS = ["ARCHITECTURE", "EXPLAINED", "IN FOCUS"]
-
-
-def settled(db, timeout: float = 30) -> None:
-    """Wait until the app's relay has sent what is due now (nothing waiting or in flight)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        db.expire_all()
-        busy = db.exec(select(Outbox).where(Outbox.status == OutboxStatus.pending,
-                                            (Outbox.attempts == 0) | (Outbox.claimed_by.is_not(None)))).all()
-        db.rollback()
-        if not busy:
-            return
-        assert time.monotonic() < deadline, f"outbox still busy after {timeout} s: {busy}"
-        time.sleep(0.02)
 
 
 def mails(smtp_server, address: str, subject: str) -> list:
@@ -73,6 +58,14 @@ def send_edition(db, settings, clock, smtp_server) -> None:
     with SMTPMailer(settings.smtp) as mailer:
         jobs.send(db, settings, mailer, clock, fetch=False)
     smtp_server.received.clear()
+
+
+def relay(db, settings, clock, sender: str = "test") -> outbox.Pass:
+    """Send what the outbox holds now, as `digest worker` does."""
+    links = Links(settings.newsletter.secret_key, settings.newsletter.public_url, clock)
+    kinds = signup.outbox_kinds(settings, links, clock, Renderer.from_settings(settings))
+    with SMTPMailer(settings.smtp) as mailer:
+        return outbox.drain(db, mailer, kinds, clock, sender=sender, max_attempts=8)
 
 
 @pytest.fixture
@@ -157,10 +150,7 @@ def test_a_topic_the_latest_edition_lacks_gets_the_greeting_alone(db, settings, 
     db.commit()
     welcome.queue(db, sub.id, sub.email, clock.now)
     db.commit()
-    links = Links(settings.newsletter.secret_key, settings.newsletter.public_url, clock)
-    with SMTPMailer(settings.smtp) as mailer:
-        outbox.drain(db, mailer, signup.outbox_kinds(settings, links, clock, Renderer.from_settings(settings)),
-                     clock, sender="test", max_attempts=8)
+    relay(db, settings, clock)
     [mail] = mails(smtp_server, "ann@example.com", WELCOME_SUBJECT)
     assert sections_of(mail) == []
     assert "Your first digest comes with the next edition." in mail.get_body(("plain",)).get_content()
@@ -168,13 +158,10 @@ def test_a_topic_the_latest_edition_lacks_gets_the_greeting_alone(db, settings, 
 
 def test_a_sent_welcome_is_not_sent_again_and_a_dead_senders_claim_waits_for_its_lease(
         db, settings, clock, smtp_server, posts):
-    sub, _ = subs.add(db, "ann@example.com", clock, welcome_mail=True)
-    links = Links(settings.newsletter.secret_key, settings.newsletter.public_url, clock)
-    kinds = signup.outbox_kinds(settings, links, clock, Renderer.from_settings(settings))
+    subs.add(db, "ann@example.com", clock, welcome_mail=True)
 
     def drain(sender: str) -> outbox.Pass:
-        with SMTPMailer(settings.smtp) as mailer:
-            return outbox.drain(db, mailer, kinds, clock, sender=sender, max_attempts=8)
+        return relay(db, settings, clock, sender)
 
     # A sender claims the row and dies before sending: nobody else sends it while its lease holds.
     assert len(outbox.claim(db, "dead", clock.now)) == 1
@@ -243,9 +230,6 @@ def test_subscribers_add_welcome_when_welcomes_are_off_is_an_error(tmp_path, smt
 def test_a_reader_who_leaves_before_their_welcome_goes_out_does_not_get_it(db, settings, clock, smtp_server):
     sub, _ = subs.add(db, "ann@example.com", clock, welcome_mail=True)
     subs.unsubscribe(db, sub, clock)
-    links = Links(settings.newsletter.secret_key, settings.newsletter.public_url, clock)
-    with SMTPMailer(settings.smtp) as mailer:
-        done = outbox.drain(db, mailer, signup.outbox_kinds(settings, links, clock, Renderer.from_settings(settings)),
-                            clock, sender="test", max_attempts=8)
+    done = relay(db, settings, clock)
     assert (done.skipped, done.sent) == (1, 0)
     assert smtp_server.received == []
