@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,9 +26,11 @@ import pytest
 from aiosmtpd.controller import Controller
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.pool import NullPool
+from sqlmodel import select
 
 from digest.config import load_settings, render_config
 from digest.store.database import make_engine, session
+from digest.store.models import Outbox, OutboxStatus
 from digest.store.schema import create_schema, ready
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -242,6 +245,21 @@ def one_line_error(proc: subprocess.CompletedProcess) -> str:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     return lines[0]
+
+
+def settled(db, timeout: float = 30) -> None:
+    """Wait until the app's outbox relay has done what it can now: no mail waiting for its first
+    attempt or in flight (a retry waits for the test's clock)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        db.expire_all()
+        busy = db.exec(select(Outbox).where(Outbox.status == OutboxStatus.pending,
+                                            (Outbox.attempts == 0) | (Outbox.claimed_by.is_not(None)))).all()
+        db.rollback()
+        if not busy:
+            return
+        assert time.monotonic() < deadline, f"outbox still busy after {timeout} s: {busy}"
+        time.sleep(0.02)
 
 
 def subscribe(config: Path, *emails: str) -> None:

@@ -10,7 +10,7 @@ from datetime import timedelta
 from sqlmodel import select
 
 from conftest import run_digest
-from digest.content.render import environment
+from digest.content.render import Renderer
 from digest.delivery import outbox
 from digest.links import Links
 from digest.mail.mailer import SMTPMailer
@@ -26,7 +26,7 @@ def sign_up(db, clock, email: str):
 
 def outbox_kinds(settings, clock):
     links = Links(settings.newsletter.secret_key, settings.newsletter.public_url, clock)
-    return signup.outbox_kinds(links, settings.newsletter, clock, environment(settings.templates_dir))
+    return signup.outbox_kinds(settings, links, clock, Renderer.from_settings(settings))
 
 
 def test_two_senders_at_once_send_every_row_exactly_once(db, settings, clock, smtp_server):

@@ -703,13 +703,24 @@ def _smtputf8_note(count: int, who: str) -> str:
 
 @command(subscribers_app, "add")
 def subscribers_add(
-    email: str, name: Annotated[str | None, typer.Option(metavar="NAME", help="The subscriber's name.")] = None
+    email: str,
+    name: Annotated[str | None, typer.Option(metavar="NAME", help="The subscriber's name.")] = None,
+    welcome: Annotated[bool, typer.Option("--welcome", help="Also mail them the welcome a reader gets on"
+                                          " confirming (once per subscriber).")] = False,
 ) -> None:
     """Add a confirmed subscriber (or reactivate one)."""
     cfg = settings()
+    if welcome and not cfg.welcome.enabled:
+        raise DigestError("--welcome: welcome.enabled is false in the configuration, so no welcome mail is sent")
     with db(cfg.database_url) as s:
-        sub, created = subs.add(s, email, utc_now, name=name, events=Events(cfg.webhooks, utc_now))
+        known = subs.find(s, email)
+        welcomed_before = known is not None and known.welcomed_at is not None
+        sub, created = subs.add(s, email, utc_now, name=name, welcome_mail=welcome,
+                                events=Events(cfg.webhooks, utc_now))
     out.print(f"{'Added' if created else 'Updated'} {sub.email} ({sub.status.value})")
+    if welcome:
+        out.print(f"{sub.email} had their welcome mail already: none queued" if welcomed_before else
+                  "Welcome mail queued: `digest serve` or `digest worker` sends it")
     if subs.needs_smtputf8(sub.email):
         out.print(_smtputf8_note(1, sub.email))
 

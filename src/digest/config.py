@@ -328,6 +328,22 @@ class ApiSettings(_Section):
     rate_limit_per_minute: int = Field(default=600, ge=1, description="requests per API key per minute; more get 429")
     sign_ups_per_minute: int = Field(default=30, ge=1, description="pending subscribers (each mailed a confirmation)"
                                      " an API key may create per minute; more get 429")
+class WelcomeSettings(_Section):
+    """The welcome mail a reader gets once, when they confirm: a greeting and the latest edition's
+    posts in their topics (templates `welcome.mjml.j2` and `welcome.txt.j2`)."""
+
+    enabled: bool = Field(True, description="mail a welcome to each reader who confirms (and on `digest subscribers"
+                          " add --welcome`)")
+    subject: str = Field("Welcome to {name}",  # fields: subject.SUBJECT_FIELDS
+                         description="its subject: the fields of `newsletter.subject`; `{n}` is the posts it shows")
+    newest_posts: int = Field(default=10, ge=0, description="before the first edition went out, it shows this many of"
+                              " the newest posts")
+
+    @field_validator("subject")
+    @classmethod
+    def _subject(cls, value: str) -> str:
+        check_subject(value)  # ValueError naming the unknown field
+        return value
 
 
 class ScheduleSettings(_Section):
@@ -406,6 +422,7 @@ class Settings(BaseSettings):
     delivery: DeliverySettings = DeliverySettings()
     web: WebSettings = WebSettings()
     api: ApiSettings = ApiSettings()
+    welcome: WelcomeSettings = WelcomeSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     # `[[webhooks]]` tables; from the environment, the whole list as JSON in DIGEST_WEBHOOKS.
     webhooks: list[WebhookSettings] = []

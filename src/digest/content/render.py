@@ -189,10 +189,12 @@ class Renderer:
         personal: bool = True,
         excerpt_words: int | None = None,
         post_limit: int | None = None,
+        template: str = "edition",
     ) -> Rendered:
         """personal=False renders the web/archive version: no personal links or names.
         `excerpt_words` shortens the excerpts; `post_limit` shows only the first posts, and a
-        link to the rest on the web (the edition's archive page)."""
+        link to the rest on the web (the edition's archive page). `template` names the pair
+        `{template}.mjml.j2` and `{template}.txt.j2` ("welcome": the welcome mail)."""
         sections = shown(view.sections, excerpt_words, post_limit)
         more = view.post_count - sum(len(s.posts) for s in sections)
         urls = self.urls
@@ -215,27 +217,28 @@ class Renderer:
             "preferences_url": _FIELD_TO_PLACEHOLDER["preferences_url"] if personal else None,
             "name": _FIELD_TO_PLACEHOLDER["name"] if personal else None,
         }
-        mjml_source = self.env.get_template("edition.mjml.j2").render(ctx)
+        mjml_source = self.env.get_template(f"{template}.mjml.j2").render(ctx)
         html = compile_mjml(mjml_source)
-        text = self.env.get_template("edition.txt.j2").render(ctx)
+        text = self.env.get_template(f"{template}.txt.j2").render(ctx)
         return Rendered(subject=subject, html=html, text=text, more=more)
 
-    def render_within(self, view: EditionView, subject: str, size: Callable[[Rendered], int], budget: int) -> Rendered:
+    def render_within(self, view: EditionView, subject: str, size: Callable[[Rendered], int], budget: int,
+                      template: str = "edition") -> Rendered:
         """The email of `view` with `size(rendered)` at most `budget`: as render() makes it when
         it fits (one MJML compilation, as always), else with shorter excerpts (SHORTER_EXCERPTS),
         else with the first posts only, as many as fit, and "and N more on the web"."""
-        rendered = self.render(view, subject)
+        rendered = self.render(view, subject, template=template)
         measured = size(rendered)
         if measured <= budget:
             return rendered
         for words in SHORTER_EXCERPTS:
-            rendered = self.render(view, subject, excerpt_words=words)
+            rendered = self.render(view, subject, excerpt_words=words, template=template)
             measured = size(rendered)
             if measured <= budget:
                 return rendered
         words = SHORTER_EXCERPTS[-1]
         count = view.post_count
-        empty = self.render(view, subject, excerpt_words=words, post_limit=0)
+        empty = self.render(view, subject, excerpt_words=words, post_limit=0, template=template)
         fixed = size(empty)  # header and footer: what a post-less email weighs
         if fixed > budget:
             log.warning("edition %s: even without posts the email is %d bytes (budget %d): look at the templates",
@@ -248,7 +251,8 @@ class Renderer:
             count = min(count - 1, int((budget - fixed) / per_post))
             if count <= 0:
                 break
-            rendered = self.render(view, subject, excerpt_words=words, post_limit=count)
+            rendered = self.render(view, subject, excerpt_words=words, post_limit=count,
+                                    template=template)
             measured = size(rendered)
             if measured <= budget:
                 log.info("edition %s: the email shows %d of %d posts (%d bytes; all of them would be over %d)",

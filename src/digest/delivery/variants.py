@@ -121,14 +121,15 @@ def build_message(renderer: Renderer, view: EditionView, subject: str, newslette
 
 
 def render_fitted(renderer: Renderer, view: EditionView, subject: str, newsletter: NewsletterSettings,
-                  date: datetime, signer: DKIMSigner | None) -> Rendered:
-    """`view` rendered so that the largest copy anyone can get stays within MESSAGE_BUDGET."""
+                  date: datetime, signer: DKIMSigner | None, template: str = "edition") -> Rendered:
+    """`view` rendered so that the largest copy anyone can get stays within MESSAGE_BUDGET (with
+    `template`: see Renderer.render)."""
     largest = largest_recipient(newsletter)
 
     def size(rendered: Rendered) -> int:
         return len(message_from(rendered, newsletter, date, signer).for_recipient(largest))
 
-    return renderer.render_within(view, subject, size, MESSAGE_BUDGET)
+    return renderer.render_within(view, subject, size, MESSAGE_BUDGET, template)
 
 
 def largest_recipient(newsletter: NewsletterSettings) -> Recipient:

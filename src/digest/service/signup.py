@@ -2,7 +2,7 @@
 
 What `digest serve` does for a reader, with the session and the clock passed in. Mail is never
 sent from here: a confirmation is queued in the outbox, and `ConfirmationMail` is how the outbox
-(digest.outbox) sends it.
+(digest.outbox) sends it; so is a reader's welcome when they confirm (service/welcome.py).
 The web app answers a subscribe form the same way whatever the address's state; the outcome
 returned here is for the caller's logs and tests, never for the reader.
 """
@@ -24,15 +24,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from digest.clock import Clock
-from digest.config import NewsletterSettings
+from digest.config import NewsletterSettings, Settings
 from digest.content.plaintext import clean
-from digest.content.render import compile_mjml
+from digest.content.render import Renderer, compile_mjml
 from digest.delivery import outbox
 from digest.delivery.webhooks import NO_EVENTS, Events, subscriber_data
 from digest.errors import BadToken
 from digest.links import CONFIRM_MAX_AGE, Links
 from digest.mail.mailer import Envelope
 from digest.service import subscribers as subs
+from digest.service import welcome
 from digest.store.models import Outbox, Post, Subscriber, SubscriberStatus, as_utc, stored_id
 
 
@@ -195,12 +196,13 @@ class ConfirmationMail:
         )
 
 
-def outbox_kinds(
-    links: Links, newsletter: NewsletterSettings, clock: Clock, env: jinja2.Environment
-) -> dict[str, outbox.Kind]:
+def outbox_kinds(settings: Settings, links: Links, clock: Clock, renderer: Renderer) -> dict[str, outbox.Kind]:
     """Every kind of outbox row and how to send it. `links` reads the clock too (a confirmation
-    link's 7 days start when the mail is made); `env` holds the templates (render.environment)."""
-    return {CONFIRMATION: ConfirmationMail(links, newsletter, clock, env)}
+    link's 7 days start when the mail is made); `renderer` holds the templates."""
+    return {
+        CONFIRMATION: ConfirmationMail(links, settings.newsletter, clock, renderer.env),
+        welcome.WELCOME: welcome.WelcomeMail.from_settings(settings, links, clock, renderer),
+    }
 
 
 def confirmation_email(
@@ -258,10 +260,11 @@ def _asked_again(sub: Subscriber) -> bool:
     return sub.unsubscribed_at is None or as_utc(sub.confirmation_sent_at) > as_utc(sub.unsubscribed_at)
 
 
-def confirm(session: Session, clock: Clock, links: Links, token: str,
+def confirm(session: Session, clock: Clock, links: Links, token: str, *, welcome_mail: bool = False,
             events: Events = NO_EVENTS) -> tuple[Subscriber, bool]:
     """Activate the subscriber of a confirmation link (reported as `subscriber.confirmed`).
-    (subscriber, changed); idempotent."""
+    (subscriber, changed); idempotent. With `welcome_mail`, their welcome mail is queued in the
+    same transaction, once per subscriber (welcome.queue)."""
     sub = check_confirm(session, links, token)
     if sub.status == SubscriberStatus.active:
         return sub, False
@@ -271,6 +274,9 @@ def confirm(session: Session, clock: Clock, links: Links, token: str,
     sub.unsubscribed_at = None
     session.add(sub)
     events.emit(session, "subscriber.confirmed", subscriber_data(sub))
+    if welcome_mail:
+        session.flush()
+        welcome.queue(session, stored_id(sub), sub.email, now)
     session.commit()
     return sub, True
 

@@ -18,6 +18,7 @@ from digest.content.plaintext import NAME_LIMIT, clean, shorten
 from digest.delivery import webhooks
 from digest.delivery.webhooks import NO_EVENTS, Events, subscriber_data
 from digest.errors import DigestError, InvalidAddress, NotFound
+from digest.service import welcome
 from digest.store.models import Delivery, Outbox, Subscriber, SubscriberStatus, as_utc, stored_id, topics_text
 
 
@@ -62,9 +63,11 @@ def get(session: Session, email: str) -> Subscriber:
 
 
 def add(session: Session, email: str, clock: Clock, *, name: str | None = None,
-        events: Events = NO_EVENTS) -> tuple[Subscriber, bool]:
+        welcome_mail: bool = False, events: Events = NO_EVENTS) -> tuple[Subscriber, bool]:
     """Add (or reactivate) a confirmed subscriber. Returns (subscriber, created). One who was not
-    active is reported as `subscriber.confirmed`."""
+    active is reported as `subscriber.confirmed`. With `welcome_mail`, their welcome mail is queued
+    in the same transaction, unless they had one already (welcome.queue; `subscriber.welcomed_at`
+    says when)."""
     now = as_utc(clock())
     address = normalize_email(email)
     sub = session.exec(select(Subscriber).where(Subscriber.email == address)).first()
@@ -80,9 +83,12 @@ def add(session: Session, email: str, clock: Clock, *, name: str | None = None,
     if name is not None:
         sub.name = clean_name(name)
     session.add(sub)
+    if confirmed or welcome_mail:
+        session.flush()  # the new subscriber's id, for the event and the welcome
     if confirmed:
-        session.flush()  # the new subscriber's id, for the event
         events.emit(session, "subscriber.confirmed", subscriber_data(sub))
+    if welcome_mail:
+        welcome.queue(session, stored_id(sub), sub.email, now)
     session.commit()
     return sub, created
 

@@ -156,7 +156,7 @@ def create_app(
     order = settings.edition.sections
     resend_after = timedelta(minutes=settings.web.confirm_resend_minutes)
 
-    kinds = {**signup.outbox_kinds(links, settings.newsletter, clock, env), **testmail.outbox_kinds(settings, clock)}
+    kinds = {**signup.outbox_kinds(settings, links, clock, renderer), **testmail.outbox_kinds(settings, clock)}
     events = webhooks.Events(settings.webhooks, clock)
     relay = outbox.Relay(
         engine, kinds, mailer_factory, clock,
@@ -278,11 +278,11 @@ def create_app(
     @app.post(f"{CONFIRM}/{{token}}", response_class=HTMLResponse)
     def confirm(token: str, s: DB):
         try:
-            sub, changed = signup.confirm(s, clock, links, token, events)
+            sub, changed = signup.confirm(s, clock, links, token, welcome_mail=settings.welcome.enabled, events=events)
         except BadToken:
             return bad_link(s)
         if changed:
-            relay.wake()  # its webhooks are committed in the outbox
+            relay.wake()  # its webhooks and (on a first confirmation) the welcome are committed in the outbox
         return page("confirmed.html", email=sub.email, prefs_url=prefs_path(sub))
 
     # --- unsubscribe (RFC 8058 one-click, and the page) ----------------------------------------

@@ -36,7 +36,7 @@ class WorkerReport:
     sender: str  # this worker's sender id
     editions: dict[int, DeliveryReport] = field(default_factory=dict)  # by edition number
     errors: list[str] = field(default_factory=list)  # SMTP trouble met while polling
-    mails: outbox.Pass = field(default_factory=outbox.Pass)  # the outbox's confirmation mails
+    mails: outbox.Pass = field(default_factory=outbox.Pass)  # the outbox's confirmation and welcome mails
     webhooks: outbox.Pass = field(default_factory=outbox.Pass)  # its webhooks (with `once`)
 
     @property
@@ -63,7 +63,7 @@ def run(
     sender: str | None = None,
 ) -> WorkerReport:
     """Deliver pending deliveries of every unfinished edition, and the mail waiting in the outbox
-    (confirmation mails, which `digest serve` sends too), and its webhooks: after the mail with
+    (confirmation and welcome mails, which `digest serve` sends too), and its webhooks: after the mail with
     `once`, else from a thread of their own (a receiver slow to answer never holds up a send).
     With `once`, return after one pass,
     when nothing is left that this worker can claim now (deliveries held by other workers, or
@@ -78,7 +78,7 @@ def run(
     sending = SendingSettings.from_settings(settings)
     renderer = sending.variants.renderer()
     nl = settings.newsletter
-    kinds = {**signup.outbox_kinds(Links(nl.secret_key, nl.public_url, clock), nl, clock, renderer.env),
+    kinds = {**signup.outbox_kinds(settings, Links(nl.secret_key, nl.public_url, clock), clock, renderer),
              **testmail.outbox_kinds(settings, clock)}
     couriers = webhooks.couriers(settings.webhooks, clock)
     dispatcher = None

@@ -183,6 +183,8 @@ class Subscriber(SQLModel, table=True):
     unsubscribed_at: datetime | None = None
     confirmation_sent_at: datetime | None = None
     bounced_at: datetime | None = None  # when it became bounced or suspended
+    # When the welcome mail was queued (service/welcome.py): at most once per subscriber.
+    welcomed_at: datetime | None = None
 
 
 class Edition(SQLModel, table=True):
