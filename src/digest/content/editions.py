@@ -10,6 +10,7 @@ from sqlalchemy import Exists, cast, exists, func, insert, literal, literal_colu
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.expression import ColumnClause
 from sqlmodel import Session, col, select
 
 from digest.clock import Clock
@@ -299,8 +300,9 @@ def deferred(session: Session, edition: Edition) -> Sequence[tuple[str | None, i
     ).all()
 
 
-# (delivery id, address, attempts, error, next attempt); the address is None once erased.
-Undelivered = tuple[int, str | None, int, str | None, datetime | None]
+# (delivery id, address, attempts, error, next attempt); the address is None once erased (the id
+# is None only in the type: Delivery.id is, before a row is stored).
+Undelivered = tuple[int | None, str | None, int, str | None, datetime | None]
 
 
 def undelivered(session: Session, edition: Edition, *, deferred: bool = False, after: int = 0,
@@ -310,10 +312,10 @@ def undelivered(session: Session, edition: Edition, *, deferred: bool = False, a
     pages, each read from the partial index ix_delivery_unsent whatever the edition's size."""
     # The status as a literal, not a parameter, so that both databases see that the partial
     # index's predicate (status <> 'sent') holds.
-    status = literal_column("'pending'" if deferred else "'failed'")
+    status: ColumnClause[str] = literal_column("'pending'" if deferred else "'failed'")
     stmt = (
-        select(col(Delivery.id), col(Subscriber.email), col(Delivery.attempts), col(Delivery.last_error),
-               col(Delivery.next_attempt_at))
+        sa_select(col(Delivery.id), col(Subscriber.email), col(Delivery.attempts), col(Delivery.last_error),
+                  col(Delivery.next_attempt_at))
         .select_from(Delivery)
         .outerjoin(Subscriber, col(Subscriber.id) == col(Delivery.subscriber_id))
         .where(col(Delivery.edition_id) == edition.id, col(Delivery.status) == status, col(Delivery.id) > after)
@@ -322,4 +324,4 @@ def undelivered(session: Session, edition: Edition, *, deferred: bool = False, a
     )
     if deferred:
         stmt = stmt.where(col(Delivery.attempts) > 0)
-    return session.exec(stmt).all()
+    return session.execute(stmt).all()

@@ -17,6 +17,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import HTMLResponse
 from sqlmodel import Session
+from starlette.exceptions import HTTPException
 
 from digest.content import editions
 from digest.delivery.ledger import reset_for_retry
@@ -25,7 +26,6 @@ from digest.service.admin import overview
 from digest.service.admin.accounts import SignedIn
 from digest.service.admin.area import NO_STORE, AdminContext
 from digest.store.models import Edition
-from starlette.exceptions import HTTPException
 
 PAGE = 50  # editions a page; failed deliveries a page
 MAX_ID = 2**62  # a larger number in a URL is not one of ours: 422, not a database error

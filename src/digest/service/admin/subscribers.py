@@ -15,8 +15,6 @@ filtered list or skips rows with OFFSET:
   through and links to the next window, so one request never scans the whole list.
 """
 
-from __future__ import annotations
-
 import csv
 import io
 from collections.abc import Iterator
@@ -184,7 +182,8 @@ def routes(ctx: AdminContext) -> APIRouter:
         return ctx.page(
             "subscribers.html", who, http_status, filter=f, result=search(s, f, before), first=before is None,
             counts=overview.subscriber_counts(s), statuses=[st.value for st in SubscriberStatus],
-            topics=signup.known_categories(s, order), window=WINDOW, import_limit=IMPORT_LIMIT, **extra,
+            topics=signup.known_categories(s, order), window=WINDOW, import_limit=IMPORT_LIMIT,
+            **{"notice": "", "add_error": None, "add_email": "", "add_name": "", **extra},
         )
 
     @router.get("/subscribers", response_class=HTMLResponse)
