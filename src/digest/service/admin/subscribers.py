@@ -24,6 +24,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, File, Form, Path, Query, UploadFile
 from fastapi.responses import HTMLResponse, StreamingResponse
 from sqlalchemy import ColumnElement, and_, func, or_
+from sqlalchemy import select as sql_select  # five columns: more than sqlmodel's select() types
 from sqlmodel import Session, col, select
 from starlette.exceptions import HTTPException
 
@@ -136,8 +137,8 @@ class DeliveryLine:
 def deliveries(session: Session, sub: Subscriber, *, bounced: bool = False) -> list[DeliveryLine]:
     """`sub`'s newest deliveries (`bounced`: those recorded as bounces), newest first."""
     stmt = (
-        select(col(Edition.number), col(Delivery.status), col(Delivery.attempts), col(Delivery.last_error),
-               col(Delivery.sent_at))
+        sql_select(col(Edition.number), col(Delivery.status), col(Delivery.attempts), col(Delivery.last_error),
+                   col(Delivery.sent_at))
         .join(Edition, col(Edition.id) == col(Delivery.edition_id))
         .where(col(Delivery.subscriber_id) == sub.id)
         .order_by(col(Delivery.id).desc())
@@ -145,7 +146,7 @@ def deliveries(session: Session, sub: Subscriber, *, bounced: bool = False) -> l
     )
     if bounced:
         stmt = stmt.where(col(Delivery.last_error).startswith("bounced ("))
-    return [DeliveryLine(n, st.value, a, e, t) for n, st, a, e, t in session.exec(stmt).all()]
+    return [DeliveryLine(n, st.value, a, e, t) for n, st, a, e, t in session.execute(stmt).all()]
 
 
 def csv_chunks(ctx: AdminContext, status: SubscriberStatus | None) -> Iterator[str]:
