@@ -201,3 +201,82 @@ def test_the_schedule_sends_each_cadence_at_its_own_slots_once(blog):
     assert blog.got("ann@example.com") == [[1, 2, 3]]
     runs = {(r.cadence, r.outcome) for r in blog.session.exec(select(schedule.ScheduleRun)).all()}
     assert ("daily", schedule.EDITION) in runs and ("", schedule.EDITION) in runs
+
+
+# --- the reader's choice: sign-up form, preferences page, archive -------------------------------
+
+
+@pytest.fixture
+def client(blog):
+    from fastapi.testclient import TestClient
+
+    from digest.service.web import create_app
+
+    with TestClient(create_app(blog.settings, clock=blog.clock, engine=blog.engine)) as c:
+        yield c
+
+
+def radios(html: str) -> dict[str, bool]:
+    """The cadence radio buttons of a page: value -> checked."""
+    return {m.group(1): bool(m.group(2)) for m in re.finditer(r'name="cadence" value="([^"]+)"( checked)?', html)}
+
+
+def test_the_sign_up_form_offers_each_cadence_the_main_one_first_and_chosen(blog, client):
+    assert radios(client.get("/").text) == {"weekly": True, "daily": False}
+    r = client.post("/subscribe", data={"email": "dan@example.com", "cadence": "daily"})
+    assert r.status_code == 200
+    assert subs.get(blog.session, "dan@example.com").cadence == "daily"
+    r = client.post("/subscribe", data={"email": "eve@example.com", "cadence": "hourly"})
+    assert r.status_code == 400 and "how often" in r.text and subs.find(blog.session, "eve@example.com") is None
+
+
+def test_a_publication_with_one_cadence_asks_nothing(tmp_path, smtp_server):
+    from fastapi.testclient import TestClient
+
+    from digest.service.web import create_app
+
+    b = Publication(tmp_path, smtp_server, cadences={})
+    try:
+        with TestClient(create_app(b.settings, clock=b.clock, engine=b.engine)) as c:
+            assert radios(c.get("/").text) == {} and "How often" not in c.get("/").text
+            assert c.post("/subscribe", data={"email": "ann@example.com"}).status_code == 200
+    finally:
+        b.close()
+
+
+def test_the_preferences_page_changes_the_cadence_and_the_next_edition_catches_up(blog, client):
+    from digest.links import Links
+
+    blog.reader("ann@example.com")
+    blog.reader("dan@example.com", "daily")
+    blog.send()  # weekly 1: 1, 2
+    blog.new_post()
+    blog.send("daily")  # daily 1: 3 (daily starts where weekly 1 ended)
+    sub = subs.get(blog.session, "ann@example.com")
+    links = Links(blog.settings.newsletter.secret_key, blog.settings.newsletter.public_url)
+    path = links.preferences_path(links.subscriber_token(sub.id, sub.email))
+    assert radios(client.get(path).text) == {"weekly": True, "daily": False}
+    r = client.post(path, data={"action": "cadence", "cadence": "daily"})
+    assert "the daily digest" in r.text and radios(r.text) == {"weekly": False, "daily": True}
+    blog.session.expire_all()
+    blog.new_post()
+    blog.send("daily")  # daily 2: 4, and for ann 3 as well
+    assert blog.got("ann@example.com") == [[1, 2], [3, 4]]
+    [_, catch_up] = blog.server.to("ann@example.com")
+    html = catch_up.message.get_body(("html",)).get_content()
+    assert f'href="{blog.settings.newsletter.public_url}/archive/daily/2"' in html  # "View in browser"
+
+
+def test_each_cadence_has_its_archive(blog, client):
+    blog.reader("ann@example.com")
+    blog.reader("dan@example.com", "daily")
+    blog.send()  # weekly 1: 1, 2
+    blog.new_post()
+    blog.send("daily")  # daily 1: 3
+    assert re.findall(r'href="/archive/(\d+)"', client.get("/archive").text) == ["1"]
+    daily = client.get("/archive/daily")
+    assert daily.status_code == 200 and re.findall(r'href="/archive/daily/(\d+)"', daily.text) == ["1"]
+    assert "https://blog.test/3" in client.get("/archive/daily/1").text
+    assert "https://blog.test/3" not in client.get("/archive/1").text
+    for path in ("/archive/hourly", "/archive/daily/2", "/archive/hourly/1"):
+        assert client.get(path).status_code == 404, path

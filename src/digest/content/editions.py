@@ -40,11 +40,13 @@ class Section:
 
 @dataclass(frozen=True)
 class EditionView:
-    """What a rendered edition shows: its number (None in a preview), date and sections."""
+    """What a rendered edition shows: its number (None in a preview), date and sections, and the
+    cadence it is of (a stored key: the edition's web page is under it)."""
 
     number: int | None
     date: datetime
     sections: tuple[Section, ...]
+    cadence: str = MAIN_CADENCE
 
     @property
     def post_count(self) -> int:
@@ -59,7 +61,7 @@ class EditionView:
         if categories is None:
             return self
         keep = tuple(s for s in self.sections if s.name in categories)
-        return EditionView(self.number, self.date, keep)
+        return EditionView(self.number, self.date, keep, self.cadence)
 
 
 def unsent_posts(session: Session, cadence: str = MAIN_CADENCE) -> list[Post]:
@@ -137,8 +139,9 @@ def sections(posts: Iterable[Post], order: Sequence[str] = ()) -> tuple[Section,
     )
 
 
-def view(posts: Iterable[Post], number: int | None, date: datetime, order: Sequence[str] = ()) -> EditionView:
-    return EditionView(number, date, sections(posts, order))
+def view(posts: Iterable[Post], number: int | None, date: datetime, order: Sequence[str] = (),
+         cadence: str = MAIN_CADENCE) -> EditionView:
+    return EditionView(number, date, sections(posts, order), cadence)
 
 
 def edition_posts(session: Session, edition: Edition) -> list[Post]:
@@ -155,7 +158,7 @@ def edition_view(session: Session, edition: Edition, order: Sequence[str] = (), 
     of cadence."""
     posts = edition_posts(session, edition) if catch_up_from is None else catch_up_posts(session, edition,
                                                                                            catch_up_from)
-    return view(posts, edition.number, edition.created_at, order)
+    return view(posts, edition.number, edition.created_at, order, edition.cadence)
 
 
 def unfinished(session: Session) -> list[Edition]:

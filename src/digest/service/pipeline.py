@@ -255,7 +255,7 @@ def preview(
         return None
     now = clock()
     number = None if latest else editions.next_number(session, key)
-    view = editions.view(posts, number, now, settings.edition.sections)
+    view = editions.view(posts, number, now, settings.edition.sections, key)
     subject = subject_for(settings.newsletter.subject, settings.newsletter.name, view.post_count, number, now)
     message = build_message(Renderer.from_settings(settings), view, subject, settings.newsletter, now,
                             signer_for(settings.dkim, settings.dkim_key_path))
