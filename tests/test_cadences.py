@@ -280,3 +280,31 @@ def test_each_cadence_has_its_archive(blog, client):
     assert "https://blog.test/3" not in client.get("/archive/1").text
     for path in ("/archive/hourly", "/archive/daily/2", "/archive/hourly/1"):
         assert client.get(path).status_code == 404, path
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_send_cadence_sends_one_and_schedule_shows_every_cadence(tmp_path, smtp_server):
+    from conftest import one_line_error, run_digest
+
+    feed = write_feed(tmp_path / "blog.atom", [1, 2])
+    path = write_config(tmp_path, feeds=[str(feed)], smtp_port=smtp_server.port)
+    path.write_text(path.read_text() + '\n[schedule.cadences]\ndaily = "0 7 * * *"\n')
+    run_digest(path, "subscribers", "add", "ann@example.com", check=True)
+    run_digest(path, "subscribers", "add", "dan@example.com", "--cadence", "daily", check=True)
+    sent = run_digest(path, "send", "--cadence", "daily", check=True)
+    assert "Daily edition 1: 2 posts, 1 delivered, 0 failed" in sent.stdout
+    assert [r.recipients for r in smtp_server.received] == [["dan@example.com"]]
+    assert "Weekly edition 1: 2 posts, 1 delivered" in run_digest(path, "send", check=True).stdout
+
+    shown = run_digest(path, "schedule", check=True).stdout
+    assert 'Schedule weekly (the main cadence): "0 9 * * mon" in UTC' in shown
+    assert 'Schedule daily: "0 7 * * *" in UTC' in shown and shown.count("Last edition: 1,") == 2
+    listed = run_digest(path, "subscribers", "list", check=True).stdout
+    assert re.search(r"dan@example\.com.*daily", listed) and re.search(r"ann@example\.com.*weekly", listed)
+
+    wrong = run_digest(path, "send", "--cadence", "hourly")
+    assert wrong.returncode != 0
+    assert one_line_error(wrong).endswith("no cadence 'hourly' (schedule.cadences offers: weekly, daily)")
