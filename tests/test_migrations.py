@@ -10,6 +10,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel, select
 
 from conftest import DIGEST, database_url, run_digest, subscribe
@@ -231,6 +232,57 @@ def test_posts_get_lead_image_columns_and_keep_their_rows_both_ways(tmp_path):
     assert not {"image_url", "image_width", "image_height"} & {c["name"] for c in inspect(engine).get_columns("post")}
     with engine.begin() as conn:
         assert conn.execute(text("SELECT id, guid, display_title, excerpt FROM post")).all() == [(7, "g", "P", "Body")]
+    schema.upgrade(engine)
+    assert pending_diff(engine) == []
+    engine.dispose()
+
+
+def test_editions_slots_and_readers_from_before_cadences_become_the_main_cadence_and_back(tmp_path):
+    """Rows from before 5c0a9e3d7b21 are the main cadence's (""); another cadence may then number
+    its editions from 1 and carry the same posts; the downgrade keeps the main cadence's."""
+    before = schema._script().get_revision("5c0a9e3d7b21").down_revision
+    engine = make_engine(database_url(tmp_path))
+    schema.upgrade(engine, before)
+    at = "'2026-11-01 09:00:00+00:00'"
+    with engine.begin() as conn:
+        conn.execute(text(f"INSERT INTO source (id, url, created_at) VALUES (1, 'https://club.test/feed', {at})"))
+        conn.execute(text(
+            "INSERT INTO post (id, source_id, guid, url, title, category, display_title, excerpt, content_hash,"
+            f" first_seen_at, updated_at, eligible) VALUES (1, 1, 'g', '', 'News: a', 'News', 'a', '', 'x', {at}, {at},"
+            " true)"))
+        conn.execute(text(f"INSERT INTO subscriber (id, email, status, paused, created_at) VALUES"
+                          f" (1, 'ann@example.com', 'active', false, {at})"))
+        conn.execute(text(f"INSERT INTO edition (id, number, created_at, status, subject, slot) VALUES"
+                          f" (1, 1, {at}, 'sent', 'Club: 1 new post', {at})"))
+        conn.execute(text("INSERT INTO editionpost (post_id, edition_id) VALUES (1, 1)"))
+        conn.execute(text("INSERT INTO delivery (edition_id, subscriber_id, status, attempts) VALUES (1, 1, 'sent', 1)"))
+        conn.execute(text(f"INSERT INTO schedule_run (slot, ran_at, outcome, edition_id) VALUES ({at}, {at}, 'edition', 1)"))
+
+    schema.upgrade(engine)
+    assert pending_diff(engine) == []
+    with engine.begin() as conn:
+        for table in ("subscriber", "edition", "editionpost", "schedule_run"):
+            assert conn.execute(text(f"SELECT cadence FROM {table}")).scalars().all() == [""], table
+        # the same number, slot and post in another cadence; not twice in the main one
+        conn.execute(text(f"INSERT INTO edition (id, cadence, number, created_at, status, subject, slot) VALUES"
+                          f" (2, 'daily', 1, {at}, 'sent', 'Club: 1 new post', {at})"))
+        conn.execute(text("INSERT INTO editionpost (cadence, post_id, edition_id) VALUES ('daily', 1, 2)"))
+        conn.execute(text(f"INSERT INTO schedule_run (cadence, slot, ran_at, outcome, edition_id) VALUES"
+                          f" ('daily', {at}, {at}, 'edition', 2)"))
+        conn.execute(text("UPDATE subscriber SET cadence = 'daily'"))
+        conn.execute(text("INSERT INTO delivery (edition_id, subscriber_id, status, attempts, catch_up_from)"
+                          " VALUES (2, 1, 'sent', 1, 1)"))
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(text(f"INSERT INTO edition (cadence, number, created_at, status, subject) VALUES"
+                          f" ('', 1, {at}, 'sent', 'again')"))
+
+    schema.downgrade(engine, before)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT id, number FROM edition")).all() == [(1, 1)]
+        assert conn.execute(text("SELECT post_id, edition_id FROM editionpost")).all() == [(1, 1)]
+        assert conn.execute(text("SELECT edition_id FROM delivery")).scalars().all() == [1]
+        assert conn.execute(text("SELECT edition_id FROM schedule_run")).scalars().all() == [1]
+        assert conn.execute(text("SELECT email FROM subscriber")).scalars().all() == ["ann@example.com"]
     schema.upgrade(engine)
     assert pending_diff(engine) == []
     engine.dispose()

@@ -82,14 +82,14 @@ VARIANT_SETTINGS = VariantSettings(NEWSLETTER, (), None, DKIMSettings(), None)
 @pytest.fixture(scope="module")
 def rendered() -> dict:
     """The edition rendered once for the module (rendering is the slow part, and not what is tested)."""
-    v = Variants(lambda: VIEW, "Test Weekly #1", NEWSLETTER, VARIANT_SETTINGS.renderer, START)
-    v.render(None)
+    v = Variants(lambda catch_up_from: VIEW, "Test Weekly #1", NEWSLETTER, VARIANT_SETTINGS.renderer, START)
+    v.render(v.key(None))
     return v.rendered
 
 
 def send(store: MemoryLedger, mailer, clock, cfg: SenderSettings, rendered: dict, *, sender: str = "host-a:1:aaa",
          stop=lambda: False) -> DeliveryReport:
-    variants = Variants(lambda: VIEW, "Test Weekly #1", NEWSLETTER, VARIANT_SETTINGS.renderer, START, None, rendered)
+    variants = Variants(lambda catch_up_from: VIEW, "Test Weekly #1", NEWSLETTER, VARIANT_SETTINGS.renderer, START, None, rendered)
     return run_sender(store, EDITION, 1, variants, mailer, clock, cfg, sender=sender, stop=stop)
 
 

@@ -39,6 +39,7 @@ from digest.service import apikeys, workers
 from digest.service import pipeline as jobs
 from digest.service import slots as schedule_svc
 from digest.service import subscribers as subs
+from digest.service.cadences import Cadences
 from digest.store import schema
 from digest.store.database import database_error, display_url, make_engine, session
 from digest.store.models import SubscriberStatus
@@ -77,6 +78,11 @@ app.add_typer(api_key_app, name="api-key")
 out = Console(markup=False, emoji=False, highlight=False, soft_wrap=True)
 err = Console(stderr=True, markup=False, emoji=False, highlight=False, soft_wrap=True)
 
+CadenceOpt = Annotated[
+    str | None,
+    typer.Option("--cadence", metavar="NAME", show_default=False,
+                 help="A cadence of schedule.cadences (default: the main one, schedule.cron)."),
+]
 ConfigOpt = Annotated[
     Path | None,
     typer.Option(
@@ -328,14 +334,17 @@ def send(
             "--latest", min=1, metavar="N", help="With --preview: the newest N posts, sent or not.")
     ] = None,
     no_fetch: Annotated[bool, typer.Option("--no-fetch", help="Do not poll the feeds first.")] = False,
+    cadence: CadenceOpt = None,
 ) -> None:
     """Fetch, finish any unfinished edition, then build and deliver the next one."""
     cfg = settings()
     if not preview and (to or open_ or latest):
         raise typer.BadParameter("--to, --open and --latest go with --preview")
+    cadences = Cadences(cfg.schedule)
+    name = cadences.named(cadence).name  # an unknown name: one line naming the choices, before any work
     with db(cfg.database_url) as s:
         if preview:
-            _preview(s, cfg, out_dir, to or [], open_, latest, not no_fetch)
+            _preview(s, cfg, out_dir, to or [], open_, latest, not no_fetch, name)
             return
         stop = _stop_on_sigterm()
         # Each feed's report is printed before anything is sent: an SMTP server that cannot be
@@ -350,14 +359,15 @@ def send(
         try:
             # With delivery.mode = "workers" this process sends nothing: the workers show their own.
             with _send_progress(cfg.database_url) if cfg.delivery.mode != "workers" else _nothing() as tick:
-                result = jobs.send(s, cfg, mailer, fetch=False, stop=stop, tick=tick)
+                result = jobs.send(s, cfg, mailer, fetch=False, stop=stop, tick=tick, cadence=name)
         finally:
             mailer.close()
     for q in result.queued:
         out.print(f"Edition {q.edition_number} is still being sent by the workers: {q.pending} pending")
+    label = _edition_label(cadences, result.cadence)
     if result.new_queued is not None:
         q = result.new_queued
-        out.print(f"Edition {q.edition_number}: {plural(result.post_count, 'post')},"
+        out.print(f"{label} {q.edition_number}: {plural(result.post_count, 'post')},"
                   f" {plural(q.pending, 'delivery', 'deliveries')} queued for `digest worker`")
     for r in result.resumed:
         out.print(f"Resumed edition {r.edition_number}: {r.sent} delivered, {r.failed} failed, {r.pending} pending")
@@ -365,7 +375,7 @@ def send(
     if result.edition is not None:
         r = result.edition
         out.print(
-            f"Edition {r.edition_number}: {plural(result.post_count, 'post')}, {r.sent} delivered, {r.failed} failed"
+            f"{label} {r.edition_number}: {plural(result.post_count, 'post')}, {r.sent} delivered, {r.failed} failed"
             + (f", {r.pending} pending (will retry)" if r.pending else "")
         )
         _print_failures(r)
@@ -378,7 +388,13 @@ def send(
         err.print(f"every feed failed ({', '.join(p.url for p in polled)}): nothing new was fetched")
         raise typer.Exit(1)
     if result.edition is None and result.new_queued is None:
-        out.print("Nothing new to send.")
+        out.print("Nothing new to send." if cadences.named(name).main
+                  else f"Nothing to send for {name}: nothing new, or no active reader chose it.")
+
+
+def _edition_label(cadences: Cadences, name: str) -> str:
+    """"Edition", or "Daily edition" when readers have a choice of cadence (each numbers its own)."""
+    return f"{name.capitalize()} edition" if cadences.choice else "Edition"
 
 
 @contextmanager
@@ -454,10 +470,11 @@ def _print_failures(r) -> None:
                   " (5.1.x): marked bounced")
 
 
-def _preview(s, cfg: Settings, out_dir: Path, to: list[str], open_: bool, latest: int | None, fetch: bool) -> None:
+def _preview(s, cfg: Settings, out_dir: Path, to: list[str], open_: bool, latest: int | None, fetch: bool,
+             cadence: str) -> None:
     if fetch:
         _print_poll(jobs.poll(s, cfg, utc_now))
-    p = jobs.preview(s, cfg, latest=latest, fetch=False)
+    p = jobs.preview(s, cfg, latest=latest, fetch=False, cadence=cadence)
     if p is None:
         out.print("Nothing new to send: every post is already in an edition."
                   " Use --latest N to preview the newest posts.")
@@ -526,18 +543,25 @@ def serve(
 def schedule_cmd(
     count: Annotated[int, typer.Option("--count", "-n", min=1, metavar="N", help="How many send times to show.")] = 5,
 ) -> None:
-    """Show the next send times (in the configured zone and in UTC) and the last edition."""
-    from digest.service.scheduler import is_utc, when
-
+    """Show the next send times of each cadence (in the configured zone and in UTC) and its last edition."""
     cfg = settings()
     sched = cfg.schedule
-    cron = sched.parsed()
+    cadences = Cadences(sched)
     with db(cfg.database_url) as s:
-        st = schedule_svc.status(s, cron, utc_now, count)
-    out.print(f"Schedule: \"{cron.expr}\" in {cron.tz_name}"
-              f" (catch-up within {sched.misfire_grace_hours:g} h; "
-              + (f"feeds polled every {sched.poll_minutes} min)" if sched.poll_minutes
-                 else "no polling between sends)"))
+        states = [(c, schedule_svc.status(s, c.cron, utc_now, count, c.key)) for c in cadences.all]
+    for i, (cadence, st) in enumerate(states):
+        if i:
+            out.print()
+        _print_schedule(cadence.cron, st, sched.misfire_grace_hours, sched.poll_minutes,
+                        f"{cadence.name}{' (the main cadence)' if cadence.main else ''}" if cadences.choice else None)
+
+
+def _print_schedule(cron, st: schedule_svc.Status, grace_hours: float, poll_minutes: int, name: str | None) -> None:
+    from digest.service.scheduler import is_utc, when
+
+    out.print(("Schedule" if name is None else f"Schedule {name}") + f": \"{cron.expr}\" in {cron.tz_name}"
+              f" (catch-up within {grace_hours:g} h; "
+              + (f"feeds polled every {poll_minutes} min)" if poll_minutes else "no polling between sends)"))
     out.print("Next sends:")
     clock = "%H:%M:%S" if cron.has_seconds else "%H:%M"
     for t in st.upcoming:
@@ -553,7 +577,8 @@ def schedule_cmd(
     if st.last_run is not None:
         r = st.last_run
         what = {"edition": f"edition {st.last_run_edition.number}" if st.last_run_edition else "edition",
-                "before start": "not sent: before the schedule first ran"}.get(r.outcome, r.outcome)
+                "before start": "not sent: before the schedule first ran",
+                "no readers": "not sent: no active reader chose it (its posts wait)"}.get(r.outcome, r.outcome)
         out.print(f"Last scheduled send: {when(cron, r.slot)}: {what}")
 
 
@@ -707,16 +732,18 @@ def subscribers_add(
     name: Annotated[str | None, typer.Option(metavar="NAME", help="The subscriber's name.")] = None,
     welcome: Annotated[bool, typer.Option("--welcome", help="Also mail them the welcome a reader gets on"
                                           " confirming (once per subscriber).")] = False,
+    cadence: CadenceOpt = None,
 ) -> None:
     """Add a confirmed subscriber (or reactivate one)."""
     cfg = settings()
     if welcome and not cfg.welcome.enabled:
         raise DigestError("--welcome: welcome.enabled is false in the configuration, so no welcome mail is sent")
+    chosen = None if cadence is None else Cadences(cfg.schedule).named(cadence)
     with db(cfg.database_url) as s:
         known = subs.find(s, email)
         welcomed_before = known is not None and known.welcomed_at is not None
         sub, created = subs.add(s, email, utc_now, name=name, welcome_mail=welcome,
-                                events=Events(cfg.webhooks, utc_now))
+                                events=Events(cfg.webhooks, utc_now), cadence=chosen)
     out.print(f"{'Added' if created else 'Updated'} {sub.email} ({sub.status.value})")
     if welcome:
         out.print(f"{sub.email} had their welcome mail already: none queued" if welcomed_before else
@@ -726,11 +753,13 @@ def subscribers_add(
 
 
 @command(subscribers_app, "import")
-def subscribers_import(file: Annotated[Path, typer.Argument(help="CSV with columns email[,name].")]) -> None:
+def subscribers_import(file: Annotated[Path, typer.Argument(help="CSV with columns email[,name].")],
+                       cadence: CadenceOpt = None) -> None:
     """Import confirmed subscribers from CSV; bad rows are reported, the rest imported."""
     import io
 
     cfg = settings()
+    chosen = Cadences(cfg.schedule).named(cadence)
     text = subs.read_csv(file)
     rows = text.count("\n")  # about the number of rows (a quoted cell may hold a line break)
     with db(cfg.database_url) as s, progress.meter(
@@ -738,7 +767,7 @@ def subscribers_import(file: Annotated[Path, typer.Argument(help="CSV with colum
         every=state.progress_every,
     ) as m:
         report = subs.import_csv(s, io.StringIO(text, newline=""), utc_now, source=str(file),
-                                 on_rows=lambda done: m.update(done, rows))
+                                 on_rows=lambda done: m.update(done, rows), cadence=chosen.key)
     for line, reason in report.errors:
         err.print(f"{file}:{line}: {reason}")
     out.print(f"Imported {report.imported}, skipped {report.skipped} already subscribed,"
@@ -760,7 +789,7 @@ def subscribers_export(
 
     writer = csv.writer(sys.stdout, lineterminator="\n")
     with db(cfg.database_url) as s:
-        for row in subs.export_rows(s, status):
+        for row in subs.export_rows(s, status, Cadences(cfg.schedule)):
             writer.writerow(row)
 
 
@@ -780,13 +809,17 @@ def subscribers_list(
     table.add_column("status", no_wrap=True)
     table.add_column("since", no_wrap=True)
     table.add_column("topics", overflow="fold", ratio=1)
+    cadences = Cadences(cfg.schedule)
+    if cadences.choice:
+        table.add_column("cadence", no_wrap=True)
     n = 0
     with db(cfg.database_url) as s:
         for sub in subs.iterate(s, status):
             n += 1
             # One topic a line (a name may hold a comma), as Text: names come from feeds, not markup.
             topics = "all" if sub.topics is None else Text("\n".join(sub.topics))
-            table.add_row(sub.email, sub.name or "", sub.status.value, f"{sub.created_at:%Y-%m-%d}", topics)
+            table.add_row(sub.email, sub.name or "", sub.status.value, f"{sub.created_at:%Y-%m-%d}", topics,
+                          *([cadences.of(sub.cadence).name] if cadences.choice else []))
     out.print(table)
     out.print(plural(n, "subscriber"))
 
@@ -882,37 +915,44 @@ def admin_list() -> None:
 
 
 @editions_app.callback()
-def editions_list(ctx: typer.Context, config: ConfigOpt = None) -> None:
-    """List editions: number, date, posts, delivered / failed / pending."""
+def editions_list(ctx: typer.Context, config: ConfigOpt = None, cadence: CadenceOpt = None) -> None:
+    """List editions: number, date, posts, delivered / failed / pending (of every cadence, or of --cadence)."""
     _use_config(config)
     if ctx.invoked_subcommand is not None:
         return
     cfg = settings()
     from rich.table import Table
 
+    cadences = Cadences(cfg.schedule)
+    only = None if cadence is None else cadences.named(cadence).key
     # Counts never wrap; the subject folds (at 80 columns every column keeps its whole value).
     table = Table()
+    if cadences.choice:
+        table.add_column("cadence", no_wrap=True)
     for heading in ("#", "created (UTC)", "status"):
         table.add_column(heading, no_wrap=heading != "created (UTC)")
     for heading in ("posts", "delivered", "failed", "pending"):
         table.add_column(heading, no_wrap=True, justify="right")
     table.add_column("subject", overflow="fold", ratio=1)
     with db(cfg.database_url) as s:
-        rows = editions_svc.summaries(s)
+        rows = editions_svc.summaries(s, only)
     for e, c in rows:
-        table.add_row(str(e.number), f"{e.created_at:%Y-%m-%d %H:%M}", e.status.value, str(c["posts"]),
+        first = [cadences.of(e.cadence).name] if cadences.choice else []
+        table.add_row(*first, str(e.number), f"{e.created_at:%Y-%m-%d %H:%M}", e.status.value, str(c["posts"]),
                       str(c["sent"]), str(c["failed"]), str(c["pending"]), e.subject)
     out.print(table if rows else "No editions yet.")
 
 
 @command(editions_app, "show")
-def editions_show(number: int) -> None:
+def editions_show(number: int, cadence: CadenceOpt = None) -> None:
     """Show one edition: its posts, counts, and every failed delivery with the server's reply."""
     cfg = settings()
+    cadences = Cadences(cfg.schedule)
+    chosen = cadences.named(cadence)
     with db(cfg.database_url) as s:
-        e, counts, posts, failures = editions_svc.details(s, number)
+        e, counts, posts, failures = editions_svc.details(s, number, chosen.key)
         waiting = editions_svc.deferred(s, e)
-    out.print(f"Edition {e.number} — {e.subject}")
+    out.print(f"{_edition_label(cadences, chosen.name)} {e.number} — {e.subject}")
     out.print(f"Created {e.created_at:%Y-%m-%d %H:%M} UTC, status {e.status.value}"
               + (f", finished {e.finished_at:%Y-%m-%d %H:%M}" if e.finished_at else ""))
     out.print(f"Delivered {counts['sent']}, failed {counts['failed']}, pending {counts['pending']},"
@@ -933,17 +973,20 @@ def editions_show(number: int) -> None:
 # (The help as one line: Typer keeps a docstring's line breaks in the list of commands.)
 @command(app, None, help="Retry edition N's failed and deferred deliveries now"
                   " (not those of bounced, suspended or unsubscribed addresses).")
-def retry(number: int) -> None:
+def retry(number: int, cadence: CadenceOpt = None) -> None:
     cfg = settings()
+    cadences = Cadences(cfg.schedule)
+    name = cadences.named(cadence).name
     with db(cfg.database_url) as s:
         mailer = smtp_mailer(cfg)
         stop = _stop_on_sigterm()
         try:
-            result = jobs.retry(s, cfg, mailer, number, stop=stop)
+            result = jobs.retry(s, cfg, mailer, number, stop=stop, cadence=name)
         finally:
             mailer.close()
     r = result.report
-    out.print(f"Edition {r.edition_number}: retried {result.retried}: {r.sent} delivered, {r.failed} failed"
+    out.print(f"{_edition_label(cadences, name)} {r.edition_number}: retried {result.retried}:"
+              f" {r.sent} delivered, {r.failed} failed"
               + (f", {r.pending} pending (will retry)" if r.pending else ""))
     _print_failures(r)
 

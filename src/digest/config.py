@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -351,6 +351,9 @@ class ScheduleSettings(_Section):
 
     cron: str = Field("0 9 * * mon", description="when `digest serve` sends: crontab (minute hour day month weekday),"
                       " weekday 0/7 = Sunday, names work, an optional seconds field first")
+    name: str = Field("weekly", description="what readers see the main cadence (`cron`) called, when there are others")
+    cadences: dict[str, str] = Field({}, description="more cadences a reader can choose, name = cron (read like"
+                                     ' `cron`), e.g. `{ daily = "0 7 * * *" }`; from the environment as a JSON object')
     timezone: str = Field("UTC", description="IANA zone the cron is read in, e.g. `Europe/Berlin`")
     poll_minutes: int = Field(default=30, ge=0, description="feed polling (and retries of deferred deliveries) between"
                               " sends; `0`: off")
@@ -366,12 +369,55 @@ class ScheduleSettings(_Section):
     @field_validator("cron")
     @classmethod
     def _cron(cls, value: str) -> str:
-        Cron.parse(value, "UTC")
-        return " ".join(value.split())
+        return _cron_text(value)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _cadence_name(value)
+
+    @field_validator("cadences")
+    @classmethod
+    def _cadences(cls, value: dict[str, str]) -> dict[str, str]:
+        checked = {}
+        for name, expr in value.items():
+            try:
+                checked[_cadence_name(name)] = _cron_text(expr)
+            except ValueError as exc:
+                raise ValueError(f"{name!r}: {exc}") from None
+        return checked
+
+    @model_validator(mode="after")
+    def _main_name_is_its_own(self) -> ScheduleSettings:
+        if self.name in self.cadences:
+            raise ValueError(f"cadences: {self.name!r} is the main cadence's name (schedule.name): give the other"
+                             " cadence another name, or the main one with schedule.name")
+        return self
 
     def parsed(self) -> Cron:
         """The schedule: the cron read in its time zone."""
         return Cron.parse(self.cron, self.timezone)
+
+    def crons(self) -> dict[str, Cron]:
+        """Every cadence by name, the main one first, each cron read in the schedule's zone."""
+        return {self.name: self.parsed(), **{n: Cron.parse(e, self.timezone) for n, e in self.cadences.items()}}
+
+
+def _cron_text(value: str) -> str:
+    """A cron expression, checked (CronError, a ValueError, names the problem), spaces collapsed."""
+    Cron.parse(value, "UTC")
+    return " ".join(value.split())
+
+
+_CADENCE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,49}")
+
+
+def _cadence_name(name: str) -> str:
+    """A cadence's name: it shows in forms, URLs and `--cadence`, and is stored (50 characters)."""
+    if not _CADENCE_NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is not a cadence name: a lower-case letter, then up to 49 letters, digits,"
+                         " '-' or '_'")
+    return name
 
 
 # What a webhook can be told about (docs/webhooks.md shows each event's body).
@@ -884,6 +930,8 @@ def toml_value(value: Any) -> str:
         return f"{value:g}"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, int):
         return str(value)
     return json.dumps(str(value), ensure_ascii=False)

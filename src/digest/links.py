@@ -114,8 +114,9 @@ class PublicUrls:
     def confirm_url(self, token: str) -> str:
         return f"{self.public_url}{CONFIRM}/{token}"
 
-    def archive_url(self, number: int) -> str:
-        return f"{self.public_url}{ARCHIVE}/{number}"
+    def archive_url(self, number: int, cadence: str = "") -> str:
+        """An edition's page: /archive/N for the main cadence (""), /archive/NAME/N for another."""
+        return self.public_url + self.archive_path(number, cadence).removeprefix(self.base_path)
 
     def unsubscribe_path(self, token: str) -> str:
         return f"{self.base_path}{UNSUBSCRIBE}/{token}"
@@ -123,8 +124,12 @@ class PublicUrls:
     def preferences_path(self, token: str) -> str:
         return f"{self.base_path}{PREFERENCES}/{token}"
 
-    def archive_path(self, number: int) -> str:
-        return f"{self.base_path}{ARCHIVE}/{number}"
+    def archive_path(self, number: int, cadence: str = "") -> str:
+        return f"{self.archive_list_path(cadence)}/{number}"
+
+    def archive_list_path(self, cadence: str = "") -> str:
+        """The list of a cadence's editions: /archive for the main one, /archive/NAME for another."""
+        return f"{self.base_path}{ARCHIVE}" + (f"/{cadence}" if cadence else "")
 
 
 class Links(PublicUrls):

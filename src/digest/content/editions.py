@@ -5,8 +5,23 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Exists, cast, exists, func, insert, literal, literal_column, or_, text
+from sqlalchemy import (
+    ColumnElement,
+    Exists,
+    Integer,
+    Select,
+    cast,
+    exists,
+    func,
+    insert,
+    literal,
+    literal_column,
+    or_,
+    text,
+    update,
+)
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
@@ -17,6 +32,7 @@ from digest.clock import Clock
 from digest.errors import NotFound
 from digest.store import locks
 from digest.store.models import (
+    MAIN_CADENCE,
     Delivery,
     DeliveryStatus,
     Edition,
@@ -39,11 +55,13 @@ class Section:
 
 @dataclass(frozen=True)
 class EditionView:
-    """What a rendered edition shows: its number (None in a preview), date and sections."""
+    """What a rendered edition shows: its number (None in a preview), date and sections, and the
+    cadence it is of (a stored key: the edition's web page is under it)."""
 
     number: int | None
     date: datetime
     sections: tuple[Section, ...]
+    cadence: str = MAIN_CADENCE
 
     @property
     def post_count(self) -> int:
@@ -58,13 +76,57 @@ class EditionView:
         if categories is None:
             return self
         keep = tuple(s for s in self.sections if s.name in categories)
-        return EditionView(self.number, self.date, keep)
+        return EditionView(self.number, self.date, keep, self.cadence)
 
 
-def unsent_posts(session: Session) -> list[Post]:
-    """Every eligible post not yet in an edition."""
-    in_edition = sa_select(col(EditionPost.post_id))
-    stmt = select(Post).where(col(Post.eligible) == True, col(Post.id).not_in(in_edition))  # noqa: E712
+def unsent_posts(session: Session, cadence: str = MAIN_CADENCE) -> list[Post]:
+    """Every eligible post not yet in an edition of `cadence` (a stored cadence key). A cadence's
+    first edition starts where the main cadence's last edition ended: the posts of main editions
+    built before it are not the cadence's (else a cadence added to a running publication would
+    start with every post it ever had)."""
+    stmt = select(Post).where(col(Post.eligible) == True, col(Post.id).not_in(_in_editions(cadence)))  # noqa: E712
+    if cadence != MAIN_CADENCE:
+        stmt = stmt.where(col(Post.id).not_in(_before_cadence(session, cadence)))
+    return list(session.exec(stmt).all())
+
+
+def _in_editions(cadence: str, through: int | None = None) -> Select[Any]:
+    """SQL: the posts of `cadence`'s editions (up to the edition with id `through`)."""
+    stmt = sa_select(col(EditionPost.post_id)).where(col(EditionPost.cadence) == cadence)
+    return stmt if through is None else stmt.where(col(EditionPost.edition_id) <= through)
+
+
+def _before_cadence(session: Session, cadence: str) -> Select[Any]:
+    """SQL: the posts of the main editions built before `cadence`'s first one (all of them while it
+    has none): where the cadence starts."""
+    first = session.exec(select(func.min(col(Edition.id))).where(col(Edition.cadence) == cadence)).one()
+    stmt = _in_editions(MAIN_CADENCE)
+    return stmt if first is None else stmt.where(col(EditionPost.edition_id) < first)
+
+
+def _covered(session: Session, cadence: str, through: int) -> Select[Any]:
+    """SQL: every post a reader of `cadence` has had once they got its edition with id `through`
+    (or would have, had they chosen every topic): its editions up to that one, and what came
+    before the cadence's start."""
+    stmt = _in_editions(cadence, through)
+    if cadence == MAIN_CADENCE:
+        return stmt
+    return stmt.union(_before_cadence(session, cadence))  # type: ignore[return-value]
+
+
+def catch_up_posts(session: Session, edition: Edition, since: int) -> list[Post]:
+    """What a reader who changed cadence gets in their first edition of the new one: the posts
+    `edition`'s cadence has had up to `edition` that the reader had not had by their last edition
+    before (id `since`, of any cadence). Nothing is lost (every post up to `edition` is in it or
+    was in theirs) and nothing comes twice; from the next edition on they get the editions as
+    they are (their cadence has then had everything they had)."""
+    before = session.get(Edition, since)
+    if before is None:  # (an edition is never deleted)
+        raise NotFound(f"no edition with id {since}")
+    had = _covered(session, before.cadence, since)
+    stmt = select(Post).where(
+        col(Post.id).in_(_covered(session, edition.cadence, stored_id(edition))), col(Post.id).not_in(had)
+    )
     return list(session.exec(stmt).all())
 
 
@@ -92,29 +154,62 @@ def sections(posts: Iterable[Post], order: Sequence[str] = ()) -> tuple[Section,
     )
 
 
-def view(posts: Iterable[Post], number: int | None, date: datetime, order: Sequence[str] = ()) -> EditionView:
-    return EditionView(number, date, sections(posts, order))
+def view(posts: Iterable[Post], number: int | None, date: datetime, order: Sequence[str] = (),
+         cadence: str = MAIN_CADENCE) -> EditionView:
+    return EditionView(number, date, sections(posts, order), cadence)
 
 
-def edition_view(session: Session, edition: Edition, order: Sequence[str] = ()) -> EditionView:
-    posts = session.exec(
+def edition_posts(session: Session, edition: Edition) -> list[Post]:
+    return list(session.exec(
         select(Post).join(EditionPost, col(EditionPost.post_id) == col(Post.id)).where(
             col(EditionPost.edition_id) == edition.id
         )
-    ).all()
-    return view(posts, edition.number, edition.created_at, order)
+    ).all())
+
+
+def edition_view(session: Session, edition: Edition, order: Sequence[str] = (), *,
+                 catch_up_from: int | None = None) -> EditionView:
+    """The edition as it is, or (catch_up_from: see catch_up_posts) the first one after a change
+    of cadence."""
+    posts = edition_posts(session, edition) if catch_up_from is None else catch_up_posts(session, edition,
+                                                                                           catch_up_from)
+    return view(posts, edition.number, edition.created_at, order, edition.cadence)
 
 
 def unfinished(session: Session) -> list[Edition]:
     return list(
         session.exec(
-            select(Edition).where(col(Edition.status) == EditionStatus.sending).order_by(col(Edition.number))
+            select(Edition).where(col(Edition.status) == EditionStatus.sending).order_by(col(Edition.id))
         ).all()
     )
 
 
-def next_number(session: Session) -> int:
-    return (session.exec(select(func.max(col(Edition.number)))).one() or 0) + 1
+def next_number(session: Session, cadence: str = MAIN_CADENCE) -> int:
+    """Each cadence numbers its editions from 1."""
+    return (session.exec(select(func.max(col(Edition.number))).where(col(Edition.cadence) == cadence)).one() or 0) + 1
+
+
+@dataclass(frozen=True)
+class Readers:
+    """Who gets a cadence's editions: the readers who chose it (stored key `cadence`); for the main
+    cadence also those whose cadence the config no longer offers (not one of `offered`, the
+    other cadences' keys), so that withdrawing a cadence loses no reader."""
+
+    cadence: str = MAIN_CADENCE
+    offered: frozenset[str] = frozenset()
+
+    def where(self) -> ColumnElement[bool]:
+        """SQL: the subscriber is one of them."""
+        chose = col(Subscriber.cadence) == self.cadence
+        if self.cadence != MAIN_CADENCE:
+            return chose
+        return or_(chose, col(Subscriber.cadence).not_in(sorted(self.offered)))
+
+    def any_active(self, session: Session) -> bool:
+        return session.exec(select(col(Subscriber.id)).where(self.where(), *_ACTIVE).limit(1)).first() is not None
+
+
+MAIN_READERS = Readers()
 
 
 def create(
@@ -124,14 +219,17 @@ def create(
     subject_template: str,
     newsletter_name: str,
     slot: datetime | None = None,
+    readers: Readers = MAIN_READERS,
 ) -> Edition | None:
-    """Create the next edition from every unsent post, with a pending delivery for each active
-    subscriber, in one transaction under the edition lock (so concurrent senders take turns and the
-    second finds the posts taken). None when there is nothing new (or the slot is taken)."""
+    """Create the next edition of `readers`' cadence from every post not yet in one, with a pending
+    delivery for each active reader of it, in one transaction under the edition lock (so concurrent
+    senders take turns and the second finds the posts taken). None when there is nothing new (or
+    the slot is taken, or a cadence other than the main one has no active reader)."""
     locks.acquire(session, locks.EDITION, now=as_utc(clock()))
     try:
         edition = build(
-            session, clock, subject_template=subject_template, newsletter_name=newsletter_name, slot=slot
+            session, clock, subject_template=subject_template, newsletter_name=newsletter_name, slot=slot,
+            readers=readers,
         )
         session.commit()
     except IntegrityError:
@@ -148,15 +246,21 @@ def build(
     subject_template: str,
     newsletter_name: str,
     slot: datetime | None = None,
+    readers: Readers = MAIN_READERS,
 ) -> Edition | None:
-    """Add the next edition, its posts and its deliveries to the session's transaction and flush;
-    the caller holds the edition lock and commits. None (nothing added) when there is nothing new."""
-    posts = unsent_posts(session)
-    if not posts:
+    """Add the next edition of `readers`' cadence, its posts and its deliveries to the session's
+    transaction and flush; the caller holds the edition lock and commits. None (nothing added)
+    when there is nothing new, or when a cadence other than the main one has no active reader: its
+    posts then wait for its next edition (the main cadence's editions are made in any case: they
+    are the archive's, and other cadences start from them)."""
+    cadence = readers.cadence
+    posts = unsent_posts(session, cadence)
+    if not posts or (cadence != MAIN_CADENCE and not readers.any_active(session)):
         return None
     now = as_utc(clock())
-    number = next_number(session)
+    number = next_number(session, cadence)
     edition = Edition(
+        cadence=cadence,
         number=number,
         created_at=now,
         status=EditionStatus.sending,
@@ -165,31 +269,83 @@ def build(
     )
     session.add(edition)
     session.flush()
-    session.add_all(EditionPost(post_id=stored_id(p), edition_id=stored_id(edition)) for p in posts)
+    session.add_all(EditionPost(cadence=cadence, post_id=stored_id(p), edition_id=stored_id(edition)) for p in posts)
     session.flush()
-    _add_deliveries(session, edition, frozenset(p.category for p in posts))
+    _add_deliveries(session, edition, frozenset(p.category for p in posts), readers)
+    _add_catch_ups(session, edition, frozenset(p.category for p in posts), readers, now)
     # Counted, not the INSERT's rowcount: psycopg reports -1 for an INSERT ... SELECT here.
     edition.recipients = delivery_count(session, edition)
     session.add(edition)
     return edition
 
 
-def _add_deliveries(session: Session, edition: Edition, categories: frozenset[str]) -> None:
-    """One pending delivery per subscriber who is active, not paused, and wants one of these
-    categories, in a single INSERT ... SELECT (no subscriber is loaded into memory)."""
+# Who is mailed at all: active and not paused.
+_ACTIVE = (col(Subscriber.status) == SubscriberStatus.active, col(Subscriber.paused) == False)  # noqa: E712
+
+
+def _add_deliveries(session: Session, edition: Edition, categories: frozenset[str], readers: Readers) -> None:
+    """One pending delivery per reader of the cadence who is active, not paused, wants one of
+    these categories and did not just change cadence (see _add_catch_ups), in a single INSERT ...
+    SELECT (no subscriber is loaded into memory)."""
     wanted = sa_select(
         literal(edition.id),
         col(Subscriber.id),
         literal(DeliveryStatus.pending.name),
         literal(0),
     ).where(
-        col(Subscriber.status) == SubscriberStatus.active,
-        col(Subscriber.paused) == False,  # noqa: E712
-        or_(col(Subscriber.topics).is_(None), chose_any(session.get_bind().dialect.name, categories)),
+        *_ACTIVE,
+        readers.where(),
+        col(Subscriber.cadence_changed_at).is_(None),
+        _wants(session, categories),
     )
     session.execute(
         insert(Delivery).from_select(["edition_id", "subscriber_id", "status", "attempts"], wanted)
     )
+
+
+def _wants(session: Session, categories: frozenset[str]) -> ColumnElement[bool]:
+    """SQL: the subscriber wants one of `categories` (or every category)."""
+    return or_(col(Subscriber.topics).is_(None), chose_any(session.get_bind().dialect.name, categories))
+
+
+def _add_catch_ups(session: Session, edition: Edition, categories: frozenset[str], readers: Readers,
+                   now: datetime) -> None:
+    """The readers who changed cadence since their last edition: each gets, in place of this
+    edition, what they have not had yet up to it (catch_up_posts from their last edition before,
+    recorded in Delivery.catch_up_from), and is then in step with their new cadence. Few readers
+    change cadence between two editions, and those who had the same last edition share one
+    variant (rendered once)."""
+    last_had = (
+        sa_select(func.max(col(Delivery.edition_id)))
+        .where(col(Delivery.subscriber_id) == col(Subscriber.id), col(Delivery.edition_id) != edition.id)
+        .scalar_subquery()
+    )
+    changed: Sequence[tuple[int, int | None]] = session.exec(  # type: ignore[assignment]  # id is set once stored
+        select(col(Subscriber.id), last_had).where(
+            *_ACTIVE, readers.where(), col(Subscriber.cadence_changed_at).is_not(None)
+        )
+    ).all()
+    by_point: dict[int | None, list[int]] = {}
+    for subscriber_id, since in changed:
+        by_point.setdefault(since, []).append(subscriber_id)
+    for since, ids in by_point.items():
+        # None: they never had an edition, so there is nothing to catch up on.
+        wanted = categories if since is None else frozenset(p.category for p in catch_up_posts(session, edition, since))
+        in_step = list(ids)
+        if wanted:
+            getting = sa_select(
+                literal(edition.id), col(Subscriber.id), cast(literal(since), Integer),
+                literal(DeliveryStatus.pending.name), literal(0),
+            ).where(col(Subscriber.id).in_(ids), _wants(session, wanted))
+            session.execute(insert(Delivery).from_select(
+                ["edition_id", "subscriber_id", "catch_up_from", "status", "attempts"], getting))
+            # Who wants none of these topics waits for an edition that has one: it will catch up
+            # from the same point.
+            in_step = [i for i in session.exec(
+                select(col(Delivery.subscriber_id)).where(col(Delivery.edition_id) == edition.id,
+                                                          col(Delivery.subscriber_id).in_(ids))
+            ).all() if i is not None]
+        session.execute(update(Subscriber).where(col(Subscriber.id).in_(in_step)).values(cadence_changed_at=None))
 
 
 def chose_any(dialect: str, categories: frozenset[str]) -> Exists:
@@ -252,9 +408,13 @@ def pending_count(session: Session, edition: Edition) -> int:
     return pending
 
 
-def summaries(session: Session) -> list[tuple[Edition, dict[str, int]]]:
-    """Every edition, newest first, with post and delivery counts."""
-    rows = list(session.exec(select(Edition).order_by(col(Edition.number).desc())).all())
+def summaries(session: Session, cadence: str | None = None) -> list[tuple[Edition, dict[str, int]]]:
+    """Every edition (of `cadence`; None: of every cadence), newest first, with post and delivery
+    counts."""
+    stmt = select(Edition).order_by(col(Edition.id).desc())
+    if cadence is not None:
+        stmt = stmt.where(col(Edition.cadence) == cadence)
+    rows = list(session.exec(stmt).all())
     counts = _counts(session, [stored_id(e) for e in rows])
     return [(e, counts[stored_id(e)]) for e in rows]
 
@@ -264,8 +424,10 @@ def counts(session: Session, edition: Edition) -> dict[str, int]:
     return _counts(session, [stored_id(edition)])[stored_id(edition)]
 
 
-def get(session: Session, number: int) -> Edition:
-    edition = session.exec(select(Edition).where(col(Edition.number) == number)).first()
+def get(session: Session, number: int, cadence: str = MAIN_CADENCE) -> Edition:
+    edition = session.exec(
+        select(Edition).where(col(Edition.cadence) == cadence, col(Edition.number) == number)
+    ).first()
     if edition is None:
         raise NotFound(f"no edition {number} (see `digest editions`)")
     return edition
@@ -275,9 +437,10 @@ def get(session: Session, number: int) -> Edition:
 Failure = tuple[str | None, int, str | None]
 
 
-def details(session: Session, number: int) -> tuple[Edition, dict[str, int], list[Post], Sequence[Failure]]:
+def details(session: Session, number: int, cadence: str = MAIN_CADENCE
+            ) -> tuple[Edition, dict[str, int], list[Post], Sequence[Failure]]:
     """(edition, counts, posts, failures[(address, attempts, error)]) for `digest editions show`."""
-    edition = get(session, number)
+    edition = get(session, number, cadence)
     posts = edition_view(session, edition).sections
     failures = session.exec(
         select(col(Subscriber.email), col(Delivery.attempts), col(Delivery.last_error))

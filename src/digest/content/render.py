@@ -198,7 +198,7 @@ class Renderer:
         sections = shown(view.sections, excerpt_words, post_limit)
         more = view.post_count - sum(len(s.posts) for s in sections)
         urls = self.urls
-        view_url = urls.archive_url(view.number) if view.number else None
+        view_url = urls.archive_url(view.number, view.cadence) if view.number else None
         ctx = {
             # public_url stays for templates of one's own that build links from it
             "newsletter": {"name": self.newsletter_name, "public_url": urls.public_url},

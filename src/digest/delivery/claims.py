@@ -35,6 +35,7 @@ class Claimed(NamedTuple):  # (a frozen dataclass cost ~1.5 µs more a delivery 
     name: str | None
     topics: str | None  # the stored text (models.topics_text)
     active: bool
+    catch_up_from: int | None = None  # Delivery.catch_up_from: the variant's catch-up point
 
 
 def sender_is_gone(owner: str) -> bool:

@@ -68,7 +68,7 @@ def deliver(
     ledger = SQLLedger(session)
     settle_dead_senders(ledger, cfg.sender.journal_dir)
     variants = Variants(
-        lambda: edition_view(session, edition, cfg.variants.sections),
+        lambda catch_up_from: edition_view(session, edition, cfg.variants.sections, catch_up_from=catch_up_from),
         edition.subject,
         cfg.variants.newsletter,
         lambda: renderer,

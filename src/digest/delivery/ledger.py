@@ -112,8 +112,8 @@ def _claim_statements(session: Session) -> _ClaimStatements:
             statements = _ClaimStatements(
                 take=_typed(text(
                     "WITH c AS (" + _TAKE.format(lock=" FOR UPDATE SKIP LOCKED")
-                    + " RETURNING id, attempts, subscriber_id)"
-                    f" SELECT c.id, c.attempts, {_SUBSCRIBER_COLUMNS}"
+                    + " RETURNING id, attempts, subscriber_id, catch_up_from)"
+                    f" SELECT c.id, c.attempts, {_SUBSCRIBER_COLUMNS}, c.catch_up_from"
                     " FROM c LEFT JOIN subscriber s ON s.id = c.subscriber_id ORDER BY c.id"
                 ), "until", "now"),
                 held=None,
@@ -122,7 +122,7 @@ def _claim_statements(session: Session) -> _ClaimStatements:
             statements = _ClaimStatements(
                 take=_typed(text(_TAKE.format(lock="")), "until", "now"),
                 held=text(
-                    f"SELECT d.id, d.attempts, {_SUBSCRIBER_COLUMNS}"
+                    f"SELECT d.id, d.attempts, {_SUBSCRIBER_COLUMNS}, d.catch_up_from"
                     " FROM delivery d LEFT JOIN subscriber s ON s.id = d.subscriber_id"
                     # "+": look rows up by claimed_by (a batch), not by edition (SQLite would
                     # walk every pending delivery of the edition)
@@ -226,10 +226,10 @@ _COUNT_DUE = _typed(text(
     " AND (next_attempt_at IS NULL OR next_attempt_at <= :now)"
 ), "now")
 
-# The distinct topic choices of an edition's pending deliveries: the variants a pool will need
-# (at most 64 rendered in advance; a sender meeting another one renders it itself).
-_PENDING_TOPICS = text(
-    "SELECT DISTINCT s.topics FROM delivery d JOIN subscriber s ON s.id = d.subscriber_id"
+# The distinct (topic choice, catch-up point) of an edition's pending deliveries: the variants a
+# pool will need (at most 64 rendered in advance; a sender meeting another one renders it itself).
+_PENDING_VARIANTS = text(
+    "SELECT DISTINCT s.topics, d.catch_up_from FROM delivery d JOIN subscriber s ON s.id = d.subscriber_id"
     " WHERE d.edition_id = :e AND d.status = 'pending' LIMIT 64"
 )
 
@@ -273,7 +273,7 @@ class SQLLedger:
             session.rollback()
             raise
         return [
-            Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[2] is not None and r[6] == "active" and not r[7])
+            Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[2] is not None and r[6] == "active" and not r[7], r[8])
             for r in rows
         ]
 
@@ -348,9 +348,11 @@ class SQLLedger:
         due: int = self.session.execute(_COUNT_DUE, {"e": edition_id, "now": now}).scalar_one()
         return due
 
-    def pending_topics(self, edition_id: int) -> list[str | None]:
-        """The distinct stored topic choices of the edition's pending deliveries (at most 64)."""
-        return list(self.session.execute(_PENDING_TOPICS, {"e": edition_id}).scalars().all())
+    def pending_variants(self, edition_id: int) -> list[tuple[str | None, int | None]]:
+        """The distinct (stored topic choice, catch-up point) of the edition's pending deliveries
+        (at most 64)."""
+        rows = self.session.execute(_PENDING_VARIANTS, {"e": edition_id}).all()
+        return [(topics, catch_up_from) for topics, catch_up_from in rows]
 
 
 def reset_for_retry(session: Session, edition: Edition) -> int:
@@ -411,7 +413,7 @@ class MemoryLedger:
             return Claimed(stored_id(d), d.attempts, None, None, None, None, False)
         topics = None if s.topics is None else topics_text(s.topics)
         return Claimed(stored_id(d), d.attempts, s.id, s.email, s.name, topics,
-                       s.status == SubscriberStatus.active and not s.paused)
+                       s.status == SubscriberStatus.active and not s.paused, d.catch_up_from)
 
     def record(self, results: Results) -> None:
         for i, mid, at in results.accepted:

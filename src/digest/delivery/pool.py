@@ -277,8 +277,8 @@ def deliver_in_pool(session: Session, edition: Edition, variants: Variants, fact
     edition_id = stored_id(edition)
     # Render, here and once, every variant the pending deliveries need (a sender process that
     # meets another one renders it itself).
-    for t in ledger.pending_topics(edition_id):
-        variants.render(variants.key(parse_topics(t)))
+    for topics, catch_up_from in ledger.pending_variants(edition_id):
+        variants.render(variants.key(parse_topics(topics), catch_up_from))
     session.commit()  # hold no transaction while the senders write
     job = SenderJob(cfg, variant_cfg, database_url, edition_id, edition.subject, variants.date, variants.rendered,
                     factory, clock, rate_limit / n)
@@ -317,7 +317,7 @@ def pool_sender(job: SenderJob, stop: Callable[[], bool]) -> DeliveryReport:
                 raise DeliveryError(f"edition {job.edition_id} is not in the database")
             variant_cfg = job.variants
             variants = Variants(
-                lambda: edition_view(s, edition, variant_cfg.sections),
+                lambda catch_up_from: edition_view(s, edition, variant_cfg.sections, catch_up_from=catch_up_from),
                 job.subject,
                 variant_cfg.newsletter,
                 variant_cfg.renderer,

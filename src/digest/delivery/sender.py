@@ -206,7 +206,7 @@ def run_sender(
             lease.taken(len(batch), now)
             queue: list[tuple[Claimed, MessageTemplate]] = []
             for c in batch:
-                template = variants.for_text(c.topics) if c.active else None
+                template = variants.for_text(c.topics, c.catch_up_from) if c.active else None
                 if template is None:
                     recorder.outcome(c.delivery_id, DeliveryStatus.skipped, c.attempts,
                                      "subscriber not active or wants none of these topics")

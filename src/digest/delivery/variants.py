@@ -1,4 +1,5 @@
-"""The render-once cache: one MessageTemplate per distinct category choice of an edition.
+"""The render-once cache: one MessageTemplate per variant of an edition, a variant being a category
+choice and, for readers who just changed cadence, the point their catch-up starts from.
 
 Rendering (Jinja2 + MJML) is the expensive step, so each variant is rendered once (the parent of a
 sender pool renders every variant the pending deliveries need and hands the results over) and
@@ -27,23 +28,28 @@ from digest.store.models import parse_topics
 GMAIL_CLIP_BYTES = 102_000
 MESSAGE_BUDGET = GMAIL_CLIP_BYTES - 4_000
 
-# The rendered edition of each variant (None: nothing in the edition for that choice), by category
-# choice (None: everything).
-RenderedVariants = dict[frozenset[str] | None, Rendered | None]
+# A variant: (the categories chosen among the message's posts, None: all of them; the catch-up
+# point, Delivery.catch_up_from, None: the edition as it is). The cadence is the edition's own, so
+# it needs no place in the key; the catch-up point is there only for the first edition after a
+# change of cadence, whose posts differ.
+VariantKey = tuple[frozenset[str] | None, int | None]
+# The rendered message of each variant (None: nothing in it for that choice).
+RenderedVariants = dict[VariantKey, Rendered | None]
 
 
 class Variants:
-    """One MessageTemplate per distinct category choice, built on first use from a Rendered edition.
+    """One MessageTemplate per variant, built on first use from a Rendered edition.
 
-    `rendered` can be filled in advance (the parent of a sender pool renders every variant its
-    pending deliveries need, once) and handed to other processes, which then only build templates
-    from it (quoted-printable, ~ms)."""
+    `view_loader(catch_up_from)` gives the posts of the edition (None) or of a catch-up (see
+    editions.edition_view). `rendered` can be filled in advance (the parent of a sender pool
+    renders every variant its pending deliveries need, once) and handed to other processes, which
+    then only build templates from it (quoted-printable, ~ms)."""
 
-    def __init__(self, view_loader: Callable[[], EditionView], subject: str, newsletter: NewsletterSettings,
-                 renderer_factory: Callable[[], Renderer], date: datetime, signer: DKIMSigner | None = None,
-                 rendered: RenderedVariants | None = None):
+    def __init__(self, view_loader: Callable[[int | None], EditionView], subject: str,
+                 newsletter: NewsletterSettings, renderer_factory: Callable[[], Renderer], date: datetime,
+                 signer: DKIMSigner | None = None, rendered: RenderedVariants | None = None):
         self._view_loader = view_loader
-        self._view: EditionView | None = None
+        self._views: dict[int | None, EditionView] = {}
         self.subject = subject
         self.newsletter = newsletter
         self._renderer_factory = renderer_factory
@@ -51,22 +57,25 @@ class Variants:
         self.date = date
         self.signer = signer
         self.rendered: RenderedVariants = dict(rendered or {})
-        self._cache: dict[frozenset[str] | None, MessageTemplate | None] = {}
+        self._cache: dict[VariantKey, MessageTemplate | None] = {}
+        # by the subscriber's raw `topics` text: the hot path of a sender, one lookup a message
         self._by_text: dict[str | None, MessageTemplate | None] = {}
+        self._catch_ups: dict[tuple[str | None, int], MessageTemplate | None] = {}
 
-    @property
-    def view(self) -> EditionView:
-        if self._view is None:
-            self._view = self._view_loader()
-        return self._view
+    def view(self, catch_up_from: int | None = None) -> EditionView:
+        if catch_up_from not in self._views:
+            self._views[catch_up_from] = self._view_loader(catch_up_from)
+        return self._views[catch_up_from]
 
-    def key(self, categories: frozenset[str] | None) -> frozenset[str] | None:
-        key = None if categories is None else (categories & self.view.categories)
-        return None if key == self.view.categories else key
+    def key(self, categories: frozenset[str] | None, catch_up_from: int | None = None) -> VariantKey:
+        view = self.view(catch_up_from)
+        chosen = None if categories is None else (categories & view.categories)
+        return (None if chosen == view.categories else chosen), catch_up_from
 
-    def render(self, key: frozenset[str] | None) -> Rendered | None:
+    def render(self, key: VariantKey) -> Rendered | None:
         if key not in self.rendered:
-            v = self.view.only(key)
+            categories, catch_up_from = key
+            v = self.view(catch_up_from).only(categories)
             if not v.sections:
                 self.rendered[key] = None
             else:
@@ -76,21 +85,28 @@ class Variants:
                                                    self.signer)
         return self.rendered[key]
 
-    def for_categories(self, categories: frozenset[str] | None) -> MessageTemplate | None:
-        key = self.key(categories)
+    def for_categories(self, categories: frozenset[str] | None,
+                       catch_up_from: int | None = None) -> MessageTemplate | None:
+        key = self.key(categories, catch_up_from)
         if key not in self._cache:
             rendered = self.render(key)
             self._cache[key] = (None if rendered is None
                                 else message_from(rendered, self.newsletter, self.date, self.signer))
         return self._cache[key]
 
-    def for_text(self, topics: str | None) -> MessageTemplate | None:
+    def for_text(self, topics: str | None, catch_up_from: int | None = None) -> MessageTemplate | None:
         """for_categories() of a subscriber's raw `topics` column, cached by its text (which is
         the same for the same choice: see models.topics_text)."""
+        if catch_up_from is None:
+            try:
+                return self._by_text[topics]
+            except KeyError:
+                m = self._by_text[topics] = self.for_categories(parse_topics(topics))
+                return m
         try:
-            return self._by_text[topics]
+            return self._catch_ups[topics, catch_up_from]
         except KeyError:
-            m = self._by_text[topics] = self.for_categories(parse_topics(topics))
+            m = self._catch_ups[topics, catch_up_from] = self.for_categories(parse_topics(topics), catch_up_from)
             return m
 
 

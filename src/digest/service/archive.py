@@ -15,7 +15,7 @@ from sqlmodel import Session, col, select
 
 from digest.content.editions import edition_view
 from digest.content.render import Renderer
-from digest.store.models import Delivery, DeliveryStatus, Edition, EditionStatus, as_utc
+from digest.store.models import MAIN_CADENCE, Delivery, DeliveryStatus, Edition, EditionStatus, as_utc
 
 # Entries in the feed: the newest editions only. A reader polls it every few minutes to hours and
 # keeps what it has seen; 20 is five months of a weekly digest, ~150-300 KB (an edition's body
@@ -40,16 +40,18 @@ def _published() -> ColumnElement[bool]:
     return or_(col(Edition.status) == EditionStatus.sent, some_sent)
 
 
-def published(session: Session, limit: int | None = None) -> list[Edition]:
-    """The published editions, newest first (the newest `limit` of them)."""
-    query = select(Edition).where(_published()).order_by(col(Edition.number).desc())
+def published(session: Session, limit: int | None = None, *, cadence: str = MAIN_CADENCE) -> list[Edition]:
+    """The published editions of `cadence` (a stored key), newest first (the newest `limit` of them)."""
+    query = select(Edition).where(col(Edition.cadence) == cadence, _published()).order_by(col(Edition.number).desc())
     if limit is not None:
         query = query.limit(limit)
     return list(session.exec(query).all())
 
 
-def find(session: Session, number: int) -> Edition | None:
-    return session.exec(select(Edition).where(Edition.number == number, _published())).first()
+def find(session: Session, number: int, cadence: str = MAIN_CADENCE) -> Edition | None:
+    return session.exec(
+        select(Edition).where(col(Edition.cadence) == cadence, Edition.number == number, _published())
+    ).first()
 
 
 def page(session: Session, edition: Edition, renderer: Renderer, sections: Sequence[str]) -> str:

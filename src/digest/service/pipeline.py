@@ -23,6 +23,7 @@ from digest.links import PublicUrls
 from digest.mail.mailer import Envelope, Mailer, Reply
 from digest.mail.message import MessageTemplate, Recipient
 from digest.service import slots as schedule
+from digest.service.cadences import Cadences
 from digest.subject import subject_for
 
 # A scheduled run starts a moment after its slot (later if another job of the process was running):
@@ -65,6 +66,7 @@ class SendResult:
     edition: DeliveryReport | None = None  # the new edition, if one was built and delivered here
     post_count: int = 0
     recipients: int = 0  # deliveries the new edition was built with
+    cadence: str = ""  # the name of the cadence the new edition was built for
     slot: schedule.SlotResult | None = None  # with slot=: what became of it
     # delivery.mode = "workers": editions left to the workers (unfinished ones, then the new one)
     queued: list[Queued] = field(default_factory=list)
@@ -81,25 +83,32 @@ def send(
     stop: Callable[[], bool] = lambda: False,
     slot: datetime | None = None,
     tick: Callable[[], None] | None = None,
+    cadence: str | None = None,
 ) -> SendResult:
-    """Fetch, finish every unfinished edition, build the next one from every unsent post (for
-    schedule slot `slot`, if given: at most one edition per slot), deliver it. `tick()`: the
-    progress of the sends (see delivery.deliver)."""
-    result = SendResult()
+    """Fetch, finish every unfinished edition, build the next one of `cadence` (a name; None: the
+    main cadence) from every post not yet in one of its editions (for schedule slot `slot`, if
+    given: at most one edition per slot), deliver it. `tick()`: the progress of the sends (see
+    delivery.deliver). NotFound for a cadence the config does not offer."""
+    cadences = Cadences(settings.schedule)
+    chosen = cadences.named(cadence)
+    readers = cadences.readers(chosen)
+    result = SendResult(cadence=chosen.name)
     if fetch:
         result.polled = poll(session, settings, clock, stop=stop)
     nl = settings.newsletter
     if settings.delivery.mode == "workers":
-        return _queue_for_workers(session, clock, result, slot, subject_template=nl.subject, newsletter_name=nl.name)
+        return _queue_for_workers(session, clock, result, slot, subject_template=nl.subject, newsletter_name=nl.name,
+                                  readers=readers)
     renderer = Renderer.from_settings(settings)
     result.resumed = resume(session, settings, mailer, clock, stop=stop, renderer=renderer, tick=tick)
     if stop():
         return result
     if slot is None:
-        edition = editions.create(session, clock, subject_template=nl.subject, newsletter_name=nl.name)
+        edition = editions.create(session, clock, subject_template=nl.subject, newsletter_name=nl.name,
+                                  readers=readers)
     else:
         result.slot = schedule.build_for_slot(
-            session, clock, slot, subject_template=nl.subject, newsletter_name=nl.name
+            session, clock, slot, subject_template=nl.subject, newsletter_name=nl.name, readers=readers
         )
         edition = result.slot.edition
     if edition is None:
@@ -139,11 +148,33 @@ def resume(
 
 
 @dataclass
-class ScheduledResult:
+class CadenceRun:
+    """What one cadence's schedule made of a run."""
+
+    cadence: str  # its name
     due: schedule.Due
     send: SendResult | None = None  # a slot was due: the send job's result
-    polled: list[sources.SourceReport] = field(default_factory=list)  # otherwise: fetched ...
+
+
+@dataclass
+class ScheduledResult:
+    runs: list[CadenceRun]  # one per cadence, the main one first
+    polled: list[sources.SourceReport] = field(default_factory=list)  # no slot due: fetched ...
     resumed: list[DeliveryReport] = field(default_factory=list)  # ... and resumed
+
+    @property
+    def due(self) -> schedule.Due:
+        """The main cadence's due slot."""
+        return self.runs[0].due
+
+    @property
+    def send(self) -> SendResult | None:
+        """The main cadence's send, if it had a slot due."""
+        return self.runs[0].send
+
+    @property
+    def sends(self) -> list[SendResult]:
+        return [run.send for run in self.runs if run.send is not None]
 
 
 def scheduled(
@@ -155,15 +186,20 @@ def scheduled(
     stop: Callable[[], bool] = lambda: False,
     fetch: bool = True,
 ) -> ScheduledResult:
-    """What `digest serve` runs at each cron time, at start and at each poll: if a schedule slot
-    is due (see schedule.due), `send` for it; otherwise fetch the feeds and resume unfinished
-    editions. A slot missed by downtime is caught up here, once; a failed run is retried here."""
-    cron = settings.schedule.parsed()
+    """What `digest serve` runs at each cron time, at start and at each poll: for each cadence
+    whose schedule slot is due (see schedule.due), `send` for it (the feeds fetched once);
+    otherwise fetch the feeds and resume unfinished editions. A slot missed by downtime is caught
+    up here, once; a failed run is retried here."""
     grace = max(timedelta(hours=settings.schedule.misfire_grace_hours), MIN_GRACE)
-    due = schedule.due(session, cron, grace, clock)
-    result = ScheduledResult(due)
-    if due.slot is not None:
-        result.send = send(session, settings, mailer, clock, fetch=fetch, stop=stop, slot=due.slot)
+    result = ScheduledResult([])
+    for cadence in Cadences(settings.schedule).all:
+        due = schedule.due(session, cadence.cron, grace, clock, cadence.key)
+        run = CadenceRun(cadence.name, due)
+        result.runs.append(run)
+        if due.slot is not None and not stop():
+            run.send = send(session, settings, mailer, clock, fetch=fetch and not result.sends, stop=stop,
+                            slot=due.slot, cadence=cadence.name)
+    if result.sends:
         return result
     if fetch:
         result.polled = poll(session, settings, clock, stop=stop)
@@ -172,15 +208,16 @@ def scheduled(
 
 
 def _queue_for_workers(session: Session, clock: Clock, result: SendResult, slot: datetime | None, *,
-                       subject_template: str, newsletter_name: str) -> SendResult:
+                       subject_template: str, newsletter_name: str, readers: editions.Readers) -> SendResult:
     """Build the next edition with its pending deliveries and leave the sending to `digest worker`."""
     for unfinished in editions.unfinished(session):
         result.queued.append(Queued(unfinished.number, editions.pending_count(session, unfinished)))
     if slot is None:
-        edition = editions.create(session, clock, subject_template=subject_template, newsletter_name=newsletter_name)
+        edition = editions.create(session, clock, subject_template=subject_template, newsletter_name=newsletter_name,
+                                  readers=readers)
     else:
         result.slot = schedule.build_for_slot(session, clock, slot, subject_template=subject_template,
-                                              newsletter_name=newsletter_name)
+                                              newsletter_name=newsletter_name, readers=readers)
         edition = result.slot.edition
     if edition is not None:
         result.post_count = editions.edition_view(session, edition).post_count
@@ -206,16 +243,19 @@ def preview(
     *,
     latest: int | None = None,
     fetch: bool = True,
+    cadence: str | None = None,
 ) -> Preview | None:
-    """Exactly the edition `send` would build now (or the newest `latest` posts); records nothing."""
+    """Exactly the edition of `cadence` (a name; None: the main one) `send` would build now (or the
+    newest `latest` posts); records nothing."""
+    key = Cadences(settings.schedule).named(cadence).key
     if fetch:
         poll(session, settings, clock)
-    posts = editions.latest_posts(session, latest) if latest else editions.unsent_posts(session)
+    posts = editions.latest_posts(session, latest) if latest else editions.unsent_posts(session, key)
     if not posts:
         return None
     now = clock()
-    number = None if latest else editions.next_number(session)
-    view = editions.view(posts, number, now, settings.edition.sections)
+    number = None if latest else editions.next_number(session, key)
+    view = editions.view(posts, number, now, settings.edition.sections, key)
     subject = subject_for(settings.newsletter.subject, settings.newsletter.name, view.post_count, number, now)
     message = build_message(Renderer.from_settings(settings), view, subject, settings.newsletter, now,
                             signer_for(settings.dkim, settings.dkim_key_path))
@@ -278,9 +318,11 @@ def retry(
     clock: Clock = utc_now,
     *,
     stop: Callable[[], bool] = lambda: False,
+    cadence: str | None = None,
 ) -> RetryResult:
-    """`digest retry N`: try edition N's failed and deferred deliveries again, now."""
-    edition = editions.get(session, number)
+    """`digest retry N`: try edition N (of `cadence`, a name; None: the main one)'s failed and
+    deferred deliveries again, now."""
+    edition = editions.get(session, number, Cadences(settings.schedule).named(cadence).key)
     retried = reset_for_retry(session, edition)
     report = deliver(session, edition, mailer, clock, SendingSettings.from_settings(settings),
                      renderer=Renderer.from_settings(settings), stop=stop)

@@ -28,6 +28,7 @@ from digest.cron import Cron
 from digest.errors import DigestError
 from digest.mail.mailer import Mailer, SMTPMailer
 from digest.service import pipeline as jobs
+from digest.service.cadences import Cadences
 from digest.store.database import make_engine, session
 from digest.store.schema import ready
 
@@ -78,7 +79,8 @@ class Scheduler:
         mailer_factory: Callable[[], Mailer] | None = None,
     ):
         self.settings = settings
-        self.cron = settings.schedule.parsed()
+        self.cadences = Cadences(settings.schedule)
+        self.cron = self.cadences.main.cron
         self.stop = stop or threading.Event()
         self.clock = clock
         self.mailer_factory = mailer_factory or (lambda: SMTPMailer(settings.smtp))
@@ -93,22 +95,27 @@ class Scheduler:
         grace = max(1, int(sched.misfire_grace_hours * 3600))
         # At start: catch up on a missed slot (decided from the database), or poll and resume.
         self._aps.add_job(self._run, args=["start"], id="start", name="start", misfire_grace_time=None)
-        self._aps.add_job(
-            self._run, CronSlots(self.cron), args=["send"], id="send", name="send",
-            coalesce=True, max_instances=1, misfire_grace_time=grace,
-        )
+        # One trigger per cadence; each run decides every cadence's slot from the database.
+        for cadence in self.cadences.all:
+            job = "send" if cadence.main else f"send {cadence.name}"
+            self._aps.add_job(
+                self._run, CronSlots(cadence.cron), args=["send"], id=job, name=job,
+                coalesce=True, max_instances=1, misfire_grace_time=grace,
+            )
         if sched.poll_minutes:
             self._aps.add_job(
                 self._run, IntervalTrigger(minutes=sched.poll_minutes, timezone=UTC), args=["poll"],
                 id="poll", name="poll", coalesce=True, max_instances=1, misfire_grace_time=None,
             )
-        upcoming = self.cron.next_after(self.clock())
-        log.info(
-            "scheduler started: %r in %s, next send %s; %s; catch-up within %g h",
-            self.cron.expr, self.cron.tz_name, when(self.cron, upcoming) if upcoming else "never",
-            f"polling every {sched.poll_minutes} min" if sched.poll_minutes else "no polling",
-            sched.misfire_grace_hours,
-        )
+        for cadence in self.cadences.all:
+            upcoming = cadence.cron.next_after(self.clock())
+            log.info(
+                "scheduler started: %s%r in %s, next send %s; %s; catch-up within %g h",
+                f"{cadence.name} " if self.cadences.choice else "", cadence.cron.expr, cadence.cron.tz_name,
+                when(cadence.cron, upcoming) if upcoming else "never",
+                f"polling every {sched.poll_minutes} min" if sched.poll_minutes else "no polling",
+                sched.misfire_grace_hours,
+            )
         self._aps.start()
 
     def shutdown(self) -> None:
@@ -137,7 +144,7 @@ class Scheduler:
                     result = jobs.scheduled(s, self.settings, mailer, self.clock, stop=self.stop.is_set)
             finally:
                 mailer.close()
-            log_scheduled(kind, result, self.cron)
+            log_scheduled(kind, result, self.cadences)
         except DigestError as exc:
             log.error("%s failed: %s", kind, exc)
         except Exception as exc:  # the service keeps running; the next run retries
@@ -149,21 +156,31 @@ class Scheduler:
 # --- log lines: one per poll, per edition, per failure ------------------------------------------
 
 
-def log_scheduled(kind: str, result: jobs.ScheduledResult, cron: Cron) -> None:
-    if result.send is None:
-        (log.info if kind != "poll" else log.debug)("%s: %s", kind, result.due.reason)
+def log_scheduled(kind: str, result: jobs.ScheduledResult, cadences: Cadences) -> None:
+    if not result.sends:
+        for run in result.runs:
+            name = f"{run.cadence} " if cadences.choice else ""
+            (log.info if kind != "poll" else log.debug)("%s: %s%s", kind, name, run.due.reason)
         log_poll(result.polled)
         log_deliveries(result.resumed, resumed=True)
         return
-    send = result.send
+    for run in result.runs:
+        if run.send is not None:
+            log_send(run, cadences)
+
+
+def log_send(run: jobs.CadenceRun, cadences: Cadences) -> None:
+    send = run.send
+    assert send is not None and run.due.slot is not None, "pipeline.scheduled sends only for a due slot"
+    cron = cadences.named(run.cadence).cron
     log_poll(send.polled)
     log_deliveries(send.resumed, resumed=True)
     slot = send.slot
     if slot is None:  # stopped before the edition was built; the slot stays open
-        assert result.due.slot is not None, "pipeline.scheduled sends only for a due slot"
-        log.info("slot %s: not built (stopping); the next start catches up", when(cron, result.due.slot))
+        log.info("slot %s: not built (stopping); the next start catches up", when(cron, run.due.slot))
         return
-    label = f"slot {when(cron, slot.slot)}"
+    label = f"{run.cadence} slot" if cadences.choice else "slot"
+    label += f" {when(cron, slot.slot)}"
     if send.edition is None:
         log.info("%s: %s", label, slot.detail or f"{slot.outcome}, no edition")
         return

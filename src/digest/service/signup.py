@@ -32,9 +32,10 @@ from digest.delivery.webhooks import NO_EVENTS, Events, subscriber_data
 from digest.errors import BadToken
 from digest.links import CONFIRM_MAX_AGE, Links
 from digest.mail.mailer import Envelope
+from digest.service import cadences, welcome
 from digest.service import subscribers as subs
-from digest.service import welcome
-from digest.store.models import Outbox, Post, Subscriber, SubscriberStatus, as_utc, stored_id
+from digest.service.cadences import Cadence
+from digest.store.models import MAIN_CADENCE, Outbox, Post, Subscriber, SubscriberStatus, as_utc, stored_id
 
 
 class SignupOutcome(str, Enum):
@@ -91,12 +92,13 @@ def subscribe(
     known: Sequence[str] = (),
     resend_after: timedelta = timedelta(minutes=10),
     check_deliverability: bool = False,
+    cadence: str = MAIN_CADENCE,
 ) -> SubscribeResult:
     """Record a sign-up. Raises InvalidAddress for an address that cannot be mailed.
 
     New address: a pending subscriber. Pending or unsubscribed: the record stays as it is (a
     form anyone can post changes nothing about someone else's address: not the name a digest
-    greets them by, not their topics) until the reader confirms. Each of these gets a
+    greets them by, not their topics or cadence) until the reader confirms. Each of these gets a
     confirmation mail, queued in the outbox in this transaction, unless one was queued less than
     `resend_after` ago. Active, bounced or suspended: nothing changes and no mail is due.
     """
@@ -110,6 +112,7 @@ def subscribe(
             name=subs.clean_name(name),
             status=SubscriberStatus.pending,
             topics=choice,
+            cadence=cadence,  # (a stored key: cadences.Cadence.key)
             created_at=now,
         )
         session.add(sub)
@@ -307,6 +310,14 @@ def save_preferences(session: Session, sub: Subscriber, *, categories: Iterable[
     sub.topics = choose_categories(categories, known)
     session.add(sub)
     session.commit()
+
+
+def choose_cadence(session: Session, sub: Subscriber, cadence: Cadence, clock: Clock) -> None:
+    """How often they get the digest; the first edition in the new cadence starts where their last
+    one ended (see cadences.choose)."""
+    if cadences.choose(sub, cadence, clock()):
+        session.add(sub)
+        session.commit()
 
 
 def set_paused(session: Session, sub: Subscriber, paused: bool) -> None:

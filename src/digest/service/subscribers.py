@@ -18,8 +18,18 @@ from digest.content.plaintext import NAME_LIMIT, clean, shorten
 from digest.delivery import webhooks
 from digest.delivery.webhooks import NO_EVENTS, Events, subscriber_data
 from digest.errors import DigestError, InvalidAddress, NotFound
-from digest.service import welcome
-from digest.store.models import Delivery, Outbox, Subscriber, SubscriberStatus, as_utc, stored_id, topics_text
+from digest.service import cadences, welcome
+from digest.service.cadences import Cadence, Cadences
+from digest.store.models import (
+    MAIN_CADENCE,
+    Delivery,
+    Outbox,
+    Subscriber,
+    SubscriberStatus,
+    as_utc,
+    stored_id,
+    topics_text,
+)
 
 
 def normalize_email(address: str, *, check_deliverability: bool = False) -> str:
@@ -63,11 +73,12 @@ def get(session: Session, email: str) -> Subscriber:
 
 
 def add(session: Session, email: str, clock: Clock, *, name: str | None = None,
-        welcome_mail: bool = False, events: Events = NO_EVENTS) -> tuple[Subscriber, bool]:
-    """Add (or reactivate) a confirmed subscriber. Returns (subscriber, created). One who was not
-    active is reported as `subscriber.confirmed`. With `welcome_mail`, their welcome mail is queued
-    in the same transaction, unless they had one already (welcome.queue; `subscriber.welcomed_at`
-    says when)."""
+        welcome_mail: bool = False, events: Events = NO_EVENTS, cadence: Cadence | None = None
+        ) -> tuple[Subscriber, bool]:
+    """Add (or reactivate) a confirmed subscriber, getting `cadence` if given (a new one: the main
+    cadence otherwise). Returns (subscriber, created). One who was not active is reported as
+    `subscriber.confirmed`. With `welcome_mail`, their welcome mail is queued in the same
+    transaction, unless they had one already (welcome.queue; `subscriber.welcomed_at` says when)."""
     now = as_utc(clock())
     address = normalize_email(email)
     sub = session.exec(select(Subscriber).where(Subscriber.email == address)).first()
@@ -82,6 +93,8 @@ def add(session: Session, email: str, clock: Clock, *, name: str | None = None,
         sub.unsubscribed_at = sub.bounced_at = None
     if name is not None:
         sub.name = clean_name(name)
+    if cadence is not None:
+        cadences.choose(sub, cadence, now)
     session.add(sub)
     if confirmed or welcome_mail:
         session.flush()  # the new subscriber's id, for the event and the welcome
@@ -126,8 +139,9 @@ def csv_text(data: bytes, source: str) -> str:
 
 
 def import_csv(session: Session, stream: io.TextIOBase, clock: Clock, *, source: str = "CSV",
-               on_rows: Callable[[int], None] = lambda rows: None) -> ImportReport:
-    """Rows `email[,name]`, an optional header row. Bad rows are reported by line; the rest imported,
+               on_rows: Callable[[int], None] = lambda rows: None, cadence: str = MAIN_CADENCE) -> ImportReport:
+    """Rows `email[,name]`, an optional header row; the new subscribers get `cadence` (a stored
+    key). Bad rows are reported by line; the rest imported,
     in one transaction: a file that cannot be read to its end (or a full disk) imports nothing.
     `source` (the file) goes into the message of such an error. `on_rows(rows read)` is called every
     1,000 rows, for the progress of a long import."""
@@ -157,7 +171,8 @@ def import_csv(session: Session, stream: io.TextIOBase, clock: Clock, *, source:
             continue
         existing.add(address)
         name = clean_name(row[1]) if len(row) > 1 else None
-        sub = Subscriber(email=address, name=name, status=SubscriberStatus.active, created_at=now, confirmed_at=now)
+        sub = Subscriber(email=address, name=name, status=SubscriberStatus.active, created_at=now, confirmed_at=now,
+                         cadence=cadence)
         session.add(sub)
         report.imported += 1
         report.smtputf8 += needs_smtputf8(address)
@@ -178,10 +193,13 @@ def _rows(stream: io.TextIOBase, source: str) -> Iterator[tuple[int, list[str]]]
         raise DigestError(f"{source}:{reader.line_num}: not readable as CSV: {exc}; nothing imported") from None
 
 
-def export_rows(session: Session, status: SubscriberStatus | None = None) -> Iterator[list[str]]:
+def export_rows(session: Session, status: SubscriberStatus | None = None,
+                offered: Cadences | None = None) -> Iterator[list[str]]:
     """CSV rows. `topics` is the subscriber's choice as a JSON array (a category name may hold a
-    comma, so no separator would do), empty for every category."""
-    yield ["email", "name", "status", "created_at", "confirmed_at", "topics"]
+    comma, so no separator would do), empty for every category; `cadence` the name of theirs (when
+    `offered` gives a choice)."""
+    choice = offered is not None and offered.choice
+    yield ["email", "name", "status", "created_at", "confirmed_at", "topics"] + (["cadence"] if choice else [])
     for sub in iterate(session, status):
         yield [
             sub.email,
@@ -190,7 +208,7 @@ def export_rows(session: Session, status: SubscriberStatus | None = None) -> Ite
             sub.created_at.isoformat(sep=" ", timespec="seconds"),
             sub.confirmed_at.isoformat(sep=" ", timespec="seconds") if sub.confirmed_at else "",
             "" if sub.topics is None else topics_text(sub.topics),
-        ]
+        ] + ([offered.of(sub.cadence).name] if offered is not None and choice else [])
 
 
 def iterate(session: Session, status: SubscriberStatus | None = None, batch: int = 1000) -> Iterator[Subscriber]:

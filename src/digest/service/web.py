@@ -34,7 +34,7 @@ from digest.clock import Clock, utc_now
 from digest.config import Settings, WebSettings
 from digest.content.render import Renderer, bundled_templates_dir, environment
 from digest.delivery import outbox, webhooks
-from digest.errors import BadToken, InvalidAddress
+from digest.errors import BadToken, InvalidAddress, NotFound
 from digest.links import (
     ARCHIVE,
     ARCHIVE_FEED,
@@ -53,6 +53,7 @@ from digest.service import api, archive, embed, signup
 from digest.service import subscribers as subs
 from digest.service.admin import area as admin
 from digest.service.admin import testmail
+from digest.service.cadences import Cadence, Cadences
 from digest.service.ratelimit import RateLimiter
 from digest.store.database import make_engine, session
 from digest.store.models import SubscriberStatus
@@ -154,6 +155,7 @@ def create_app(
     limiter = RateLimiter(settings.web.rate_limit_per_minute, clock)
     stylesheet = _stylesheet(settings.templates_dir)
     order = settings.edition.sections
+    cadences = Cadences(settings.schedule)
     resend_after = timedelta(minutes=settings.web.confirm_resend_minutes)
 
     kinds = {**signup.outbox_kinds(settings, links, clock, renderer), **testmail.outbox_kinds(settings, clock)}
@@ -205,14 +207,23 @@ def create_app(
 
     def page(template: str, http_status: int = 200, headers: dict[str, str] | None = None, **ctx: Any) -> HTMLResponse:
         html = env.get_template(f"web/{template}").render(
-            newsletter=newsletter, urls=urls, base=urls.base_path, **ctx
+            newsletter=newsletter, urls=urls, base=urls.base_path,
+            cadences=cadences.all if cadences.choice else (), **ctx
         )
         return HTMLResponse(html, status_code=http_status, headers=headers)
 
     def subscribe_form(s: Session, http_status: int = 200, *, error: str | None = None, warning: str | None = None,
                        values: dict[str, Any] | None = None) -> HTMLResponse:
         return page("subscribe.html", http_status, categories=signup.known_categories(s, order), error=error,
-                    warning=warning, values=values or {"email": "", "name": "", "categories": []})
+                    warning=warning,
+                    values=values or {"email": "", "name": "", "categories": [], "cadence": cadences.main.name})
+
+    def offered(name: str) -> Cadence | None:
+        """The cadence a form or a URL names; None for one not on offer."""
+        try:
+            return cadences.named(name)
+        except NotFound:
+            return None
 
     def bad_link(s: Session) -> HTMLResponse:
         return subscribe_form(s, 400, warning="This link has expired or is not valid. "
@@ -234,6 +245,7 @@ def create_app(
         email: Annotated[str, Form()] = "",
         name: Annotated[str, Form()] = "",
         categories: Annotated[list[str], Form()] = [],  # noqa: B006 (FastAPI copies defaults)
+        cadence: Annotated[str, Form()] = "",
         website: Annotated[str, Form()] = "",  # the honeypot: people never see it
     ):
         if not limiter.hit(request.client.host if request.client else "unknown"):
@@ -242,13 +254,17 @@ def create_app(
         if website:
             return answer
         known = signup.known_categories(s, order)
+        values = {"email": email.strip(), "name": name.strip(), "categories": categories, "cadence": cadence}
+        chosen = offered(cadence)
+        if chosen is None:
+            return subscribe_form(s, 400, error="Please choose how often you'd like the digest.", values=values)
         try:
             result = signup.subscribe(
                 s, clock, email=email, name=name, categories=categories, known=known,
                 resend_after=resend_after, check_deliverability=settings.web.check_deliverability,
+                cadence=chosen.key,
             )
         except InvalidAddress:
-            values = {"email": email.strip(), "name": name.strip(), "categories": categories}
             return subscribe_form(
                 s, 400, error="That doesn't look like an email address. Please check it.", values=values
             )
@@ -331,6 +347,7 @@ def create_app(
         s: DB,
         action: Annotated[str, Form()] = "save",
         categories: Annotated[list[str], Form()] = [],  # noqa: B006
+        cadence: Annotated[str, Form()] = "",
     ):
         sub = token_subscriber(s, token)
         if sub is None:
@@ -350,6 +367,10 @@ def create_app(
             if signup.resubscribe(s, sub, clock, events):
                 relay.wake()  # its webhooks are committed in the outbox
             notice = "You're subscribed again."
+        elif action == "cadence" and (chosen := offered(cadence)) is not None:
+            signup.choose_cadence(s, sub, chosen, clock)
+            notice = (f"Saved. You'll get the {chosen.name} digest; the first one brings everything you"
+                      " haven't had yet.")
         return preferences(s, sub, token, notice=notice)
 
     def preferences(s: Session, sub, token: str, notice: str | None = None) -> HTMLResponse:
@@ -361,6 +382,7 @@ def create_app(
             status=sub.status.value,
             paused=sub.paused,
             categories=[(c, picked is None or c in picked) for c in known],
+            cadence=cadences.of(sub.cadence).name,
             notice=notice,
             unsubscribe_url=urls.unsubscribe_path(token),
         )
@@ -369,11 +391,34 @@ def create_app(
 
     @app.get(ARCHIVE, response_class=HTMLResponse)
     def archive_index(s: DB):
-        return page("archive.html", editions=archive.published(s), headers={"Cache-Control": "public, max-age=300"})
+        return archive_list(s, cadences.main)
 
-    @app.get(f"{ARCHIVE}/{{number}}", response_class=HTMLResponse)
+    def archive_list(s: Session, cadence: Cadence) -> HTMLResponse:
+        return page("archive.html", editions=archive.published(s, cadence=cadence.key), cadence=cadence,
+                    headers={"Cache-Control": "public, max-age=300"})
+
+    # Another cadence's editions are under /archive/NAME (a name starts with a letter; a number
+    # is the main cadence's edition).
+    @app.get(f"{ARCHIVE}/{{number:int}}", response_class=HTMLResponse)
     def archive_edition(number: Annotated[int, Path(ge=1, le=2**62)], s: DB):
-        edition = archive.find(s, number)
+        return archive_page(s, number, cadences.main)
+
+    @app.get(f"{ARCHIVE}/{{name}}", response_class=HTMLResponse)
+    def archive_cadence_index(name: str, s: DB):
+        cadence = offered(name)
+        if cadence is None:
+            raise StarletteHTTPException(404)
+        return archive_list(s, cadence)
+
+    @app.get(f"{ARCHIVE}/{{name}}/{{number}}", response_class=HTMLResponse)
+    def archive_cadence_edition(name: str, number: Annotated[int, Path(ge=1, le=2**62)], s: DB):
+        cadence = offered(name)
+        if cadence is None:
+            raise StarletteHTTPException(404)
+        return archive_page(s, number, cadence)
+
+    def archive_page(s: Session, number: int, cadence: Cadence) -> HTMLResponse:
+        edition = archive.find(s, number, cadence.key)
         if edition is None:
             raise StarletteHTTPException(404)
         html = archive.page(s, edition, renderer, order)

@@ -31,6 +31,12 @@ SQLModel.metadata.naming_convention = {
 }
 
 
+# The main cadence (`schedule.cron`) in every `cadence` column: its editions and readers are stored
+# under "" whatever `schedule.name` calls it, so renaming it in the config moves nothing; another
+# cadence is stored by its name (a key of `schedule.cadences`).
+MAIN_CADENCE = ""
+
+
 def _status(enum: type[Enum]) -> SAEnum:
     """A status column: the member's name in a VARCHAR(32), the same on SQLite and PostgreSQL."""
     return SAEnum(enum, native_enum=False, create_constraint=False, length=32)
@@ -177,6 +183,12 @@ class Subscriber(SQLModel, table=True):
     # groups subscribers by choice) and its driver would hand the raw-SQL claim query a list
     # where SQLite gives text; TEXT reads the same on both.
     topics: list[str] | None = Field(default=None, sa_column=Column(TopicList))
+    # How often they get the digest: MAIN_CADENCE or a name in `schedule.cadences` (a name the
+    # config no longer offers counts as the main one).
+    cadence: str = Field(default=MAIN_CADENCE, max_length=50, sa_column_kwargs={"server_default": MAIN_CADENCE})
+    # Set when they change cadence, cleared when the first edition in the new one is built for
+    # them: that edition carries what they have not had yet (editions.catch_up_posts).
+    cadence_changed_at: datetime | None = None
     paused: bool = False
     created_at: datetime
     confirmed_at: datetime | None = None
@@ -188,22 +200,32 @@ class Subscriber(SQLModel, table=True):
 
 
 class Edition(SQLModel, table=True):
+    # Each cadence numbers its editions, and has at most one per schedule slot.
+    __table_args__ = (
+        UniqueConstraint("cadence", "number", name="uq_edition_cadence_number"),
+        UniqueConstraint("cadence", "slot", name="uq_edition_cadence_slot"),
+    )
+
     id: int | None = Field(default=None, primary_key=True)
-    number: int = Field(unique=True)
+    cadence: str = Field(default=MAIN_CADENCE, max_length=50, sa_column_kwargs={"server_default": MAIN_CADENCE})
+    number: int
     created_at: datetime
     status: EditionStatus = Field(default=EditionStatus.sending, index=True, sa_type=_status(EditionStatus))
     subject: str = Field(sa_column=Column(Text, nullable=False))
     finished_at: datetime | None = None
     # The schedule slot that produced it (UTC instant), so one slot makes at most one edition.
-    slot: datetime | None = Field(default=None, unique=True)
+    slot: datetime | None = None
     # Deliveries it was built with, so its delivered count is this minus the few failed, skipped
     # and pending ones (ix_delivery_unsent) rather than a count of a million rows.
     recipients: int | None = None
 
 
 class EditionPost(SQLModel, table=True):
-    """Which posts an edition carries. post_id is the key: a post is in one edition at most."""
+    """Which posts an edition carries. (cadence, post_id) is the key: a post is in one edition of
+    each cadence at most (`cadence` repeats the edition's, so the database can hold to it)."""
 
+    cadence: str = Field(default=MAIN_CADENCE, primary_key=True, max_length=50,
+                         sa_column_kwargs={"server_default": MAIN_CADENCE})
     post_id: int = Field(foreign_key="post.id", primary_key=True)
     edition_id: int = Field(foreign_key="edition.id", index=True)
 
@@ -242,6 +264,10 @@ class Delivery(SQLModel, table=True):
     edition_id: int = Field(foreign_key="edition.id")
     # NULL once the subscriber's data was erased (`digest subscribers delete`).
     subscriber_id: int | None = Field(default=None, foreign_key="subscriber.id", index=True)
+    # The first edition after a change of cadence: the last edition the reader had before (any
+    # cadence); the message carries the edition's cadence's posts up to this edition that the
+    # reader had not had by then (editions.catch_up_posts). NULL: the edition as it is.
+    catch_up_from: int | None = Field(default=None, foreign_key="edition.id")
     status: DeliveryStatus = Field(default=DeliveryStatus.pending, sa_type=_status(DeliveryStatus))
     attempts: int = 0
     last_error: str | None = Field(default=None, sa_column=Column(Text))
@@ -295,6 +321,8 @@ class ScheduleRun(SQLModel, table=True):
 
     __tablename__ = "schedule_run"
 
+    cadence: str = Field(default=MAIN_CADENCE, primary_key=True, max_length=50,
+                         sa_column_kwargs={"server_default": MAIN_CADENCE})
     slot: datetime = Field(primary_key=True)
     ran_at: datetime
     outcome: str = Field(max_length=20)
