@@ -112,7 +112,8 @@ def finish_if_done(session: Session, edition: Edition, events: Events) -> int:
         session.refresh(edition)
         if changed:
             events.emit(session, "edition.sent", {"edition": {
-                "id": edition.id, "cadence": events.cadence(edition.cadence), "number": edition.number, "subject": edition.subject,
+                "id": edition.id, "cadence": events.cadence(edition.cadence), "number": edition.number,
+                "subject": edition.subject,
                 "finished_at": iso(finished), "deliveries": counts(session, edition),
             }})
         session.commit()
