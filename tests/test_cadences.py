@@ -230,6 +230,23 @@ def test_the_sign_up_form_offers_each_cadence_the_main_one_first_and_chosen(blog
     assert r.status_code == 400 and "how often" in r.text and subs.find(blog.session, "eve@example.com") is None
 
 
+def test_the_embedded_form_offers_each_cadence_and_the_choice_is_stored(blog, client):
+    """The form for the blog (/embed) asks "How often" as our own form does, with the field
+    POST /subscribe reads."""
+    from test_web import FormFields, embedded_form
+
+    snippet = embedded_form(client.get("/embed").text)
+    assert radios(snippet) == {"weekly": True, "daily": False}
+    assert "How often" in snippet
+    fields = FormFields()
+    fields.feed(snippet)
+    assert set(fields.inputs) == {"email", "name", "cadence", "website"}  # no post yet: no topics
+    r = client.post("/subscribe", data={"email": "fay@example.com", "name": "", "cadence": "daily", "website": ""},
+                    headers={"Origin": "https://blog.example.com"})
+    assert r.status_code == 200 and "Check your inbox" in r.text
+    assert subs.get(blog.session, "fay@example.com").cadence == "daily"
+
+
 def test_a_publication_with_one_cadence_asks_nothing(tmp_path, smtp_server):
     from fastapi.testclient import TestClient
 
@@ -239,6 +256,7 @@ def test_a_publication_with_one_cadence_asks_nothing(tmp_path, smtp_server):
     try:
         with TestClient(create_app(b.settings, clock=b.clock, engine=b.engine)) as c:
             assert radios(c.get("/").text) == {} and "How often" not in c.get("/").text
+            assert radios(c.get("/embed").text) == {} and "How often" not in c.get("/embed").text
             assert c.post("/subscribe", data={"email": "ann@example.com"}).status_code == 200
     finally:
         b.close()
