@@ -326,3 +326,32 @@ def test_send_cadence_sends_one_and_schedule_shows_every_cadence(tmp_path, smtp_
     wrong = run_digest(path, "send", "--cadence", "hourly")
     assert wrong.returncode != 0
     assert one_line_error(wrong).endswith("no cadence 'hourly' (schedule.cadences offers: weekly, daily)")
+
+
+def welcomed(blog, email: str, cadence: str | None = None) -> list[int]:
+    """Add a reader with their welcome mail, send the outbox as `digest worker` does, and return
+    the posts their welcome shows."""
+    from digest.content.render import Renderer
+    from digest.delivery import outbox
+    from digest.links import Links
+    from digest.service import signup
+
+    subs.add(blog.session, email, blog.clock, welcome_mail=True,
+             cadence=None if cadence is None else blog.cadences.named(cadence))
+    links = Links(blog.settings.newsletter.secret_key, blog.settings.newsletter.public_url, blog.clock)
+    kinds = signup.outbox_kinds(blog.settings, links, blog.clock, Renderer.from_settings(blog.settings))
+    with SMTPMailer(blog.settings.smtp) as mailer:
+        outbox.drain(blog.session, mailer, kinds, blog.clock, sender="test", max_attempts=8)
+    [mail] = blog.got(email)
+    return mail
+
+
+def test_the_welcome_shows_the_latest_edition_of_the_readers_cadence(blog):
+    blog.reader("bob@example.com")
+    blog.send()  # weekly 1: posts 1, 2
+    assert welcomed(blog, "dan@example.com", "daily") == [1, 2]  # no daily edition yet: the weekly one
+    blog.reader("ann@example.com", "daily")
+    blog.new_post()
+    blog.send("daily")  # daily 1: post 3 (the daily cadence starts where the weekly one ended)
+    assert welcomed(blog, "eve@example.com", "daily") == [3]
+    assert welcomed(blog, "fred@example.com") == [1, 2]
