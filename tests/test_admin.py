@@ -227,7 +227,7 @@ def test_the_overview_shows_the_list_the_editions_the_next_send_and_the_feeds(si
     # the last week of the table: 3 joined, 1 left, list of 2
     assert re.search(r"<td>3</td><td>1</td><td>0</td><td>2</td></tr>\s*</tbody>", page)
     edition = db.exec(select(Edition)).one()
-    assert re.search(rf"<th scope=\"row\">{edition.number}</th>.*?<td>sent</td><td>2</td><td>0</td><td>0</td><td>0</td>", page, re.S)
+    assert re.search(rf"<th scope=\"row\"><a href=\"/admin/editions/1\">{edition.number}</a></th>.*?<td>sent</td><td>2</td><td>0</td><td>0</td><td>0</td>", page, re.S)
     assert "Nothing new yet: no edition would be sent." in page
     assert "<strong>Mon 2026-11-30 09:00 UTC</strong>" in page  # the clock says Thu 2026-11-26 09:00
     assert "blogger.atom" in page and "<td>never</td>" not in page.split('id="feeds"')[1].split("</tr>")[1]

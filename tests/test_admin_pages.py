@@ -271,3 +271,75 @@ def test_the_new_pages_need_a_sign_in_and_are_never_cached(client, signed_in, db
     for path in ("/admin/editions", "/admin/subscribers", "/admin/subscribers/export", f"/admin/subscribers/{sub.id}"):
         r = signed_in.get(path, follow_redirects=False)
         assert r.status_code == 303 and r.headers["location"] == "/admin/login", path
+
+
+# --- cadences ------------------------------------------------------------------------------------
+
+
+def test_two_cadences_each_with_an_edition_1_each_shown_and_retried_as_its_own(tmp_path, smtp_server):
+    """A daily cadence beside the weekly one: both have an edition 1; the admin pages keep them
+    apart (lists, pages, retry, the subscriber's page and filter), and the overview shows each
+    cadence's next send with the posts it would carry."""
+    from test_cadences import Publication
+
+    blog = Publication(tmp_path, smtp_server)
+    try:
+        test_admin.accounts.add(blog.session, test_admin.BOSS, test_admin.PASSWORD, blog.clock)
+        blog.reader("ann@example.com", "daily")
+        blog.reader("late@example.com", "daily")
+        blog.reader("bob@example.com")
+        smtp_server.refuse["late@example.com"] = REFUSED
+        blog.send("daily")  # daily 1: posts 1, 2; late's refused
+        smtp_server.refuse.clear()
+        blog.send()  # weekly 1: posts 1, 2
+        blog.new_post()
+        blog.send("daily")  # daily 2: post 3
+        with test_admin.TestClient(test_admin.create_app(blog.settings, clock=blog.clock)) as browser:
+            assert test_admin.sign_in(browser).status_code == 303
+            listing = browser.get("/admin/editions").text
+            rows = re.findall(r'<tr[^>]*><td>(\w+)</td><th scope="row"><a href="([^"]+)">(\d+)</a>', listing)
+            assert rows == [("daily", "/admin/editions/daily/2", "2"), ("weekly", "/admin/editions/1", "1"),
+                            ("daily", "/admin/editions/daily/1", "1")]
+            daily_only = browser.get("/admin/editions?cadence=daily").text
+            assert re.findall(r'<th scope="row"><a href="([^"]+)">', daily_only) == ["/admin/editions/daily/2",
+                                                                                   "/admin/editions/daily/1"]
+
+            daily_1 = browser.get("/admin/editions/daily/1").text
+            assert "<h1>Daily edition 1:" in daily_1 and re.search(r"<dt>failed</dt><dd>1</dd>", daily_1)
+            assert '<th scope="row">late@example.com</th>' in daily_1
+            weekly_1 = browser.get("/admin/editions/1").text
+            assert "<h1>Weekly edition 1:" in weekly_1 and re.search(r"<dt>failed</dt><dd>0</dd>", weekly_1)
+            assert "late@example.com" not in weekly_1 and "Retry failed deliveries" not in weekly_1
+            assert browser.get("/admin/editions/weekly/1").text == weekly_1
+            assert browser.get("/admin/editions/daily/3").status_code == 404
+            assert browser.get("/admin/editions/2").status_code == 404  # weekly has one edition
+
+            r = browser.post("/admin/editions/daily/1/retry", data={"csrf": csrf_of(daily_1)}, follow_redirects=False)
+            assert r.status_code == 303 and r.headers["location"] == "/admin/editions/daily/1?retried=1"
+            wait_until(lambda: smtp_server.to("late@example.com"))
+            assert len(smtp_server.to("late@example.com")) == 1 and len(smtp_server.to("bob@example.com")) == 1
+
+            ann = subs.get(blog.session, "ann@example.com")
+            ann_page = browser.get(f"/admin/subscribers/{ann.id}").text
+            assert '<th scope="row">cadence</th><td>daily</td>' in ann_page
+            assert re.findall(r'<a href="(/admin/editions/[^"]+)">daily \d</a>', ann_page) == [
+                "/admin/editions/daily/2", "/admin/editions/daily/1"]
+            bob = subs.get(blog.session, "bob@example.com")
+            assert '<th scope="row">cadence</th><td>weekly</td>' in browser.get(f"/admin/subscribers/{bob.id}").text
+            daily_readers = browser.get("/admin/subscribers?cadence=daily").text
+            assert sorted(re.findall(r'">([a-z]+@example\.com)</a></th>', daily_readers)) == ["ann@example.com",
+                                                                                             "late@example.com"]
+            weekly_readers = browser.get("/admin/subscribers?cadence=weekly").text
+            assert re.findall(r'">([a-z]+@example\.com)</a></th>', weekly_readers) == ["bob@example.com"]
+            assert browser.get("/admin/subscribers?cadence=hourly").status_code == 404
+
+            blog.new_post()  # post 4: new to both; post 3 is in daily 2 already, not yet in a weekly one
+            jobs.poll(blog.session, blog.settings, blog.clock)
+            overview = browser.get("/admin").text
+            weekly, daily = overview.split("<h3>Weekly</h3>")[1].split("<h3>Daily</h3>")
+            assert "2 posts would go in" in weekly and "1 post would go in" in daily
+            assert "0 7 * * *" in daily and "0 9 * * mon" in weekly
+            nxt = browser.get("/admin/next").text
+            assert "<h1>Next weekly edition</h1>" in nxt and "digest send --cadence NAME" in nxt
+    finally:
+        blog.close()

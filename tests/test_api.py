@@ -30,7 +30,7 @@ from digest.store.models import ApiKey, Delivery, Outbox, OutboxStatus, Subscrib
 
 CONFIRM_LINK = re.compile(r"https?://[^\s\"<>]+/confirm/[A-Za-z0-9._-]+")
 ERROR_CODES = {"unauthorized", "rate_limited", "not_found", "method_not_allowed", "validation_failed",
-               "invalid_email", "unknown_topic", "subscriber_exists", "internal_error"}
+               "invalid_email", "unknown_topic", "unknown_cadence", "subscriber_exists", "internal_error"}
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -288,7 +288,7 @@ def test_get_update_unsubscribe_and_erase(api, db, clock, posts):
     r = api.get(path)
     assert r.status_code == 200
     assert r.json() == {"id": sub.id, "email": "dee@example.com", "name": "Dee", "status": "active", "topics": None,
-                        "paused": False, "created_at": "2026-11-26T09:00:00Z", "confirmed_at": "2026-11-26T09:00:00Z",
+                        "cadence": "weekly", "paused": False, "created_at": "2026-11-26T09:00:00Z", "confirmed_at": "2026-11-26T09:00:00Z",
                         "unsubscribed_at": None}
 
     r = api.patch(path, json={"topics": ["Explained", "In Focus"]})
@@ -412,6 +412,59 @@ def test_editions_list_and_get_with_counts(api, db, clock, smtp_server, settings
     assert api.get("/editions/1").json() == edition
     error(api.get("/editions/2"), 404, "not_found")
     error(api.get("/editions/first"), 404, "not_found")
+
+
+def test_cadences_a_reader_is_given_and_switched_to_and_each_cadences_edition_1(tmp_path, smtp_server):
+    """With a daily cadence beside the weekly one: a subscriber is created in either and switched
+    through the API, who then gets every post exactly once; both cadences have an edition 1, and
+    the API tells them apart."""
+    from test_cadences import Publication, received_once
+
+    blog = Publication(tmp_path, smtp_server)
+    try:
+        _, key = apikeys.create(blog.session, "test", blog.clock)
+        with TestClient(create_app(blog.settings, clock=blog.clock)) as c:
+            api = Api(c, key)
+            r = api.post("/subscribers", json={"email": "ann@example.com", "status": "active", "cadence": "daily"})
+            assert r.status_code == 201 and r.json()["cadence"] == "daily"
+            bob = api.post("/subscribers", json={"email": "bob@example.com", "status": "active"}).json()
+            assert bob["cadence"] == "weekly"
+            r = api.post("/subscribers", json={"email": "cy@example.com", "cadence": "hourly"})
+            assert "'hourly'" in error(r, 422, "unknown_cadence") and "weekly, daily" in error(r, 422, "unknown_cadence")
+            assert stored(blog.session, "cy@example.com") is None
+            r = api.post("/subscribers", json={"email": "dee@example.com", "cadence": "daily"})  # pending
+            assert r.status_code == 201 and r.json()["cadence"] == "daily"
+            assert stored(blog.session, "dee@example.com").cadence == "daily"
+
+            blog.send("daily")  # daily 1: posts 1, 2
+            blog.send()  # weekly 1: posts 1, 2
+            blog.new_post()
+            blog.send("daily")  # daily 2: post 3
+            assert "'monthly'" in error(api.patch(f"/subscribers/{bob['id']}", json={"cadence": "monthly"}),
+                                        422, "unknown_cadence")
+            r = api.patch(f"/subscribers/{bob['id']}", json={"cadence": "daily"})
+            assert r.status_code == 200 and r.json()["cadence"] == "daily"
+            assert stored(blog.session, "bob@example.com").cadence_changed_at is not None  # the switch is recorded
+            blog.new_post()
+            blog.send("daily")  # daily 3: post 4; bob's first daily one catches up on 3 as well
+            blog.send()  # weekly 2 (posts 3, 4): bob is no longer a weekly reader
+            assert blog.got("bob@example.com") == [[1, 2], [3, 4]]
+            assert set(received_once(blog.got("bob@example.com")).values()) == {1}
+            assert api.patch(f"/subscribers/{bob['id']}", json={"cadence": None}).json()["cadence"] == "weekly"
+
+            weekly_1, daily_1 = api.get("/editions/1").json(), api.get("/editions/1?cadence=daily").json()
+            assert (weekly_1["cadence"], weekly_1["number"], weekly_1["counts"]["sent"]) == ("weekly", 1, 1)
+            assert (daily_1["cadence"], daily_1["number"], daily_1["counts"]["sent"]) == ("daily", 1, 1)
+            assert api.get("/editions/1?cadence=weekly").json() == weekly_1
+            assert [e["number"] for e in api.get("/editions?cadence=daily").json()["data"]] == [3, 2, 1]
+            assert [(e["cadence"], e["number"]) for e in api.get("/editions").json()["data"]] == [
+                ("weekly", 2), ("daily", 3), ("daily", 2), ("weekly", 1), ("daily", 1)]
+            assert api.get("/editions/3?cadence=daily").json()["counts"]["sent"] == 2  # ann and bob
+            assert error(api.get("/editions/3"), 404, "not_found") == "no edition 3 of weekly"
+            error(api.get("/editions/1?cadence=hourly"), 422, "unknown_cadence")
+            error(api.get("/editions?cadence=hourly"), 422, "unknown_cadence")
+    finally:
+        blog.close()
 
 
 # --- errors, the document, the rate limit -----------------------------------------------------

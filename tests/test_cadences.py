@@ -230,6 +230,23 @@ def test_the_sign_up_form_offers_each_cadence_the_main_one_first_and_chosen(blog
     assert r.status_code == 400 and "how often" in r.text and subs.find(blog.session, "eve@example.com") is None
 
 
+def test_the_embedded_form_offers_each_cadence_and_the_choice_is_stored(blog, client):
+    """The form for the blog (/embed) asks "How often" as our own form does, with the field
+    POST /subscribe reads."""
+    from test_web import FormFields, embedded_form
+
+    snippet = embedded_form(client.get("/embed").text)
+    assert radios(snippet) == {"weekly": True, "daily": False}
+    assert "How often" in snippet
+    fields = FormFields()
+    fields.feed(snippet)
+    assert set(fields.inputs) == {"email", "name", "cadence", "website"}  # no post yet: no topics
+    r = client.post("/subscribe", data={"email": "fay@example.com", "name": "", "cadence": "daily", "website": ""},
+                    headers={"Origin": "https://blog.example.com"})
+    assert r.status_code == 200 and "Check your inbox" in r.text
+    assert subs.get(blog.session, "fay@example.com").cadence == "daily"
+
+
 def test_a_publication_with_one_cadence_asks_nothing(tmp_path, smtp_server):
     from fastapi.testclient import TestClient
 
@@ -239,6 +256,7 @@ def test_a_publication_with_one_cadence_asks_nothing(tmp_path, smtp_server):
     try:
         with TestClient(create_app(b.settings, clock=b.clock, engine=b.engine)) as c:
             assert radios(c.get("/").text) == {} and "How often" not in c.get("/").text
+            assert radios(c.get("/embed").text) == {} and "How often" not in c.get("/embed").text
             assert c.post("/subscribe", data={"email": "ann@example.com"}).status_code == 200
     finally:
         b.close()
@@ -308,3 +326,32 @@ def test_send_cadence_sends_one_and_schedule_shows_every_cadence(tmp_path, smtp_
     wrong = run_digest(path, "send", "--cadence", "hourly")
     assert wrong.returncode != 0
     assert one_line_error(wrong).endswith("no cadence 'hourly' (schedule.cadences offers: weekly, daily)")
+
+
+def welcomed(blog, email: str, cadence: str | None = None) -> list[int]:
+    """Add a reader with their welcome mail, send the outbox as `digest worker` does, and return
+    the posts their welcome shows."""
+    from digest.content.render import Renderer
+    from digest.delivery import outbox
+    from digest.links import Links
+    from digest.service import signup
+
+    subs.add(blog.session, email, blog.clock, welcome_mail=True,
+             cadence=None if cadence is None else blog.cadences.named(cadence))
+    links = Links(blog.settings.newsletter.secret_key, blog.settings.newsletter.public_url, blog.clock)
+    kinds = signup.outbox_kinds(blog.settings, links, blog.clock, Renderer.from_settings(blog.settings))
+    with SMTPMailer(blog.settings.smtp) as mailer:
+        outbox.drain(blog.session, mailer, kinds, blog.clock, sender="test", max_attempts=8)
+    [mail] = blog.got(email)
+    return mail
+
+
+def test_the_welcome_shows_the_latest_edition_of_the_readers_cadence(blog):
+    blog.reader("bob@example.com")
+    blog.send()  # weekly 1: posts 1, 2
+    assert welcomed(blog, "dan@example.com", "daily") == [1, 2]  # no daily edition yet: the weekly one
+    blog.reader("ann@example.com", "daily")
+    blog.new_post()
+    blog.send("daily")  # daily 1: post 3 (the daily cadence starts where the weekly one ended)
+    assert welcomed(blog, "eve@example.com", "daily") == [3]
+    assert welcomed(blog, "fred@example.com") == [1, 2]

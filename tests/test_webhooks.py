@@ -27,6 +27,7 @@ from digest.mail.mailer import SMTPMailer
 from digest.service import pipeline as jobs
 from digest.service import signup
 from digest.service import subscribers as subs
+from digest.service.cadences import Cadences
 from digest.service.web import create_app
 from digest.store.database import make_engine, session
 from digest.store.models import Outbox, OutboxStatus, as_utc
@@ -177,7 +178,7 @@ def test_confirm_and_unsubscribe_arrive_signed_and_the_documented_check_accepts_
             engine.dispose()
     assert confirmed["type"] == "subscriber.confirmed"
     assert confirmed["data"]["subscriber"] == {"id": sub_id, "email": "ann@example.com", "name": None,
-                                               "status": "active", "topics": None}
+                                               "status": "active", "topics": None, "cadence": "weekly"}
     assert unsubscribed["type"] == "subscriber.unsubscribed"
     assert unsubscribed["data"]["subscriber"]["status"] == "unsubscribed"
     assert confirmed["id"] != unsubscribed["id"]
@@ -309,6 +310,27 @@ def test_edition_sent_is_queued_once_when_the_edition_is_done(db, settings, cloc
     assert event["data"]["edition"]["number"] == 1
     assert event["data"]["edition"]["deliveries"]["sent"] == 2
     assert event["data"]["edition"]["deliveries"]["pending"] == 0
+
+
+def test_events_name_the_cadence_of_the_reader_and_of_the_edition(tmp_path, db, smtp_server):
+    """Each cadence numbers its editions: edition.sent says whose edition 1 it is, and a
+    subscriber event says which cadence the reader gets, both by the names the config gives."""
+    config = with_webhooks(write_config(tmp_path, smtp_port=smtp_server.port),
+                           hook_table("https://a.example.com/x", ["edition.sent", "subscriber.confirmed"]))
+    settings = load_settings(config, schedule={"cron": "0 9 * * mon", "name": "weekly",
+                                               "cadences": {"daily": "0 7 * * *"}})
+    cadences = Cadences(settings.schedule)
+    events = Events(settings.webhooks, utc_now, settings.schedule.name)
+    subs.add(db, "ann@example.com", utc_now, cadence=cadences.named("daily"), events=events)
+    subs.add(db, "bob@example.com", utc_now, events=events)
+    jobs.send(db, settings, SMTPMailer(settings.smtp), utc_now, cadence="daily")
+    jobs.send(db, settings, SMTPMailer(settings.smtp), utc_now, fetch=False)
+    payloads = [json.loads(row.payload) for row in rows(db)]
+    assert [(e["data"]["subscriber"]["email"], e["data"]["subscriber"]["cadence"])
+            for e in payloads if e["type"] == "subscriber.confirmed"] == [("ann@example.com", "daily"),
+                                                                          ("bob@example.com", "weekly")]
+    assert [(e["data"]["edition"]["cadence"], e["data"]["edition"]["number"], e["data"]["edition"]["deliveries"]["sent"])
+            for e in payloads if e["type"] == "edition.sent"] == [("daily", 1, 1), ("weekly", 1, 1)]
 
 
 def test_bounces_process_reports_the_bounced_reader(tmp_path, db, settings, clock, smtp_server):

@@ -743,7 +743,7 @@ def subscribers_add(
         known = subs.find(s, email)
         welcomed_before = known is not None and known.welcomed_at is not None
         sub, created = subs.add(s, email, utc_now, name=name, welcome_mail=welcome,
-                                events=Events(cfg.webhooks, utc_now), cadence=chosen)
+                                events=Events(cfg.webhooks, utc_now, cfg.schedule.name), cadence=chosen)
     out.print(f"{'Added' if created else 'Updated'} {sub.email} ({sub.status.value})")
     if welcome:
         out.print(f"{sub.email} had their welcome mail already: none queued" if welcomed_before else
@@ -830,7 +830,7 @@ def subscribers_remove(email: str) -> None:
     cfg = settings()
     with db(cfg.database_url) as s:
         sub = subs.get(s, email)
-        changed = subs.unsubscribe(s, sub, utc_now, Events(cfg.webhooks, utc_now))
+        changed = subs.unsubscribe(s, sub, utc_now, Events(cfg.webhooks, utc_now, cfg.schedule.name))
     out.print(f"Unsubscribed {sub.email}" if changed else f"{sub.email} was already unsubscribed")
 
 
@@ -1004,7 +1004,7 @@ def bounces_process(
     cfg = settings()
     with db(cfg.database_url) as s:
         report = bounces_svc.process(s, VERP(cfg.newsletter.secret_key, cfg.bounce_domain), path, utc_now,
-                                     Events(cfg.webhooks, utc_now))
+                                     Events(cfg.webhooks, utc_now, cfg.schedule.name))
     for label, reason in report.unreadable:
         err.print(f"{label}: not processed: {reason}")
     out.print(f"Read {plural(report.read, 'message')}: {plural(report.hard, 'hard bounce')},"

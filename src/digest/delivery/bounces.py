@@ -31,7 +31,7 @@ from sqlalchemy import select
 from sqlmodel import Session, col
 
 from digest.clock import Clock
-from digest.delivery.webhooks import NO_EVENTS, Events, subscriber_data
+from digest.delivery.webhooks import NO_EVENTS, Events
 from digest.errors import DigestError
 from digest.mail import dsn
 from digest.mail.verp import VERP
@@ -157,7 +157,7 @@ def _record(session: Session, delivery: Delivery, status: dsn.RecipientStatus, r
     else:
         return
     session.add(sub)
-    data = subscriber_data(sub)
+    data = events.subscriber_data(sub)
     data["bounce"] = {"kind": kind, "status": status.status, "diagnostic": status.diagnostic}
     events.emit(session, "subscriber.bounced", data)
     session.flush()

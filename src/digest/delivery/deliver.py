@@ -34,11 +34,12 @@ class SendingSettings:
     rate_limit: float  # messages a second over all of them (0: no limit)
     database_url: str  # for the sender processes
     webhooks: tuple[WebhookSettings, ...] = ()  # told `edition.sent` when the edition is done
+    main_cadence: str = ""  # its name (schedule.name), for the event
 
     @classmethod
     def from_settings(cls, s: Settings) -> SendingSettings:
         return cls(SenderSettings.from_settings(s), VariantSettings.from_settings(s), s.smtp.connections,
-                   s.smtp.rate_limit, s.database_url, tuple(s.webhooks))
+                   s.smtp.rate_limit, s.database_url, tuple(s.webhooks), s.schedule.name)
 
 
 def deliver(
@@ -91,7 +92,7 @@ def deliver(
             report = run_sender(ledger, edition.id, edition.number, variants, mailer, clock, cfg.sender,  # type: ignore[arg-type]
                                 sender=sender or new_sender_id(), stop=stop, rate=cfg.rate_limit, tick=tick)
     finally:
-        pending = finish_if_done(session, edition, Events(cfg.webhooks, clock))
+        pending = finish_if_done(session, edition, Events(cfg.webhooks, clock, cfg.main_cadence))
     report.pending = pending
     return report
 
@@ -111,7 +112,8 @@ def finish_if_done(session: Session, edition: Edition, events: Events) -> int:
         session.refresh(edition)
         if changed:
             events.emit(session, "edition.sent", {"edition": {
-                "id": edition.id, "number": edition.number, "subject": edition.subject,
+                "id": edition.id, "cadence": events.cadence(edition.cadence), "number": edition.number,
+                "subject": edition.subject,
                 "finished_at": iso(finished), "deliveries": counts(session, edition),
             }})
         session.commit()

@@ -49,11 +49,23 @@ RETRIED_4XX = frozenset({408, 429})
 
 
 class Events:
-    """Where events go: the configured webhooks; `clock` dates them."""
+    """Where events go: the configured webhooks; `clock` dates them. `main_cadence` is the name
+    the main cadence goes by (schedule.name): events name a reader's or an edition's cadence as
+    the config does, not as it is stored ("" for the main one)."""
 
-    def __init__(self, hooks: Sequence[WebhookSettings], clock: Clock):
+    def __init__(self, hooks: Sequence[WebhookSettings], clock: Clock, main_cadence: str = ""):
         self.hooks = tuple(hooks)
         self.clock = clock
+        self.main_cadence = main_cadence
+
+    def cadence(self, key: str) -> str:
+        """The name of the cadence stored as `key`."""
+        return key or self.main_cadence
+
+    def subscriber_data(self, sub: Subscriber) -> dict[str, Any]:
+        """The `data` of a subscriber.* event."""
+        return {"subscriber": {"id": sub.id, "email": sub.email, "name": sub.name, "status": sub.status.value,
+                               "topics": sub.topics, "cadence": self.cadence(sub.cadence)}}
 
     def emit(self, session: Session, name: str, data: Mapping[str, Any]) -> int:
         """Queue the event `name` for every webhook that listens for it, in the session's
@@ -71,12 +83,6 @@ class Events:
 
 
 NO_EVENTS = Events((), utc_now)  # for callers (tests, tools) with no webhooks configured
-
-
-def subscriber_data(sub: Subscriber) -> dict[str, Any]:
-    """The `data` of a subscriber.* event."""
-    return {"subscriber": {"id": sub.id, "email": sub.email, "name": sub.name, "status": sub.status.value,
-                           "topics": sub.topics}}
 
 
 def signature(secret: str, timestamp: str, body: bytes) -> str:

@@ -43,6 +43,7 @@ from digest.content import editions as editions_svc
 from digest.errors import InvalidAddress, NotFound
 from digest.service import apikeys, signup
 from digest.service import subscribers as subs
+from digest.service.cadences import Cadence, Cadences
 from digest.service.ratelimit import RateLimiter
 from digest.store.database import session
 from digest.store.models import ApiKey, Edition, Subscriber, SubscriberStatus, stored_id
@@ -62,6 +63,7 @@ class ErrorCode(str, Enum):
     validation_failed = "validation_failed"  # 422: the body or a query parameter is not what the API takes
     invalid_email = "invalid_email"  # 422: the address cannot be mailed
     unknown_topic = "unknown_topic"  # 422: a topic no post carries
+    unknown_cadence = "unknown_cadence"  # 422: a cadence the config does not offer (schedule.cadences)
     subscriber_exists = "subscriber_exists"  # 409: that address is on the list already (any status)
     internal_error = "internal_error"  # 500
 
@@ -93,16 +95,18 @@ class SubscriberOut(BaseModel):
     name: str | None
     status: SubscriberStatus
     topics: list[str] | None = Field(description="the categories chosen; null: every category, new ones included")
+    cadence: str = Field(description="how often they get the digest: a cadence's name (schedule.name for the main"
+                       " one, or a key of schedule.cadences)")
     paused: bool
     created_at: datetime
     confirmed_at: datetime | None
     unsubscribed_at: datetime | None
 
     @classmethod
-    def of(cls, sub: Subscriber) -> "SubscriberOut":
+    def of(cls, sub: Subscriber, cadences: Cadences) -> "SubscriberOut":
         return cls(id=stored_id(sub), email=sub.email, name=sub.name, status=sub.status, topics=sub.topics,
-                   paused=sub.paused, created_at=sub.created_at, confirmed_at=sub.confirmed_at,
-                   unsubscribed_at=sub.unsubscribed_at)
+                   cadence=cadences.of(sub.cadence).name, paused=sub.paused, created_at=sub.created_at,
+                   confirmed_at=sub.confirmed_at, unsubscribed_at=sub.unsubscribed_at)
 
 
 class SubscriberPage(BaseModel):
@@ -114,6 +118,7 @@ class SubscriberCreate(BaseModel):
     email: str = Field(max_length=320)
     name: str | None = Field(None, max_length=1000)
     topics: list[str] | None = Field(None, description="known categories; null or [] (or all of them): every one")
+    cadence: str | None = Field(None, max_length=50, description="a cadence on offer; null: the main one")
     status: Literal["pending", "active"] = Field(
         "pending", description="pending: mailed a confirmation link first (double opt-in); active: subscribed now,"
         " for an address that has already agreed elsewhere")
@@ -124,7 +129,8 @@ class SubscriberUpdate(BaseModel):
 
     name: str | None = Field(None, max_length=1000, description="null or empty: no name")
     topics: list[str] | None = Field(None, description="null or []: every category")
-    # TODO(cadences): `cadence` once the per-reader cadence lands.
+    cadence: str | None = Field(None, max_length=50, description="a cadence on offer; null: the main one. A reader"
+                                " who changes cadence loses no post and gets none twice")
 
 
 class EditionCounts(BaseModel):
@@ -136,6 +142,7 @@ class EditionCounts(BaseModel):
 
 
 class EditionOut(BaseModel):
+    cadence: str = Field(description="the cadence it is of, by name: each cadence numbers its own editions")
     number: int
     subject: str
     status: str
@@ -144,8 +151,9 @@ class EditionOut(BaseModel):
     counts: EditionCounts
 
     @classmethod
-    def of(cls, edition: Edition, counts: dict[str, int]) -> "EditionOut":
-        return cls(number=edition.number, subject=edition.subject, status=edition.status.value,
+    def of(cls, edition: Edition, counts: dict[str, int], cadences: Cadences) -> "EditionOut":
+        return cls(cadence=edition.cadence or cadences.main.name, number=edition.number, subject=edition.subject,
+                   status=edition.status.value,
                    created_at=edition.created_at, finished_at=edition.finished_at, counts=EditionCounts(**counts))
 
 
@@ -172,6 +180,7 @@ def create_api(settings: Settings, engine: Engine, clock: Clock, wake: Callable[
     """The API as an application to mount at PREFIX. `wake()` tells the outbox relay a
     confirmation mail was queued."""
     order = settings.edition.sections
+    cadences = Cadences(settings.schedule)
     resend_after = timedelta(minutes=settings.web.confirm_resend_minutes)
     requests = RateLimiter(settings.api.rate_limit_per_minute, clock)
     sign_ups = RateLimiter(settings.api.sign_ups_per_minute, clock)
@@ -225,6 +234,17 @@ def create_api(settings: Settings, engine: Engine, clock: Clock, wake: Callable[
                                f" (known: {', '.join(known) or 'none yet'})")
         return known
 
+    def offered(name: str | None) -> Cadence:
+        """The cadence called `name` (None: the main one); ApiError naming the ones on offer."""
+        try:
+            return cadences.named(name)
+        except NotFound:
+            raise ApiError(422, ErrorCode.unknown_cadence,
+                           f"unknown cadence {name!r} (offered: {', '.join(cadences.names)})") from None
+
+    def out(sub: Subscriber) -> SubscriberOut:
+        return SubscriberOut.of(sub, cadences)
+
     def subscriber(s: Session, subscriber_id: int) -> Subscriber:
         sub = s.get(Subscriber, subscriber_id)
         if sub is None:
@@ -251,11 +271,11 @@ def create_api(settings: Settings, engine: Engine, clock: Clock, wake: Callable[
         if email is not None:
             sub = subs.find(s, email)
             found = [sub] if sub is not None and status in (None, sub.status) else []
-            return SubscriberPage(data=[SubscriberOut.of(x) for x in found], next_cursor=None)
+            return SubscriberPage(data=[out(x) for x in found], next_cursor=None)
         rows = subs.page(s, after=_read_cursor(cursor), limit=limit + 1, status=status)
         more = len(rows) > limit
         rows = rows[:limit]
-        return SubscriberPage(data=[SubscriberOut.of(x) for x in rows],
+        return SubscriberPage(data=[out(x) for x in rows],
                               next_cursor=_cursor(stored_id(rows[-1])) if more else None)
 
     @api.post("/subscribers", status_code=201, response_model=SubscriberOut, tags=["subscribers"],
@@ -269,42 +289,48 @@ def create_api(settings: Settings, engine: Engine, clock: Clock, wake: Callable[
         except InvalidAddress as exc:
             raise ApiError(422, ErrorCode.invalid_email, str(exc)) from None
         known = known_topics(s, None, body.topics or [])
+        cadence = offered(body.cadence)
         if subs.find(s, address) is not None:
             raise exists(address)
         if body.status == "active":
             try:
-                sub, _ = subs.add(s, address, clock, name=body.name)
+                sub, _ = subs.add(s, address, clock, name=body.name, cadence=cadence)
             except IntegrityError:  # the same address, added twice at once
                 s.rollback()
                 raise exists(address) from None
             if body.topics:
                 signup.save_preferences(s, sub, categories=body.topics, known=known)
-            return SubscriberOut.of(sub)
+            return out(sub)
         if not sign_ups.hit(str(key.id)):
             raise too_many(sign_ups, str(key.id), "pending subscribers")
         result = signup.subscribe(s, clock, email=address, name=body.name, categories=body.topics or [],
-                                  known=known, resend_after=resend_after)
+                                  known=known, resend_after=resend_after, cadence=cadence.key)
         if result.outcome != signup.SignupOutcome.created:  # added by someone else since the look above
             raise exists(address)
         if result.mailed:
             wake()  # the mail is committed in the outbox; a relay thread sends it now
-        return SubscriberOut.of(subs.get(s, address))
+        return out(subs.get(s, address))
 
     @api.get("/subscribers/{subscriber_id}", response_model=SubscriberOut, tags=["subscribers"], responses=NOT_FOUND)
     def get_subscriber(s: DB, subscriber_id: SubscriberId):
-        return SubscriberOut.of(subscriber(s, subscriber_id))
+        return out(subscriber(s, subscriber_id))
 
     @api.patch("/subscribers/{subscriber_id}", response_model=SubscriberOut, tags=["subscribers"],
                responses=NOT_FOUND)
     def update_subscriber(s: DB, subscriber_id: SubscriberId, body: SubscriberUpdate):
-        """Change the name or the topics; a field left out stays as it is."""
+        """Change the name, the topics or the cadence; a field left out stays as it is. A reader
+        who changes cadence gets, in their first edition of the new one, every post they have not
+        had yet: none is lost, none comes twice (as on the preferences page)."""
         sub = subscriber(s, subscriber_id)
+        cadence = offered(body.cadence) if "cadence" in body.model_fields_set else None
         if "topics" in body.model_fields_set:
             known = known_topics(s, sub, body.topics or [])
             signup.save_preferences(s, sub, categories=body.topics or [], known=known)
         if "name" in body.model_fields_set:
             subs.rename(s, sub, body.name)
-        return SubscriberOut.of(sub)
+        if cadence is not None:
+            signup.choose_cadence(s, sub, cadence, clock)
+        return out(sub)
 
     @api.post("/subscribers/{subscriber_id}/unsubscribe", response_model=SubscriberOut, tags=["subscribers"],
               responses=NOT_FOUND)
@@ -312,7 +338,7 @@ def create_api(settings: Settings, engine: Engine, clock: Clock, wake: Callable[
         """Unsubscribe (the history is kept); idempotent."""
         sub = subscriber(s, subscriber_id)
         subs.unsubscribe(s, sub, clock)
-        return SubscriberOut.of(sub)
+        return out(sub)
 
     @api.delete("/subscribers/{subscriber_id}", status_code=204, response_class=Response, tags=["subscribers"],
                 responses=NOT_FOUND)
@@ -323,18 +349,27 @@ def create_api(settings: Settings, engine: Engine, clock: Clock, wake: Callable[
 
     # --- editions ---------------------------------------------------------------------------------
 
+    # An edition is its cadence's number N, as in `digest editions show N --cadence NAME` and
+    # /archive/NAME/N: /editions/N is the main cadence's edition N (what it was before cadences),
+    # ?cadence=NAME another's. Database ids are shown nowhere else, so no URL takes one.
     @api.get("/editions", response_model=EditionList, tags=["editions"])
-    def list_editions(s: DB):
-        """Every edition, newest first, with its posts and deliveries by status."""
-        return EditionList(data=[EditionOut.of(e, c) for e, c in editions_svc.summaries(s)])
+    def list_editions(s: DB, cadence: Annotated[str | None, Query(
+            max_length=50, description="only this cadence's editions (default: every cadence's)")] = None):
+        """Every edition (of `cadence`), newest first, with its posts and deliveries by status."""
+        key = None if cadence is None else offered(cadence).key
+        return EditionList(data=[EditionOut.of(e, c, cadences) for e, c in editions_svc.summaries(s, key)])
 
     @api.get("/editions/{number}", response_model=EditionOut, tags=["editions"], responses=NOT_FOUND)
-    def get_edition(s: DB, number: Annotated[int, Path(ge=1, le=ID_MAX)]):
+    def get_edition(s: DB, number: Annotated[int, Path(ge=1, le=ID_MAX)], cadence: Annotated[str | None, Query(
+            max_length=50, description="the cadence whose edition `number` this is (default: the main one)")] = None):
+        """Edition `number` of the main cadence, or of `cadence`: each cadence numbers its own."""
+        chosen = offered(cadence)
         try:
-            edition = editions_svc.get(s, number)
+            edition = editions_svc.get(s, number, chosen.key)
         except NotFound:
-            raise ApiError(404, ErrorCode.not_found, f"no edition {number}") from None
-        return EditionOut.of(edition, editions_svc.counts(s, edition))
+            of = f" of {chosen.name}" if cadences.choice else ""
+            raise ApiError(404, ErrorCode.not_found, f"no edition {number}{of}") from None
+        return EditionOut.of(edition, editions_svc.counts(s, edition), cadences)
 
     # --- errors as JSON ---------------------------------------------------------------------------
 
@@ -400,7 +435,7 @@ def _openapi(api: FastAPI) -> dict[str, Any]:
         for operation in (op for item in doc["paths"].values() for op in item.values()):
             if "422" in operation.get("responses", {}):
                 operation["responses"]["422"] = {
-                    "description": "`validation_failed`, `invalid_email` or `unknown_topic`",
+                    "description": "`validation_failed`, `invalid_email`, `unknown_topic` or `unknown_cadence`",
                     "content": {"application/json": {"schema": error_ref}},
                 }
         schemas = doc.get("components", {}).get("schemas", {})

@@ -13,10 +13,12 @@ from urllib.parse import urlsplit
 import jinja2
 
 
-def form(env: jinja2.Environment, *, action: str, newsletter_name: str, categories: list[str]) -> str:
-    """The form's HTML (templates/web/embed_form.html), its values escaped."""
+def form(env: jinja2.Environment, *, action: str, newsletter_name: str, categories: list[str],
+         cadences: list[str]) -> str:
+    """The form's HTML (templates/web/embed_form.html), its values escaped. `cadences`: the names
+    of the cadences a reader may choose, the main one first (none when there is no choice)."""
     return env.get_template("web/embed_form.html").render(
-        action=action, newsletter={"name": newsletter_name}, categories=categories
+        action=action, newsletter={"name": newsletter_name}, categories=categories, cadence_names=cadences
     )
 
 

@@ -28,7 +28,7 @@ from digest.config import NewsletterSettings, Settings
 from digest.content.plaintext import clean
 from digest.content.render import Renderer, compile_mjml
 from digest.delivery import outbox
-from digest.delivery.webhooks import NO_EVENTS, Events, subscriber_data
+from digest.delivery.webhooks import NO_EVENTS, Events
 from digest.errors import BadToken
 from digest.links import CONFIRM_MAX_AGE, Links
 from digest.mail.mailer import Envelope
@@ -276,7 +276,7 @@ def confirm(session: Session, clock: Clock, links: Links, token: str, *, welcome
     sub.confirmed_at = now
     sub.unsubscribed_at = None
     session.add(sub)
-    events.emit(session, "subscriber.confirmed", subscriber_data(sub))
+    events.emit(session, "subscriber.confirmed", events.subscriber_data(sub))
     if welcome_mail:
         session.flush()
         welcome.queue(session, stored_id(sub), sub.email, now)
@@ -336,6 +336,6 @@ def resubscribe(session: Session, sub: Subscriber, clock: Clock, events: Events 
     sub.confirmed_at = sub.confirmed_at or as_utc(clock())
     sub.unsubscribed_at = None
     session.add(sub)
-    events.emit(session, "subscriber.confirmed", subscriber_data(sub))
+    events.emit(session, "subscriber.confirmed", events.subscriber_data(sub))
     session.commit()
     return True

@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 from digest.clock import Clock
 from digest.content.plaintext import NAME_LIMIT, clean, shorten
 from digest.delivery import webhooks
-from digest.delivery.webhooks import NO_EVENTS, Events, subscriber_data
+from digest.delivery.webhooks import NO_EVENTS, Events
 from digest.errors import DigestError, InvalidAddress, NotFound
 from digest.service import cadences, welcome
 from digest.service.cadences import Cadence, Cadences
@@ -99,7 +99,7 @@ def add(session: Session, email: str, clock: Clock, *, name: str | None = None,
     if confirmed or welcome_mail:
         session.flush()  # the new subscriber's id, for the event and the welcome
     if confirmed:
-        events.emit(session, "subscriber.confirmed", subscriber_data(sub))
+        events.emit(session, "subscriber.confirmed", events.subscriber_data(sub))
     if welcome_mail:
         welcome.queue(session, stored_id(sub), sub.email, now)
     session.commit()
@@ -246,7 +246,7 @@ def unsubscribe(session: Session, sub: Subscriber, clock: Clock, events: Events 
     sub.status = SubscriberStatus.unsubscribed
     sub.unsubscribed_at = as_utc(clock())
     session.add(sub)
-    events.emit(session, "subscriber.unsubscribed", subscriber_data(sub))
+    events.emit(session, "subscriber.unsubscribed", events.subscriber_data(sub))
     session.commit()
     return True
 

@@ -159,7 +159,7 @@ def create_app(
     resend_after = timedelta(minutes=settings.web.confirm_resend_minutes)
 
     kinds = {**signup.outbox_kinds(settings, links, clock, renderer), **testmail.outbox_kinds(settings, clock)}
-    events = webhooks.Events(settings.webhooks, clock)
+    events = webhooks.Events(settings.webhooks, clock, settings.schedule.name)
     relay = outbox.Relay(
         engine, kinds, mailer_factory, clock,
         connections=settings.smtp.connections, max_attempts=settings.smtp.max_attempts,
@@ -275,7 +275,8 @@ def create_app(
     @app.get(EMBED, response_class=HTMLResponse)
     def embed_page(s: DB):
         html = embed.form(env, action=urls.subscribe_action_url, newsletter_name=settings.newsletter.name,
-                          categories=signup.known_categories(s, order))
+                          categories=signup.known_categories(s, order),
+                          cadences=cadences.names if cadences.choice else [])
         headers = {"Content-Security-Policy": embed.content_security_policy(urls.public_url), "X-Robots-Tag": "noindex"}
         return page("embed.html", snippet=html, action=urls.subscribe_action_url, headers=headers)
 

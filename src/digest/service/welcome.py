@@ -3,9 +3,10 @@
 It is queued in the outbox (digest.delivery.outbox) in the transaction that makes the reader active,
 and `welcomed_at` is set in that same transaction by one atomic UPDATE: a second confirmation
 (two clicks, two tabs), a crash before the commit or a restart can never queue a second one.
-`WelcomeMail` is how the outbox sends it: the latest published edition cut to the reader's topics
-(the edition's own render path: Renderer, render_fitted, MessageTemplate with its List-Unsubscribe
-and DKIM), or on a list that has sent nothing yet the newest posts. Made when it is sent, so it
+`WelcomeMail` is how the outbox sends it: the latest published edition of the reader's cadence (of
+the main cadence while theirs has none yet) cut to the reader's topics (the edition's own render
+path: Renderer, render_fitted, MessageTemplate with its List-Unsubscribe and DKIM), or on a list
+that has sent nothing yet the newest posts. Made when it is sent, so it
 shows what is newest then.
 """
 
@@ -30,7 +31,8 @@ from digest.mail.dkim import DKIMSigner
 from digest.mail.mailer import Envelope
 from digest.mail.message import Recipient
 from digest.service import archive
-from digest.store.models import Outbox, Post, Subscriber, SubscriberStatus, as_utc, stored_id
+from digest.service.cadences import Cadences
+from digest.store.models import MAIN_CADENCE, Outbox, Post, Subscriber, SubscriberStatus, as_utc, stored_id
 from digest.subject import subject_for
 
 WELCOME = "welcome"  # the outbox kind
@@ -54,11 +56,15 @@ def queue(session: Session, subscriber_id: int, email: str, now: datetime) -> bo
 
 
 def content(session: Session, topics: Sequence[str] | None, newest: int, order: Sequence[str],
-            now: datetime) -> EditionView:
-    """What a welcome shows a reader who chose `topics` (None: all): the latest published edition's
-    sections among them, else (nothing published yet) the newest `newest` posts among them."""
+            now: datetime, cadence: str = MAIN_CADENCE) -> EditionView:
+    """What a welcome shows a reader who chose `topics` (None: all) and gets `cadence`'s editions
+    (a stored key): the latest published edition of that cadence (of the main one while it has
+    none: a new cadence starts where the main one's last edition ended) in sections among them,
+    else (nothing published yet) the newest `newest` posts among them."""
     chosen = None if topics is None else frozenset(topics)
-    latest = archive.published(session, limit=1)
+    latest = archive.published(session, limit=1, cadence=cadence)
+    if not latest and cadence != MAIN_CADENCE:
+        latest = archive.published(session, limit=1)
     if latest:
         return editions.edition_view(session, latest[0], order).only(chosen)
     query = select(Post).order_by(col(Post.published_at).desc().nulls_last(), col(Post.first_seen_at).desc())
@@ -72,8 +78,9 @@ class WelcomeMail:
     reader who left or paused before it went out."""
 
     def __init__(self, welcome: WelcomeSettings, variants: VariantSettings, renderer: Renderer,
-                 signer: DKIMSigner | None, links: Links, clock: Clock):
+                 signer: DKIMSigner | None, links: Links, clock: Clock, cadences: Cadences):
         self.welcome = welcome
+        self.cadences = cadences
         self.variants = variants
         self.renderer = renderer
         self.signer = signer
@@ -83,7 +90,8 @@ class WelcomeMail:
     @classmethod
     def from_settings(cls, settings: Settings, links: Links, clock: Clock, renderer: Renderer) -> WelcomeMail:
         variants = VariantSettings.from_settings(settings)
-        return cls(settings.welcome, variants, renderer, variants.signer(), links, clock)
+        return cls(settings.welcome, variants, renderer, variants.signer(), links, clock,
+                   Cadences(settings.schedule))
 
     def envelope(self, session: Session, row: Outbox) -> Envelope | None:
         sub = session.get(Subscriber, outbox.payload(row)["subscriber_id"], populate_existing=True)
@@ -93,7 +101,8 @@ class WelcomeMail:
             return None
         nl = self.variants.newsletter
         now = as_utc(self.clock())
-        view = content(session, sub.topics, self.welcome.newest_posts, self.variants.sections, now)
+        view = content(session, sub.topics, self.welcome.newest_posts, self.variants.sections, now,
+                       self.cadences.of(sub.cadence).key)
         subject = subject_for(self.welcome.subject, nl.name, view.post_count, view.number, now)
         rendered = render_fitted(self.renderer, view, subject, nl, now, self.signer, TEMPLATE)
         token = self.links.subscriber_token(stored_id(sub), sub.email)

@@ -51,6 +51,7 @@ from digest.mail.mailer import Mailer
 from digest.service.admin import accounts
 from digest.service.admin.accounts import SignedIn
 from digest.service.admin.sending import SendNow
+from digest.service.cadences import Cadences
 from digest.store.models import as_utc
 
 ADMIN = "/admin"  # every admin path starts with it (under public_url's path prefix)
@@ -94,12 +95,14 @@ class AdminContext:
     relay: Relay  # wake() after queuing mail in the outbox
     send_now: SendNow  # wake() after a "send now" request
     urls: PublicUrls = field(init=False)
+    cadences: Cadences = field(init=False)
     secure: bool = field(init=False)  # cookies only over https (public_url is https)
     require_admin: Callable[..., SignedIn] = field(init=False)
     require_form: Callable[..., SignedIn] = field(init=False)
 
     def __post_init__(self) -> None:
         self.urls = PublicUrls(self.settings.newsletter.public_url)
+        self.cadences = Cadences(self.settings.schedule)
         self.secure = self.settings.newsletter.public_url.startswith("https://")
         self._session_signer = Signer(self.settings.newsletter.secret_key, salt=SESSION_SALT)
         self._login_signer = Signer(self.settings.newsletter.secret_key, salt=LOGIN_SALT)
@@ -115,6 +118,16 @@ class AdminContext:
         """The public path of an admin page: path("/next") -> "/news/admin/next"."""
         return self.urls.base_path + ADMIN + rel
 
+    def edition_path(self, cadence: str, number: int) -> str:
+        """An edition's page, by its cadence (a stored key) and number, as the archive has it:
+        /admin/editions/N for the main cadence, /admin/editions/NAME/N for another (each cadence
+        has an edition 1)."""
+        return self.path(f"/editions/{cadence}/{number}" if cadence else f"/editions/{number}")
+
+    def cadence_name(self, cadence: str) -> str:
+        """The name of the cadence stored as `cadence` (the main one's is schedule.name)."""
+        return cadence or self.cadences.main.name
+
     def page(self, template: str, who: SignedIn | None, http_status: int = 200, *,
              headers: dict[str, str] | None = None, csp: str = ADMIN_CSP, **ctx: Any) -> HTMLResponse:
         """An admin template (templates/admin/), never cached. `csrf_field` is the hidden input
@@ -123,6 +136,7 @@ class AdminContext:
         html = self.env.get_template(f"admin/{template}").render(
             newsletter={"name": self.settings.newsletter.name}, urls=self.urls, admin_path=self.path, nav=NAV,
             who=who, csrf_field=Markup(f'<input type="hidden" name="csrf" value="{escape(csrf)}">'), utc=utc,
+            edition_path=self.edition_path, cadence_name=self.cadence_name, cadence_choice=self.cadences.choice,
             **ctx,
         )
         return HTMLResponse(html, status_code=http_status,

@@ -1,5 +1,9 @@
 """The overview (/admin) and the next edition (/admin/next): its preview, a test mail to the
-signed-in admin, and "send now" behind a confirmation step."""
+signed-in admin, and "send now" behind a confirmation step.
+
+With a choice of cadence, the overview shows each cadence's next send with its own new posts;
+the next-edition page and its "send now" are the main cadence's, as `digest send` is without
+`--cadence` (the others go out on their schedule, or with `digest send --cadence NAME`)."""
 
 from typing import Annotated
 
@@ -30,7 +34,8 @@ def routes(ctx: AdminContext) -> APIRouter:
     Admin = Annotated[SignedIn, Depends(ctx.require_admin)]
     AdminForm = Annotated[SignedIn, Depends(ctx.require_form)]
     settings = ctx.settings
-    cron = settings.schedule.parsed()
+    cadences = ctx.cadences
+    cron = cadences.main.cron
     order = settings.edition.sections
 
     @router.get("", response_class=HTMLResponse)
@@ -41,7 +46,9 @@ def routes(ctx: AdminContext) -> APIRouter:
         return ctx.page(
             "overview.html", who, counts=counts, weeks=weeks, chart=chart.weekly_chart(weeks),
             editions=overview.recent_editions(s), feeds=overview.feed_health(s),
-            next_sends=overview.next_sends(s, [("schedule", cron)], now, order), when=lambda t: when(cron, t),
+            next_sends=overview.next_sends(s, [(c.name, c.cron, cadences.readers(c)) for c in cadences.all], now,
+                                           order),
+            when=when,
             shown_posts=SHOWN_POSTS,
         )
 
@@ -51,7 +58,8 @@ def routes(ctx: AdminContext) -> APIRouter:
         s.rollback()
         upcoming = cron.next_after(ctx.clock())
         return ctx.page(
-            "next.html", who, csp=FRAMING_CSP, preview=preview, test_sent=notice == "test",
+            "next.html", who, csp=FRAMING_CSP, preview=preview, test_sent=notice == "test", main=cadences.main.name,
+            others=[c.name for c in cadences.all[1:]],
             next_at=when(cron, upcoming) if upcoming else None, open_request=sending.open_request(s),
         )
 
@@ -77,8 +85,8 @@ def routes(ctx: AdminContext) -> APIRouter:
         """The confirmation step: what would go out, to how many, and a second button."""
         preview = pipeline.preview(s, settings, ctx.clock, fetch=False)
         s.rollback()
-        counts = overview.subscriber_counts(s)
-        return ctx.page("confirm_send.html", who, preview=preview, active=counts["active"])
+        active = overview.active_readers(s, cadences.readers(cadences.main))
+        return ctx.page("confirm_send.html", who, preview=preview, active=active, main=cadences.main.name)
 
     @router.post("/next/send/confirm")
     def send_now(who: AdminForm, s: DB):

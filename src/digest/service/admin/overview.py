@@ -11,7 +11,7 @@ editions (docs/web.md#admin; the indexes are in store.models):
   undelivered ones (ix_delivery_unsent): a finished edition costs a handful of index entries,
   however many it was sent to;
 - feeds: the source rows (a few) and their post counts (ix_post_source_id);
-- the next send: the schedule's next time and the posts not yet in an edition.
+- the next send: each cadence's next time and the posts not yet in one of its editions.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from sqlalchemy import ColumnElement, Integer, bindparam, cast, func, text
 from sqlmodel import Session, col, select
 
 from digest.content import editions
-from digest.content.editions import EditionView
+from digest.content.editions import EditionView, Readers
 from digest.cron import Cron
-from digest.store.models import Edition, Post, Source, Subscriber, SubscriberStatus, as_utc, stored_id
+from digest.store.models import MAIN_CADENCE, Edition, Post, Source, Subscriber, SubscriberStatus, as_utc, stored_id
 
 WEEK = timedelta(days=7)
 WEEKS = 26
@@ -41,6 +41,12 @@ def subscriber_counts(session: Session) -> dict[str, int]:
     ).all():
         counts[SubscriberStatus(status).value] = n
     return counts
+
+
+def active_readers(session: Session, readers: Readers) -> int:
+    """The active subscribers who get `readers`' cadence's editions."""
+    return session.exec(select(func.count()).select_from(Subscriber).where(
+        readers.where(), col(Subscriber.status) == SubscriberStatus.active)).one()
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,8 @@ def weeks(session: Session, now: datetime, active: int, n: int = WEEKS) -> list[
 
 @dataclass(frozen=True)
 class EditionLine:
+    id: int  # the keyset of the editions' pages: numbers repeat across cadences
+    cadence: str  # its cadence, as stored (MAIN_CADENCE for the main one)
     number: int
     subject: str
     created_at: datetime
@@ -128,12 +136,15 @@ _ALL = text("SELECT edition_id, COUNT(*) FROM delivery WHERE edition_id IN :ids 
     bindparam("ids", expanding=True))
 
 
-def recent_editions(session: Session, n: int = 10, *, before: int | None = None) -> list[EditionLine]:
-    """The newest `n` editions (numbered below `before`, if given: the next page), newest first,
-    with their deliveries by outcome."""
-    stmt = select(Edition).order_by(col(Edition.number).desc()).limit(n)
+def recent_editions(session: Session, n: int = 10, *, before: int | None = None,
+                    cadence: str | None = None) -> list[EditionLine]:
+    """The newest `n` editions (of `cadence`, a stored key; None: of every cadence), newest first,
+    with their deliveries by outcome; those with an id below `before`, if given: the next page."""
+    stmt = select(Edition).order_by(col(Edition.id).desc()).limit(n)
     if before is not None:
-        stmt = stmt.where(col(Edition.number) < before)
+        stmt = stmt.where(col(Edition.id) < before)
+    if cadence is not None:
+        stmt = stmt.where(col(Edition.cadence) == cadence)
     return edition_lines(session, list(session.exec(stmt).all()))
 
 
@@ -154,7 +165,7 @@ def edition_lines(session: Session, rows: Sequence[Edition]) -> list[EditionLine
         c = unsent[eid]
         total = e.recipients if e.recipients is not None else totals.get(eid, 0)
         failed, pending, skipped = c.get("failed", 0), c.get("pending", 0), c.get("skipped", 0)
-        lines.append(EditionLine(e.number, e.subject, as_utc(e.created_at), e.status.value, total,
+        lines.append(EditionLine(eid, e.cadence, e.number, e.subject, as_utc(e.created_at), e.status.value, total,
                                  total - failed - pending - skipped, failed, pending, skipped, bounced.get(eid, 0)))
     return lines
 
@@ -181,18 +192,23 @@ def feed_health(session: Session) -> list[FeedHealth]:
 
 @dataclass(frozen=True)
 class NextSend:
-    """A schedule's next send and what would go in it."""
+    """A cadence's next send and what would go in it."""
 
-    name: str  # which schedule (one today: "schedule"; one per cadence later)
+    name: str  # the cadence's name
     cron: Cron
     at: datetime | None  # None: the cron never fires again
-    view: EditionView | None  # the posts not yet in an edition, by section; None: nothing new
+    view: EditionView | None  # the posts not yet in one of its editions, by section; None: nothing new
+    readers: bool = True  # False: a cadence other than the main one that no active reader chose (no edition)
 
 
-def next_sends(session: Session, schedules: Sequence[tuple[str, Cron]], now: datetime,
+def next_sends(session: Session, schedules: Sequence[tuple[str, Cron, Readers]], now: datetime,
                order: Sequence[str] = ()) -> list[NextSend]:
-    """For each (name, cron): its next send and the posts it would carry. One schedule today
-    (schedule.cron); with cadences, one per cadence, each with the posts it would carry."""
-    posts = editions.unsent_posts(session)
-    view = editions.view(posts, None, now, order) if posts else None
-    return [NextSend(name, cron, cron.next_after(now), view) for name, cron in schedules]
+    """For each cadence (its name, cron and readers): its next send and the posts it would carry,
+    the posts not yet in one of its editions (each cadence has its own)."""
+    sends = []
+    for name, cron, readers in schedules:
+        posts = editions.unsent_posts(session, readers.cadence)
+        view = editions.view(posts, None, now, order, readers.cadence) if posts else None
+        has_readers = readers.cadence == MAIN_CADENCE or readers.any_active(session)
+        sends.append(NextSend(name, cron, cron.next_after(now), view, has_readers))
+    return sends

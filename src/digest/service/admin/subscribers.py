@@ -10,9 +10,10 @@ filtered list or skips rows with OFFSET:
 - the status filter reads ix_subscriber_status; "address starts with" (the default search) is a
   range of the address's unique index on SQLite; on PostgreSQL it is `LIKE 'x%'`, which that
   index serves only under the C collation (see `_address_starts_with`);
-- what no index serves, "contains" (anywhere in the address or the name) and the topic filter,
-  looks through at most WINDOW subscribers by id a page: the page says which ids it looked
-  through and links to the next window, so one request never scans the whole list.
+- what no index serves, "contains" (anywhere in the address or the name), the topic filter and
+  the cadence filter (offered when readers have a choice of cadence), looks through at most
+  WINDOW subscribers by id a page: the page says which ids it looked through and links to the
+  next window, so one request never scans the whole list.
 """
 
 import csv
@@ -29,7 +30,8 @@ from sqlmodel import Session, col, select
 from starlette.exceptions import HTTPException
 
 from digest.content import editions
-from digest.errors import DigestError, InvalidAddress
+from digest.content.editions import Readers
+from digest.errors import DigestError, InvalidAddress, NotFound
 from digest.service import signup
 from digest.service import subscribers as subs
 from digest.service.admin import overview
@@ -54,16 +56,19 @@ class Filter:
     contains: bool = False  # q anywhere in the address or the name, rather than at the start of the address
     status: SubscriberStatus | None = None
     topic: str | None = None  # those who get this topic: who chose it, and who chose none (every topic)
+    cadence: str = ""  # the name of a cadence: those who get its editions ("": any cadence)
+    readers: Readers | None = None  # who gets that cadence's editions
 
     @property
     def windowed(self) -> bool:
         """Served by no index: looked through WINDOW subscribers a page."""
-        return (self.contains and bool(self.q)) or self.topic is not None
+        return (self.contains and bool(self.q)) or self.topic is not None or self.readers is not None
 
     def query(self, before: int | None = None) -> dict[str, Any]:
         """The query string of this filter's page starting below id `before`."""
         args: dict[str, Any] = {"q": self.q, "match": "contains" if self.contains else "",
-                                "status": self.status.value if self.status else "", "topic": self.topic or ""}
+                                "status": self.status.value if self.status else "", "topic": self.topic or "",
+                                "cadence": self.cadence}
         if before is not None:
             args["before"] = before
         return {k: v for k, v in args.items() if v != ""}
@@ -109,6 +114,8 @@ def search(session: Session, f: Filter, before: int | None = None) -> Page:
     if f.topic is not None:
         stmt = stmt.where(or_(col(Subscriber.topics).is_(None),
                               editions.chose_any(session.get_bind().dialect.name, frozenset([f.topic]))))
+    if f.readers is not None:
+        stmt = stmt.where(f.readers.where())
     if before is not None:
         stmt = stmt.where(col(Subscriber.id) < before)
     if not f.windowed:
@@ -127,6 +134,7 @@ def search(session: Session, f: Filter, before: int | None = None) -> Page:
 
 @dataclass(frozen=True)
 class DeliveryLine:
+    cadence: str  # the edition's, as stored
     edition: int
     status: str
     attempts: int
@@ -137,8 +145,8 @@ class DeliveryLine:
 def deliveries(session: Session, sub: Subscriber, *, bounced: bool = False) -> list[DeliveryLine]:
     """`sub`'s newest deliveries (`bounced`: those recorded as bounces), newest first."""
     stmt = (
-        sql_select(col(Edition.number), col(Delivery.status), col(Delivery.attempts), col(Delivery.last_error),
-                   col(Delivery.sent_at))
+        sql_select(col(Edition.cadence), col(Edition.number), col(Delivery.status), col(Delivery.attempts),
+                   col(Delivery.last_error), col(Delivery.sent_at))
         .join(Edition, col(Edition.id) == col(Delivery.edition_id))
         .where(col(Delivery.subscriber_id) == sub.id)
         .order_by(col(Delivery.id).desc())
@@ -146,7 +154,7 @@ def deliveries(session: Session, sub: Subscriber, *, bounced: bool = False) -> l
     )
     if bounced:
         stmt = stmt.where(col(Delivery.last_error).startswith("bounced ("))
-    return [DeliveryLine(n, st.value, a, e, t) for n, st, a, e, t in session.execute(stmt).all()]
+    return [DeliveryLine(c, n, st.value, a, e, t) for c, n, st, a, e, t in session.execute(stmt).all()]
 
 
 def csv_chunks(ctx: AdminContext, status: SubscriberStatus | None) -> Iterator[str]:
@@ -184,6 +192,8 @@ def routes(ctx: AdminContext) -> APIRouter:
             "subscribers.html", who, http_status, filter=f, result=search(s, f, before), first=before is None,
             counts=overview.subscriber_counts(s), statuses=[st.value for st in SubscriberStatus],
             topics=signup.known_categories(s, order), window=WINDOW, import_limit=IMPORT_LIMIT,
+            cadence_names=ctx.cadences.names if ctx.cadences.choice else [],
+            reader_cadence=lambda key: ctx.cadences.of(key).name,
             **{"notice": "", "add_error": None, "add_email": "", "add_name": "", **extra},
         )
 
@@ -192,8 +202,13 @@ def routes(ctx: AdminContext) -> APIRouter:
         who: Admin, s: DB, q: Annotated[str, Query(max_length=320)] = "", match: str = "",
         status: SubscriberStatus | None = None, topic: Annotated[str, Query(max_length=200)] = "",
         before: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None, notice: str = "",
+        cadence: Annotated[str, Query(max_length=50)] = "",
     ):
-        f = Filter(q.strip().lower(), match == "contains", status, topic or None)
+        try:
+            readers = ctx.cadences.readers(ctx.cadences.named(cadence)) if cadence else None
+        except NotFound:
+            raise HTTPException(404, headers=NO_STORE) from None
+        f = Filter(q.strip().lower(), match == "contains", status, topic or None, cadence if readers else "", readers)
         return list_page(who, s, f, before, notice=notice)
 
     @router.post("/subscribers/add")
@@ -232,7 +247,7 @@ def routes(ctx: AdminContext) -> APIRouter:
     def subscriber_page(who: Admin, s: DB, subscriber_id: Id, notice: str = ""):
         sub = subscriber_or_404(s, subscriber_id)
         return ctx.page(
-            "subscriber.html", who, sub=sub, cadence=getattr(sub, "cadence", None), notice=notice,
+            "subscriber.html", who, sub=sub, cadence=ctx.cadences.of(sub.cadence).name, notice=notice,
             deliveries=deliveries(s, sub), bounces=deliveries(s, sub, bounced=True), shown=SHOWN_DELIVERIES,
         )
 
