@@ -47,6 +47,33 @@ except ImportError:  # pragma: no cover - depends on the machine
     pytest.skip("Playwright is not installed (pip install -e '.[dev]')", allow_module_level=True)
 
 
+# A 1x1 transparent PNG: what an image from another host gets in these tests.
+PIXEL = bytes.fromhex(
+    "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489"
+    "0000000d49444154789c6360000002000001e221bc330000000049454e44ae426082"
+)
+NOT_HERE = re.compile(r"^(?!https?://127\.0\.0\.1[:/]|about:|data:)")
+
+
+def new_context(browser, **options):
+    """A browser context that never leaves 127.0.0.1: a request to another host (the posts' lead
+    images live on the blog's image host) is answered here, an image with PIXEL and anything else
+    refused, and recorded in `context.outside` as (resource type, URL)."""
+    context = browser.new_context(**options)
+    context.outside = []
+
+    def answer(route):
+        request = route.request
+        context.outside.append((request.resource_type, request.url))
+        if request.resource_type == "image":
+            route.fulfill(status=200, content_type="image/png", body=PIXEL)
+        else:
+            route.abort()
+
+    context.route(NOT_HERE, answer)
+    return context
+
+
 @pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists():
@@ -145,7 +172,7 @@ def html_link(message, text: str) -> str:
 @pytest.mark.slow
 def test_subscribe_confirm_and_unsubscribe_in_a_real_browser(browser, server, smtp_server):
     reader = "reader@example.com"
-    context = browser.new_context(viewport={"width": 390, "height": 844})  # a phone
+    context = new_context(browser, viewport={"width": 390, "height": 844})  # a phone
     page = context.new_page()
     problems: list[str] = []  # console errors include Content-Security-Policy violations
     page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
@@ -206,6 +233,10 @@ def test_subscribe_confirm_and_unsubscribe_in_a_real_browser(browser, server, sm
     assert server.status(reader) == SubscriberStatus.unsubscribed
 
     assert problems == []
+    # The archived edition shows the posts' lead images from the blog's own image host (answered
+    # by new_context here), and the pages load nothing else from another host.
+    assert context.outside and all(kind == "image" for kind, _ in context.outside)
+    assert {url.split("/")[2] for _, url in context.outside} == {"blogger.googleusercontent.com"}
     context.close()
 
 
@@ -247,7 +278,7 @@ def blog():
 def test_the_form_pasted_into_a_blog_subscribes_from_another_origin(browser, blog, tmp_path, smtp_server):
     reader, bot = "reader@example.com", "bot@example.com"
     with serve_digest(tmp_path, smtp_server, site_url=blog.url) as server:
-        context = browser.new_context()
+        context = new_context(browser)
         page = context.new_page()
         problems: list[str] = []  # console errors include Content-Security-Policy violations
         page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
@@ -337,7 +368,7 @@ def texts_seen(browser, scheme: str, *, html: str | None = None, url: str | None
     """The texts of the document (`html`, or the page at `url`) in a phone's window, with the
     system set to `scheme`. A CSP violation or a stylesheet that did not load fails the test (the
     page itself may be an error page: its own status is not a problem)."""
-    context = browser.new_context(color_scheme=scheme, viewport={"width": 375, "height": 800})
+    context = new_context(browser, color_scheme=scheme, viewport={"width": 375, "height": 800})
     page = context.new_page()
     problems: list[str] = []
     page.on("console", lambda m: problems.append(m.text) if "Content Security Policy" in m.text else None)
