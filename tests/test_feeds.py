@@ -236,10 +236,10 @@ def test_each_post_takes_its_lead_image_from_the_feed():
     assert posts == {
         # Blogger's 72 px square thumbnail, asked for 600 px wide; its height from the w400-h300 the URL names
         "The lighthouse at dusk": (
-            "https://blogger.googleusercontent.com/img/b/R29vZ2xl/AVvXsEhTestLighthouse0Qm9Zx7Yk2/w600/lighthouse-dusk.jpg",
+            "https://blogger.googleusercontent.com/img/b/R29vZ2xl/AVvXsEhTestLighthouse0Qm9Zx7Yk2/w600-h450-c/lighthouse-dusk.jpg",
             600, 450),
-        # ...and the other form of its URLs; a square crop names no aspect ratio: the height is unknown
-        "Tide pools": ("https://blogger.googleusercontent.com/img/a/AVvXsEgTestTidePools8Lw3Rn5Kd1=w600", 600, None),
+        # ...and the other form of its URLs; a square crop names no aspect ratio: asked for at 16:9
+        "Tide pools": ("https://blogger.googleusercontent.com/img/a/AVvXsEgTestTidePools8Lw3Rn5Kd1=w600-h338-c", 600, 338),
         # media:content: the largest image (not the video, not the thumbnail)
         "Night market": ("https://static.pictures.example/2026/11/night-market-large.jpg", 1200, 800),
         # the enclosure that is an image (not the podcast's mp3), no size given
@@ -269,13 +269,13 @@ def test_a_json_feed_items_image_and_else_its_first_img():
 
 @pytest.mark.parametrize(("url", "declared", "expected"), [
     ("https://blogger.googleusercontent.com/img/b/R29vZ2xl/AVv/s72-c/a.png", (72, 72),
-     ("https://blogger.googleusercontent.com/img/b/R29vZ2xl/AVv/w600/a.png", 600, None)),
+     ("https://blogger.googleusercontent.com/img/b/R29vZ2xl/AVv/w600-h338-c/a.png", 600, 338)),
     ("https://blogger.googleusercontent.com/img/b/R29vZ2xl/AVv/s72-w395-h220-c/a.png", (72, 72),
-     ("https://blogger.googleusercontent.com/img/b/R29vZ2xl/AVv/w600/a.png", 600, 334)),
+     ("https://blogger.googleusercontent.com/img/b/R29vZ2xl/AVv/w600-h334-c/a.png", 600, 334)),
     ("https://1.bp.blogspot.com/-aB/XyZ/AAAA/cD-eF/s320/a.jpg", (320, 240),  # not cropped: the declared aspect
-     ("https://1.bp.blogspot.com/-aB/XyZ/AAAA/cD-eF/w600/a.jpg", 600, 450)),
+     ("https://1.bp.blogspot.com/-aB/XyZ/AAAA/cD-eF/w600-h450-c/a.jpg", 600, 450)),
     ("https://blogger.googleusercontent.com/img/a/AVvXsEg-x_y=s72-w400-h390-c", (72, 72),
-     ("https://blogger.googleusercontent.com/img/a/AVvXsEg-x_y=w600", 600, 585)),
+     ("https://blogger.googleusercontent.com/img/a/AVvXsEg-x_y=w600-h585-c", 600, 585)),
     ("https://img.youtube.com/vi/abc/default.jpg", (72, 72), None),  # a thumbnail elsewhere is too small
     ("https://example.com/s72-c/a.png", (None, None), ("https://example.com/s72-c/a.png", None, None)),
     ("//cdn.example/a.png", (None, None), ("https://cdn.example/a.png", None, None)),

@@ -353,9 +353,9 @@ def test_each_post_shows_its_lead_image_as_wide_as_the_card_linked_to_the_post(t
          post + "night-market.html"),
         ("https://cdn.pictures.example/upload/v1764/bridges-cover.png", "Bridges of the old town", "552", None,
          post + "bridges.html"),
-        ("https://blogger.googleusercontent.com/img/b/R29vZ2xl/AVvXsEhTestLighthouse0Qm9Zx7Yk2/w600/lighthouse-dusk.jpg",
+        ("https://blogger.googleusercontent.com/img/b/R29vZ2xl/AVvXsEhTestLighthouse0Qm9Zx7Yk2/w600-h450-c/lighthouse-dusk.jpg",
          "The lighthouse at dusk", "552", "414", post + "lighthouse.html"),
-        ("https://blogger.googleusercontent.com/img/a/AVvXsEgTestTidePools8Lw3Rn5Kd1=w600", "Tide pools", "552", None,
+        ("https://blogger.googleusercontent.com/img/a/AVvXsEgTestTidePools8Lw3Rn5Kd1=w600-h338-c", "Tide pools", "552", "311",
          post + "tide-pools.html"),
         ("https://pictures.example/wp-content/uploads/2026/11/frost-on-dahlias.jpg", "First frost", "552", "368",
          post + "first-frost.html"),
@@ -418,5 +418,5 @@ def test_a_template_of_ones_own_gets_the_setting_and_each_posts_image(tmp_path, 
                           templates_dir=own)
     _, html = parts(got["ann@example.com"])
     assert "[none Night market: https://static.pictures.example/2026/11/night-market-large.jpg 552x368]" in html
-    assert "[none Tide pools: https://blogger.googleusercontent.com/img/a/AVvXsEgTestTidePools8Lw3Rn5Kd1=w600 552xNone]" in html
+    assert "[none Tide pools: https://blogger.googleusercontent.com/img/a/AVvXsEgTestTidePools8Lw3Rn5Kd1=w600-h338-c 552x311]" in html
     assert "[none Seed catalogue: none]" in html

@@ -3,8 +3,11 @@
 The feed's own size is all there is: nothing here (nor at send time) fetches an image, and the
 email links the image where the feed put it, never through a proxy of ours or anyone's.
 Blogger hands out 72 px square thumbnails (`.../s72-c/name.jpg`, `...=s72-w400-h390-c`) whose URL
-asks its image server for that size: the URL is rewritten to ask for a version BLOGGER_WIDTH px
-wide, and the height worked out from the size the URL names, when it names one.
+asks its image server for that size: the URL is rewritten to ask for BLOGGER_WIDTH px wide and a
+height that keeps the aspect the URL (or the feed) names, cropped to exactly that (`-c`), so the
+email can give both sizes and nothing moves as the image loads. A square thumbnail names no
+aspect: it is asked for at 16:9 (BLOGGER_ASPECT), the shape Blogger's own themes crop post
+images to.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from digest.content.plaintext import hides_characters
 
 # Wide enough for the card on any screen (CARD_WIDTH), small enough to load fast on a phone.
 BLOGGER_WIDTH = 600
+BLOGGER_ASPECT = 9 / 16  # height / width asked for when the URL and the feed name none
 # The card's text column: the 600 px email less 24 px of padding each side. The issue asks for at
 # most 560 px; the image lines up with the text above and below it instead.
 CARD_WIDTH = 552
@@ -104,10 +108,11 @@ _SIZE_SUFFIX = re.compile(r"^(.*=)(" + _SIZE_OPTIONS + r")$")  # .../img/a/TOKEN
 
 
 def blogger_sized(url: str, width: int | None, height: int | None) -> Image | None:
-    """A Blogger image URL that names a size, rewritten to ask for BLOGGER_WIDTH px wide; None for
-    any other URL. The height follows from the width and height the options name (`w395-h220`:
-    the size the image was shown at), else from `width`/`height` unless the options crop (`-c`:
-    then those are the crop's, 72×72); else it is unknown."""
+    """A Blogger image URL that names a size, rewritten to ask for BLOGGER_WIDTH px wide and a
+    height, cropped to that size; None for any other URL. The height follows from the width and
+    height the options name (`w395-h220`: the size the image was shown at), else from
+    `width`/`height` unless the options crop (`-c`: then those are the crop's, 72×72), else from
+    BLOGGER_ASPECT."""
     parts = urlsplit(url)
     if not _BLOGGER_HOST.fullmatch(parts.hostname or "") or parts.query or parts.fragment:
         return None
@@ -121,11 +126,9 @@ def blogger_sized(url: str, width: int | None, height: int | None) -> Image | No
     elif width and height and "c" not in options:
         aspect = height / width
     else:
-        aspect = None
-    path = f"{before}w{BLOGGER_WIDTH}{after}"
-    new_height = max(1, round(BLOGGER_WIDTH * aspect)) if aspect is not None else None
-    if new_height is not None and new_height > LARGEST_SIDE:
-        new_height = None
+        aspect = BLOGGER_ASPECT
+    new_height = min(max(1, round(BLOGGER_WIDTH * aspect)), LARGEST_SIDE)
+    path = f"{before}w{BLOGGER_WIDTH}-h{new_height}-c{after}"
     return Image(parts._replace(path=path).geturl(), BLOGGER_WIDTH, new_height)
 
 
