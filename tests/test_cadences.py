@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from xml.etree import ElementTree
 
 import pytest
 from sqlmodel import select
@@ -296,8 +297,28 @@ def test_each_cadence_has_its_archive(blog, client):
     assert daily.status_code == 200 and re.findall(r'href="/archive/daily/(\d+)"', daily.text) == ["1"]
     assert "https://blog.test/3" in client.get("/archive/daily/1").text
     assert "https://blog.test/3" not in client.get("/archive/1").text
-    for path in ("/archive/hourly", "/archive/daily/2", "/archive/hourly/1"):
+    for path in ("/archive/hourly", "/archive/daily/2", "/archive/hourly/1", "/archive/hourly.atom",
+                 "/archive/weekly.atom"):
         assert client.get(path).status_code == 404, path
+
+    # Each cadence's archive is a feed of its own, named by its pages for a feed reader to find.
+    atom = "{http://www.w3.org/2005/Atom}"
+    public = blog.settings.newsletter.public_url
+    feeds = {}
+    for path in ("/archive.atom", "/archive/daily.atom"):
+        r = client.get(path)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("application/atom+xml"), path
+        feeds[path] = ElementTree.fromstring(r.content)
+    main, daily_feed = feeds["/archive.atom"], feeds["/archive/daily.atom"]
+    assert [e.findtext(f"{atom}id") for e in main.findall(f"{atom}entry")] == [f"{public}/archive/1"]
+    assert [e.findtext(f"{atom}id") for e in daily_feed.findall(f"{atom}entry")] == [f"{public}/archive/daily/1"]
+    assert "https://blog.test/3" in daily_feed.find(f"{atom}entry").findtext(f"{atom}content")
+    assert {link.get("rel"): link.get("href") for link in daily_feed.findall(f"{atom}link")} == {
+        "self": f"{public}/archive/daily.atom", "alternate": f"{public}/archive/daily"}
+    assert daily_feed.findtext(f"{atom}title").endswith("(daily)")
+    assert 'href="/archive/daily.atom"' in daily.text
+    assert f'href="{public}/archive/daily.atom"' in client.get("/archive/daily/1").text
+    assert 'href="/archive.atom"' in client.get("/archive").text
 
 
 # --- the command line -----------------------------------------------------------------------------

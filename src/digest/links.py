@@ -127,6 +127,16 @@ class PublicUrls:
     def archive_path(self, number: int, cadence: str = "") -> str:
         return f"{self.archive_list_path(cadence)}/{number}"
 
+    def archive_feed_of(self, cadence: str = "") -> str:
+        """A cadence's Atom feed: /archive.atom for the main one (""), /archive/NAME.atom for another."""
+        return self.public_url + self.archive_feed_path_of(cadence).removeprefix(self.base_path)
+
+    def archive_feed_path_of(self, cadence: str = "") -> str:
+        return self.archive_feed_path if not cadence else f"{self.base_path}{ARCHIVE}/{cadence}.atom"
+
+    def archive_list_url(self, cadence: str = "") -> str:
+        return self.public_url + self.archive_list_path(cadence).removeprefix(self.base_path)
+
     def archive_list_path(self, cadence: str = "") -> str:
         """The list of a cadence's editions: /archive for the main one, /archive/NAME for another."""
         return f"{self.base_path}{ARCHIVE}" + (f"/{cadence}" if cadence else "")

@@ -122,7 +122,7 @@ def blogger_sized(url: str, width: int | None, height: int | None) -> Image | No
     before, options, after = found
     named = {o[0]: int(o[1:]) for o in options if re.fullmatch(r"[swh]\d+", o)}
     if named.get("w") and named.get("h"):
-        aspect: float | None = named["h"] / named["w"]
+        aspect: float = named["h"] / named["w"]
     elif width and height and "c" not in options:
         aspect = height / width
     else:

@@ -1,5 +1,6 @@
 """Service: the public archive — editions that went out, each as a web page without personal links,
-and the newest of them as an Atom feed (`/archive.atom`) for feed readers."""
+and the newest of them as an Atom feed (`/archive.atom`; another cadence's at `/archive/NAME.atom`)
+for feed readers."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def page(session: Session, edition: Edition, renderer: Renderer, sections: Seque
     with every section and no personal link, and the archive's feed named in its head."""
     html = _email(session, edition, renderer, sections)
     feed_link = Markup('<link rel="alternate" type="{}" title="{}" href="{}">').format(
-        ATOM_MEDIA_TYPE, renderer.newsletter_name, renderer.urls.archive_feed_url
+        ATOM_MEDIA_TYPE, renderer.newsletter_name, renderer.urls.archive_feed_of(edition.cadence)
     )
     return html.replace(_HEAD_END, str(feed_link) + _HEAD_END, 1)
 
@@ -70,12 +71,14 @@ class AtomFeed(NamedTuple):
 
 
 def feed(session: Session, renderer: Renderer, sections: Sequence[str], now: datetime,
-         limit: int = FEED_EDITIONS) -> AtomFeed:
-    """The newest `limit` published editions as an Atom 1.0 feed (RFC 4287), newest first. Each
-    entry's content is the body of the edition's archive page: the same HTML, without the head
-    (MJML's <style> and Outlook <meta>, which a feed reader drops anyway)."""
+         limit: int = FEED_EDITIONS, *, cadence: str = MAIN_CADENCE, title: str | None = None) -> AtomFeed:
+    """The newest `limit` published editions of `cadence` (a stored key) as an Atom 1.0 feed (RFC
+    4287), newest first, titled `title` (the newsletter's name by default). Each entry's content is
+    the body of the edition's archive page: the same HTML, without the head (MJML's <style> and
+    Outlook <meta>, which a feed reader drops anyway)."""
     urls = renderer.urls
-    editions = published(session, limit)
+    feed_url = urls.archive_feed_of(cadence)
+    editions = published(session, limit, cadence=cadence)
     updated = as_utc(editions[0].created_at) if editions else now
 
     # Unqualified names under a default namespace declared on the root (ElementTree's
@@ -83,15 +86,15 @@ def feed(session: Session, renderer: Renderer, sections: Sequence[str], now: dat
     root = ET.Element("feed", xmlns=ATOM)
     # The ids are the permalinks (RFC 4287 4.2.6 takes any IRI): stable for as long as public_url
     # is, as a tag: URI built from it would be.
-    _text(root, "id", urls.archive_feed_url)
-    _text(root, "title", renderer.newsletter_name)
+    _text(root, "id", feed_url)
+    _text(root, "title", title or renderer.newsletter_name)
     _text(root, "updated", _timestamp(updated))
-    _link(root, "self", urls.archive_feed_url, ATOM_MEDIA_TYPE)
-    _link(root, "alternate", urls.archive_index_url, "text/html")
+    _link(root, "self", feed_url, ATOM_MEDIA_TYPE)
+    _link(root, "alternate", urls.archive_list_url(cadence), "text/html")
     _text(ET.SubElement(root, "author"), "name", renderer.newsletter_name)
     for edition in editions:
         entry = ET.SubElement(root, "entry")
-        url = urls.archive_url(edition.number)
+        url = urls.archive_url(edition.number, cadence)
         date = _timestamp(as_utc(edition.created_at))  # the date the archive page shows
         _text(entry, "id", url)
         _text(entry, "title", edition.subject)

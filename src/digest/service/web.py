@@ -396,13 +396,22 @@ def create_app(
 
     def archive_list(s: Session, cadence: Cadence) -> HTMLResponse:
         return page("archive.html", editions=archive.published(s, cadence=cadence.key), cadence=cadence,
-                    headers={"Cache-Control": "public, max-age=300"})
+                    feed_path=urls.archive_feed_path_of(cadence.key), headers={"Cache-Control": "public, max-age=300"})
 
     # Another cadence's editions are under /archive/NAME (a name starts with a letter; a number
     # is the main cadence's edition).
     @app.get(f"{ARCHIVE}/{{number:int}}", response_class=HTMLResponse)
     def archive_edition(number: Annotated[int, Path(ge=1, le=2**62)], s: DB):
         return archive_page(s, number, cadences.main)
+
+    # Before /archive/{name}, which would take "daily.atom" for a name.
+    @app.get(f"{ARCHIVE}/{{name}}.atom")
+    def archive_cadence_feed(name: str, request: Request, s: DB):
+        cadence = offered(name)
+        if cadence is None or cadence.main:
+            raise StarletteHTTPException(404)
+        return atom(request, archive.feed(s, renderer, order, clock(), cadence=cadence.key,
+                                          title=f"{settings.newsletter.name} ({cadence.name})"))
 
     @app.get(f"{ARCHIVE}/{{name}}", response_class=HTMLResponse)
     def archive_cadence_index(name: str, s: DB):
@@ -429,7 +438,9 @@ def create_app(
 
     @app.get(ARCHIVE_FEED)
     def archive_feed(request: Request, s: DB):
-        feed = archive.feed(s, renderer, order, clock())
+        return atom(request, archive.feed(s, renderer, order, clock()))
+
+    def atom(request: Request, feed: archive.AtomFeed) -> Response:
         etag = '"' + hashlib.sha256(feed.document).hexdigest()[:32] + '"'
         headers = {"ETag": etag, "Last-Modified": format_datetime(feed.updated, usegmt=True),
                    "Cache-Control": "public, max-age=300"}
