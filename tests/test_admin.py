@@ -26,7 +26,7 @@ from digest.service import pipeline as jobs
 from digest.service import subscribers as subs
 from digest.service.admin import accounts, overview
 from digest.service.web import create_app
-from digest.store.models import Delivery, Edition, EditionStatus, Subscriber, SubscriberStatus
+from digest.store.models import Delivery, Edition, EditionStatus, SendRequest, Subscriber, SubscriberStatus
 
 PASSWORD = "correct horse battery staple"
 BOSS = "boss@example.com"
@@ -308,3 +308,26 @@ def test_send_now_asks_first_then_the_background_sends_the_edition(signed_in, db
     status = signed_in.get(r.headers["location"]).text
     assert "edition 1: " in status and "2 delivered, 0 failed, 0 pending" in status
     assert db.exec(select(Delivery)).all() and db.exec(select(Subscriber)).all()
+
+
+def test_a_send_now_left_running_by_a_killed_server_does_not_block_the_next(db, settings, clock, admin, smtp_server):
+    # What a `digest serve` killed mid-send leaves behind: its request still says "running", and
+    # "send now" would show that request for ever instead of making a new one.
+    left = SendRequest(requested_by=BOSS, requested_at=clock.now, status="running", started_at=clock.now)
+    db.add(left)
+    db.commit()
+    with TestClient(create_app(settings, clock=clock)) as c:
+        assert sign_in(c).status_code == 303
+
+        def closed() -> bool:
+            db.expire_all()
+            row = db.get(SendRequest, left.id)
+            db.rollback()
+            return row.status == "failed"
+
+        wait_until(closed)
+        assert "interrupted" in c.get(f"/admin/send/{left.id}").text
+        page = c.get("/admin/next")
+        asked = c.post("/admin/next/send", data={"csrf": csrf_of(page.text)})
+        r = c.post("/admin/next/send/confirm", data={"csrf": csrf_of(asked.text)}, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] != f"/admin/send/{left.id}"

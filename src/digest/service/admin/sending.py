@@ -75,6 +75,22 @@ def claim(session: Session, clock: Clock) -> SendRequest | None:
     return session.get(SendRequest, oldest, populate_existing=True) if taken else None
 
 
+def interrupted(session: Session, clock: Clock) -> int:
+    """Close the requests a stopped process left running (a `digest serve` killed mid-send): they
+    would block every later "send now" (`request()` returns the open one). What they had begun is
+    not lost: the edition's remaining deliveries go out with the next send or poll. One `digest
+    serve` per database is assumed here; with two, a restart of one marks the other's running
+    request interrupted until that one records how it ended. Commits; the number closed."""
+    closed = session.exec(
+        update(SendRequest).where(col(SendRequest.status) == RUNNING)
+        .values(status=FAILED, finished_at=as_utc(clock()),
+                outcome="interrupted: digest serve stopped during the send; the rest of the edition goes out"
+                        " with the next send or poll")
+    ).rowcount
+    session.commit()
+    return int(closed or 0)
+
+
 def outcome(result: pipeline.SendResult) -> tuple[int | None, str]:
     """(edition number, a line for the page) of a send."""
     if result.new_queued is not None:
@@ -153,6 +169,12 @@ class SendNow:
             self._thread.join(timeout)
 
     def _run(self) -> None:
+        try:
+            with new_session(self.engine) as s:
+                if closed := interrupted(s, self.clock):
+                    log.warning("send now: %d request(s) left running by a stopped process marked interrupted", closed)
+        except Exception as exc:  # noqa: BLE001 - the thread still serves new requests
+            log.error("send now: %s: %s", type(exc).__name__, exc)
         while not self._stop.is_set():
             self._wake.clear()
             try:
