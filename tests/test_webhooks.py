@@ -333,6 +333,24 @@ def test_events_name_the_cadence_of_the_reader_and_of_the_edition(tmp_path, db, 
             for e in payloads if e["type"] == "edition.sent"] == [("daily", 1, 1), ("weekly", 1, 1)]
 
 
+def test_a_reader_refused_for_good_at_send_time_is_reported_bounced_once(db, settings, clock, smtp_server):
+    config = with_webhooks(settings._config_path, hook_table("https://a.example.com/x", ["subscriber.bounced"]))
+    settings = load_settings(config)
+    for a in ("ann@example.com", "gone@example.com", "full@example.com"):
+        subs.add(db, a, clock)
+    smtp_server.refuse["gone@example.com"] = "550 5.1.1 <gone@example.com>: Recipient address rejected"
+    smtp_server.refuse["full@example.com"] = "552 5.2.2 mailbox full"  # a soft bounce: not reported
+    result = jobs.send(db, settings, SMTPMailer(settings.smtp), clock)
+    assert result.edition.failed == 2
+    jobs.send(db, settings, SMTPMailer(settings.smtp), clock, fetch=False)  # nothing new: nothing again
+    [event] = [json.loads(row.payload) for row in rows(db)]
+    assert event["type"] == "subscriber.bounced"
+    assert event["data"]["subscriber"]["email"] == "gone@example.com"
+    assert event["data"]["subscriber"]["status"] == "bounced"
+    assert event["data"]["bounce"]["kind"] == "hard" and event["data"]["bounce"]["status"] == "5.1.1"
+    assert "Recipient address rejected" in event["data"]["bounce"]["diagnostic"]
+
+
 def test_bounces_process_reports_the_bounced_reader(tmp_path, db, settings, clock, smtp_server):
     from test_bounces import make_dsn
 

@@ -3,11 +3,12 @@ from a pool of sender processes, and mark the edition sent when nothing is left 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import update
-from sqlmodel import Session, col
+from sqlmodel import Session, col, select
 
 from digest.clock import Clock
 from digest.config import Settings, WebhookSettings
@@ -21,7 +22,7 @@ from digest.delivery.sender import DeliveryReport, SenderSettings, run_sender
 from digest.delivery.variants import Variants, VariantSettings
 from digest.delivery.webhooks import Events, iso
 from digest.mail.mailer import Mailer
-from digest.store.models import Edition, EditionStatus, as_utc
+from digest.store.models import Delivery, DeliveryStatus, Edition, EditionStatus, Subscriber, SubscriberStatus, as_utc
 
 
 @dataclass(frozen=True)
@@ -116,5 +117,29 @@ def finish_if_done(session: Session, edition: Edition, events: Events) -> int:
                 "subject": edition.subject,
                 "finished_at": iso(finished), "deliveries": counts(session, edition),
             }})
+            _report_bounced(session, edition, events)
         session.commit()
     return pending
+
+
+_STATUS_CODE = re.compile(r"\b5\.\d{1,3}\.\d{1,3}\b")  # an enhanced status code (RFC 3463) in a reply
+
+
+def _report_bounced(session: Session, edition: Edition, events: Events) -> None:
+    """`subscriber.bounced` for the readers whose address the server refused for good while this
+    edition went out (the sender processes marked them bounced; they are not given the webhooks,
+    so the edition's end reports them, once: a bounced reader gets no later delivery)."""
+    if not events.listens("subscriber.bounced"):
+        return
+    refused = session.exec(
+        select(Subscriber, col(Delivery.last_error))
+        .join(Delivery, col(Delivery.subscriber_id) == col(Subscriber.id))
+        .where(col(Delivery.edition_id) == edition.id, col(Delivery.status) == DeliveryStatus.failed,
+               col(Subscriber.status) == SubscriberStatus.bounced)
+        .order_by(col(Subscriber.id))
+    ).all()
+    for sub, reply in refused:
+        code = _STATUS_CODE.search(reply or "")
+        data = events.subscriber_data(sub)
+        data["bounce"] = {"kind": "hard", "status": code.group(0) if code else None, "diagnostic": reply}
+        events.emit(session, "subscriber.bounced", data)

@@ -67,6 +67,10 @@ class Events:
         return {"subscriber": {"id": sub.id, "email": sub.email, "name": sub.name, "status": sub.status.value,
                                "topics": sub.topics, "cadence": self.cadence(sub.cadence)}}
 
+    def listens(self, name: str) -> bool:
+        """Whether a webhook wants event `name` (so a caller can skip gathering its data)."""
+        return any(name in h.events for h in self.hooks)
+
     def emit(self, session: Session, name: str, data: Mapping[str, Any]) -> int:
         """Queue the event `name` for every webhook that listens for it, in the session's
         transaction (the caller commits); how many rows were queued."""
