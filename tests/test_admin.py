@@ -254,6 +254,24 @@ def test_weeks_count_joins_departures_and_bounces_and_work_the_size_back(db, clo
     assert all(w.size == 0 for w in weeks[:-4])
 
 
+
+def test_recent_editions_count_each_outcome_and_the_bounces_among_the_failed(db, clock):
+    """The delivered count is worked out (recipients less the rest); bounces are counted from
+    their own partial index (ix_delivery_bounced), on SQLite and PostgreSQL alike."""
+    for i in range(7):
+        subs.add(db, f"r{i}@example.com", clock)
+    edition = Edition(number=1, created_at=clock(), subject="One", status=EditionStatus.sending, recipients=7)
+    db.add(edition)
+    db.commit()
+    outcomes = [("sent", None), ("sent", None), ("failed", "bounced (550 5.1.1 unknown user)"),
+                ("failed", "554 5.7.1 refused"), ("skipped", None), ("pending", "451 4.7.1 later"),
+                ("failed", "bounced (552 mailbox full)")]
+    for sub, (status, error) in zip(db.exec(select(Subscriber).order_by(Subscriber.id)).all(), outcomes, strict=True):
+        db.add(Delivery(edition_id=edition.id, subscriber_id=sub.id, status=status, last_error=error))
+    db.commit()
+    (line,) = overview.recent_editions(db)
+    assert (line.recipients, line.delivered, line.failed, line.pending, line.skipped, line.bounced) == (7, 2, 3, 1, 1, 2)
+
 # --- the next edition ---------------------------------------------------------------------------
 
 
