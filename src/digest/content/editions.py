@@ -6,10 +6,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Exists, cast, exists, func, insert, literal, or_, text
+from sqlalchemy import Exists, cast, exists, func, insert, literal, literal_column, or_, text
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.expression import ColumnClause
 from sqlmodel import Session, col, select
 
 from digest.clock import Clock
@@ -184,14 +185,14 @@ def _add_deliveries(session: Session, edition: Edition, categories: frozenset[st
     ).where(
         col(Subscriber.status) == SubscriberStatus.active,
         col(Subscriber.paused) == False,  # noqa: E712
-        or_(col(Subscriber.topics).is_(None), _chose_any(session.get_bind().dialect.name, categories)),
+        or_(col(Subscriber.topics).is_(None), chose_any(session.get_bind().dialect.name, categories)),
     )
     session.execute(
         insert(Delivery).from_select(["edition_id", "subscriber_id", "status", "attempts"], wanted)
     )
 
 
-def _chose_any(dialect: str, categories: frozenset[str]) -> Exists:
+def chose_any(dialect: str, categories: frozenset[str]) -> Exists:
     """SQL: the subscriber's chosen topics (a JSON array, see models.TopicList) include one of
     `categories`. Each database reads the array with its own JSON function."""
     names = sorted(categories)
@@ -297,3 +298,30 @@ def deferred(session: Session, edition: Edition) -> Sequence[tuple[str | None, i
         )
         .order_by(col(Delivery.id))
     ).all()
+
+
+# (delivery id, address, attempts, error, next attempt); the address is None once erased (the id
+# is None only in the type: Delivery.id is, before a row is stored).
+Undelivered = tuple[int | None, str | None, int, str | None, datetime | None]
+
+
+def undelivered(session: Session, edition: Edition, *, deferred: bool = False, after: int = 0,
+                limit: int = 50) -> Sequence[Undelivered]:
+    """A page of `edition`'s failed deliveries (`deferred`: its pending ones that failed
+    temporarily and wait for their next attempt), in id order after delivery `after`: keyset
+    pages, each read from the partial index ix_delivery_unsent whatever the edition's size."""
+    # The status as a literal, not a parameter, so that both databases see that the partial
+    # index's predicate (status <> 'sent') holds.
+    status: ColumnClause[str] = literal_column("'pending'" if deferred else "'failed'")
+    stmt = (
+        sa_select(col(Delivery.id), col(Subscriber.email), col(Delivery.attempts), col(Delivery.last_error),
+                  col(Delivery.next_attempt_at))
+        .select_from(Delivery)
+        .outerjoin(Subscriber, col(Subscriber.id) == col(Delivery.subscriber_id))
+        .where(col(Delivery.edition_id) == edition.id, col(Delivery.status) == status, col(Delivery.id) > after)
+        .order_by(col(Delivery.id))
+        .limit(limit)
+    )
+    if deferred:
+        stmt = stmt.where(col(Delivery.attempts) > 0)
+    return session.execute(stmt).all()

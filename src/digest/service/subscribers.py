@@ -87,21 +87,26 @@ class ImportReport:
 
 
 def read_csv(path: Path) -> str:
-    """The text of a CSV file to import. One that is not UTF-8 (a spreadsheet's Latin-1 or
-    Windows-1252 export, say) is refused whole, naming the line, rather than imported with
-    misread names: guessing the encoding would be wrong for some files."""
+    """The text of a CSV file to import (see csv_text)."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise DigestError(f"cannot read {path}: {exc.strerror}") from None
+    return csv_text(data, str(path))
+
+
+def csv_text(data: bytes, source: str) -> str:
+    """The text of a CSV file to import, `source` naming it in errors. One that is not UTF-8 (a
+    spreadsheet's Latin-1 or Windows-1252 export, say) is refused whole, naming the line, rather
+    than imported with misread names: guessing the encoding would be wrong for some files."""
     data = data.removeprefix(codecs.BOM_UTF8)  # Excel's "CSV UTF-8" starts with one
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise DigestError(
-            f"{path}:{line}: not UTF-8 (byte 0x{data[exc.start]:02x}); nothing imported:"
-            f" save it as UTF-8 (e.g. iconv -f latin1 -t utf-8 {path.name} > utf8.csv)"
+            f"{source}:{line}: not UTF-8 (byte 0x{data[exc.start]:02x}); nothing imported:"
+            f" save it as UTF-8 (e.g. iconv -f latin1 -t utf-8 {Path(source).name} > utf8.csv)"
         ) from None
 
 

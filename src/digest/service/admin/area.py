@@ -68,7 +68,8 @@ FRAMING_CSP = ADMIN_CSP + "; frame-src 'self'"
 NO_STORE = {"Cache-Control": "no-store", "X-Robots-Tag": "noindex, nofollow"}
 
 # The navigation of every admin page: (label, path under /admin). A new page adds its line.
-NAV: list[tuple[str, str]] = [("Overview", ""), ("Next edition", "/next")]
+NAV: list[tuple[str, str]] = [("Overview", ""), ("Next edition", "/next"), ("Editions", "/editions"),
+                               ("Subscribers", "/subscribers")]
 
 
 def utc(instant: datetime | None) -> str:
@@ -184,9 +185,9 @@ def _dependencies(ctx: AdminContext) -> tuple[Callable[..., SignedIn], Callable[
 
 # The admin page modules, each `routes(ctx) -> APIRouter`.
 def _route_modules() -> list[Callable[[AdminContext], Any]]:
-    from digest.service.admin import home, signin
+    from digest.service.admin import editions, home, signin, subscribers
 
-    return [signin.routes, home.routes]
+    return [signin.routes, home.routes, editions.routes, subscribers.routes]
 
 
 def stylesheet(override: Any) -> bytes:

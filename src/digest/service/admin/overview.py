@@ -132,9 +132,17 @@ _ALL = text("SELECT edition_id, COUNT(*) FROM delivery WHERE edition_id IN :ids 
     bindparam("ids", expanding=True))
 
 
-def recent_editions(session: Session, n: int = 10) -> list[EditionLine]:
-    """The newest `n` editions, newest first, with their deliveries by outcome."""
-    rows = list(session.exec(select(Edition).order_by(col(Edition.number).desc()).limit(n)).all())
+def recent_editions(session: Session, n: int = 10, *, before: int | None = None) -> list[EditionLine]:
+    """The newest `n` editions (numbered below `before`, if given: the next page), newest first,
+    with their deliveries by outcome."""
+    stmt = select(Edition).order_by(col(Edition.number).desc()).limit(n)
+    if before is not None:
+        stmt = stmt.where(col(Edition.number) < before)
+    return edition_lines(session, list(session.exec(stmt).all()))
+
+
+def edition_lines(session: Session, rows: Sequence[Edition]) -> list[EditionLine]:
+    """`rows` with their deliveries by outcome."""
     ids = [stored_id(e) for e in rows]
     if not ids:
         return []

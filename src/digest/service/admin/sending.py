@@ -8,6 +8,9 @@ clicks make one send (`request()` returns the open request), and two `digest ser
 never run one request twice (the claim is one conditional UPDATE). Editions themselves are
 built under the edition lock, so a send now and a scheduled send at the same moment take turns
 and the second finds nothing new.
+
+The same thread delivers what is due of unfinished editions when asked (`SendNow.resume`): after
+an edition's "retry failed" in /admin, whose request only makes its failed deliveries due again.
 """
 
 from __future__ import annotations
@@ -103,6 +106,17 @@ def run(session: Session, row: SendRequest, settings: Settings, mailer: Mailer, 
     log.info("send now (asked by %s): %s", row.requested_by, row.outcome)
 
 
+def resume(session: Session, settings: Settings, mailer: Mailer, clock: Clock, stop: Callable[[], bool]) -> None:
+    """Deliver what is due of the unfinished editions (claimed delivery by delivery, so a
+    scheduler doing the same at the same moment sends nothing twice)."""
+    try:
+        for r in pipeline.resume(session, settings, mailer, clock, stop=stop):
+            log.info("edition %d resumed: %d delivered, %d failed, %d pending", r.edition_number, r.sent, r.failed,
+                     r.pending)
+    finally:
+        mailer.close()
+
+
 class SendNow:
     """The thread of `digest serve` that makes the sends asked for in /admin."""
 
@@ -115,6 +129,7 @@ class SendNow:
         self.poll_seconds = poll_seconds
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._resume = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -122,6 +137,12 @@ class SendNow:
         self._thread.start()
 
     def wake(self) -> None:
+        self._wake.set()
+
+    def resume(self) -> None:
+        """Deliver what is due of the unfinished editions now (what `digest serve`'s scheduler
+        does at its next poll): after a "retry failed" in /admin made deliveries due again."""
+        self._resume.set()
         self._wake.set()
 
     def close(self, timeout: float = 30) -> None:
@@ -140,6 +161,9 @@ class SendNow:
                     if row is not None:
                         run(s, row, self.settings, self.mailer_factory(), self.clock, self._stop.is_set)
                         continue
+                    if self._resume.is_set():
+                        self._resume.clear()
+                        resume(s, self.settings, self.mailer_factory(), self.clock, self._stop.is_set)
             except Exception as exc:  # the thread keeps running; the request is left as it was
                 log.error("send now: %s: %s", type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
             self._wake.wait(self.poll_seconds)
