@@ -29,6 +29,7 @@ Steps:
    first and the last found of each kind are measured.
 5. Each page: one warm-up request, then --requests timed ones; p50/p95/max, size. A line warns of
    any page whose p95 reaches 300 ms (the target of issue 12); the exit status is 0 either way.
+   A download (a response that is not HTML, e.g. the CSV export) is timed once and listed apart.
 
 Figures depend on the machine and its load (printed); docs/admin.md keeps a run.
 """
@@ -314,16 +315,20 @@ def percentile(sorted_ms: list[float], q: float) -> float:
     return sorted_ms[min(len(sorted_ms) - 1, max(0, round(q * len(sorted_ms) + 0.5) - 1))]
 
 
-def measure(client: httpx.Client, path: str, requests: int) -> tuple[int, int, list[float]]:
-    """(status, bytes, sorted wall times in ms) of `requests` GETs after a warm-up."""
+def measure(client: httpx.Client, path: str, requests: int) -> tuple[int, int, list[float], bool]:
+    """(status, bytes, sorted wall times in ms, is a page) of `requests` GETs after a warm-up. A
+    download (not HTML: a CSV export of the whole list) is timed once, the warm-up itself."""
+    t0 = time.perf_counter()
     r = client.get(path)
+    if not r.headers.get("content-type", "").startswith("text/html"):
+        return r.status_code, len(r.content), [(time.perf_counter() - t0) * 1000], False
     times = []
     for _ in range(requests):
         t0 = time.perf_counter()
         r = client.get(path)
         r.read()
         times.append((time.perf_counter() - t0) * 1000)
-    return r.status_code, len(r.content), sorted(times)
+    return r.status_code, len(r.content), sorted(times), True
 
 
 def sign_in(client: httpx.Client) -> None:
@@ -399,15 +404,22 @@ def main() -> None:
                     pages = discover(client, base, args.depth, args.search)
                     load_during = os.getloadavg()
                     print(f"\n{len(pages)} pages, {args.requests} requests each (after one warm-up):", flush=True)
-                    print(f"  {'page':<44} {'status':>6} {'KB':>6} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}")
-                    slow = []
+                    print(f"  {'page':<52} {'status':>6} {'KB':>6} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}")
+                    slow, downloads = [], []
                     for path in pages:
-                        status, size, ms = measure(client, path, args.requests)
+                        status, size, ms, is_page = measure(client, path, args.requests)
+                        if not is_page:
+                            downloads.append((path, status, size, ms[0]))
+                            continue
                         p95 = percentile(ms, 0.95)
-                        print(f"  {path:<44} {status:>6} {size / 1024:>6.0f} {statistics.median(ms):>8.0f}"
+                        print(f"  {path:<52} {status:>6} {size / 1024:>6.0f} {statistics.median(ms):>8.0f}"
                               f" {p95:>8.0f} {ms[-1]:>8.0f}", flush=True)
                         if p95 >= TARGET_MS or status != 200:
                             slow.append(path)
+                    if downloads:
+                        print("downloads (not pages; timed once):")
+                    for path, status, size, once in downloads:
+                        print(f"  {path:<52} {status:>6} {size / 1024:>6.0f} KB in {once / 1000:.1f} s", flush=True)
             finally:
                 proc.terminate()
                 proc.wait(30)
