@@ -272,6 +272,30 @@ def test_recent_editions_count_each_outcome_and_the_bounces_among_the_failed(db,
     (line,) = overview.recent_editions(db)
     assert (line.recipients, line.delivered, line.failed, line.pending, line.skipped, line.bounced) == (7, 2, 3, 1, 1, 2)
 
+
+def test_an_editions_failures_come_a_page_at_a_time_in_delivery_order(db, clock):
+    """editions.undelivered reads the page's ids from the undelivered index, then their rows."""
+    from digest.content import editions
+
+    older = Edition(number=1, created_at=clock(), subject="Older", status=EditionStatus.sent, recipients=0)
+    edition = Edition(number=2, created_at=clock(), subject="Newest", status=EditionStatus.sending, recipients=0)
+    db.add_all([older, edition])
+    db.commit()
+    for i in range(130):
+        sub, _ = subs.add(db, f"r{i:03d}@example.com", clock)
+        db.add(Delivery(edition_id=older.id, subscriber_id=sub.id, status="failed", last_error="554 no"))
+        status, attempts = ("failed", 1) if i % 2 else ("pending", 1 if i % 4 == 0 else 0)
+        db.add(Delivery(edition_id=edition.id, subscriber_id=sub.id, status=status, attempts=attempts,
+                        last_error=f"error {i}"))
+    db.commit()
+    first = editions.undelivered(db, edition, limit=51)
+    assert [r.email for r in first] == [f"r{i:03d}@example.com" for i in range(1, 102, 2)]
+    assert [r.id for r in first] == sorted(r.id for r in first)
+    rest = editions.undelivered(db, edition, after=first[49].id, limit=51)
+    assert [r.last_error for r in rest] == [f"error {i}" for i in range(101, 130, 2)]
+    deferred = editions.undelivered(db, edition, deferred=True, limit=51)
+    assert [r.email for r in deferred] == [f"r{i:03d}@example.com" for i in range(0, 130, 4)]
+
 # --- the next edition ---------------------------------------------------------------------------
 
 
