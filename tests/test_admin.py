@@ -255,6 +255,19 @@ def test_weeks_count_joins_departures_and_bounces_and_work_the_size_back(db, clo
 
 
 
+def test_joins_at_different_times_of_one_week_count_together(db, clock):
+    """Three sign-ups on Monday, Wednesday and Sunday of one week are 3 joins of that week."""
+    now = clock()
+    monday = overview.week_start(now) - timedelta(weeks=2)
+    for i, offset in enumerate((timedelta(hours=1), timedelta(days=2, minutes=7), timedelta(days=6, hours=23))):
+        clock.now = monday + offset
+        subs.add(db, f"week{i}@example.com", clock)
+    clock.now = now
+    weeks = overview.weeks(db, now, overview.subscriber_counts(db)["active"])
+    assert [(w.start, w.joined, w.size) for w in weeks[-3:]] == [(monday, 3, 3), (monday + timedelta(weeks=1), 0, 3),
+                                                                 (overview.week_start(now), 0, 3)]
+
+
 def test_recent_editions_count_each_outcome_and_the_bounces_among_the_failed(db, clock):
     """The delivered count is worked out (recipients less the rest); bounces are counted from
     their own partial index (ix_delivery_bounced), on SQLite and PostgreSQL alike."""

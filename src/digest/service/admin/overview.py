@@ -65,8 +65,9 @@ def _week_of(column: Any, start: datetime, dialect: str) -> ColumnElement[Any]:
         # date_part gives a double; EXTRACT gives a numeric since PostgreSQL 14, and numeric
         # arithmetic on 150,000 rows was half of this query's time (bench/admin.py)
         return func.floor((func.date_part("epoch", column) - origin) / int(WEEK.total_seconds()))
-    # SQLite: whole seconds since the epoch, divided as integers
-    return (cast(func.strftime("%s", column), Integer) - origin) / int(WEEK.total_seconds())
+    # SQLite: whole seconds since the epoch, divided as integers (`//`: SQLAlchemy renders `/` as
+    # true division, a float for each second, so no two joins of a week were grouped together)
+    return (cast(func.strftime("%s", column), Integer) - origin) // int(WEEK.total_seconds())
 
 
 def _per_week(session: Session, column: Any, start: datetime, end: datetime,
