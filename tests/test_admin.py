@@ -9,7 +9,7 @@ import re
 import subprocess
 import time
 import warnings
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -266,6 +266,22 @@ def test_joins_at_different_times_of_one_week_count_together(db, clock):
     weeks = overview.weeks(db, now, overview.subscriber_counts(db)["active"])
     assert [(w.start, w.joined, w.size) for w in weeks[-3:]] == [(monday, 3, 3), (monday + timedelta(weeks=1), 0, 3),
                                                                  (overview.week_start(now), 0, 3)]
+
+
+def test_the_charts_axes_are_labelled_with_the_values_at_their_grid_lines():
+    """Labels are whole steps (0, 25, 50, 75, 100; not 0, 2, 5, 7, 10 placed a quarter apart), and
+    the newest week's date is shown without another date on top of it."""
+    from digest.service.admin import chart
+
+    monday = overview.week_start(datetime(2026, 11, 26, tzinfo=UTC))
+    weeks = [overview.Week(monday - timedelta(weeks=25 - i), joined=92 if i == 20 else 10, left=3, bounced=1,
+                           size=1250 + i % 4) for i in range(26)]
+    svg = str(chart.weekly_chart(weeks))
+    left = re.findall(r'text-anchor="end" fill="#57606a">([\d,]+)</text>', svg)
+    right = re.findall(r'fill="#0b5cad">([\d,]+)</text>', svg)
+    assert left == ["0", "25", "50", "75", "100"] and right == ["1,250", "1,251", "1,252", "1,253", "1,254"]
+    dates = re.findall(r'text-anchor="middle" fill="#57606a">([^<]+)</text>', svg)
+    assert dates[-1] == "23 Nov" and dates == [f"{w.start:%d %b}" for w in weeks[1::4]]
 
 
 def test_recent_editions_count_each_outcome_and_the_bounces_among_the_failed(db, clock):
