@@ -1,6 +1,6 @@
 """The numbers of the admin overview. Each is one aggregate query on indexed columns (nothing is
 loaded row by row into Python), so the page stays fast at a million subscribers and hundreds of
-editions (docs/web.md#admin; the indexes are in store.models):
+editions (docs/admin.md, bench/admin.py; the indexes are in store.models):
 
 - subscribers by status: GROUP BY status (ix_subscriber_status);
 - the 26 weeks: joins, departures and bounces counted per week from confirmed_at,
