@@ -1,7 +1,8 @@
 """/admin in a real browser: `digest serve` as a subprocess, an admin added with `digest admin add
 --password-stdin`, headless Chromium (Debian's, driven by Playwright) signs in through the login
 form and walks every page: those of the admin NAV and the admin pages linked from them (so a
-page added later is walked without editing this test). Each answers 200 with no console error
+page added later is walked without editing this test; a download, such as the CSV export, is
+fetched, not opened). Each answers 200 with no console error
 (a CSP violation is one) and no request to another origin; the next edition's preview is framed
 sandboxed; after logging out an admin page sends the browser back to the login form.
 
@@ -110,6 +111,11 @@ def test_an_admin_signs_in_walks_every_page_and_logs_out(browser, admin_server):
             if kind_of(path) in walked:
                 continue
             walked[kind_of(path)] = path
+            fetched = page.request.get(url + path)  # the browser's cookies: a download is not navigated to
+            assert fetched.status == 200, path
+            if not fetched.headers.get("content-type", "").startswith("text/html"):
+                assert fetched.headers.get("content-disposition", "").startswith("attachment"), path
+                continue
             response = page.goto(url + path)
             assert response is not None and response.status == 200, path
             assert page.locator("main h1").count() == 1, f"{path}: no heading"
@@ -124,6 +130,8 @@ def test_an_admin_signs_in_walks_every_page_and_logs_out(browser, admin_server):
                         following.append(path_q)
         frontier = following
     assert {ADMIN + rel for _, rel in NAV} <= set(walked.values())
+    # the fixture's edition and reader: their pages are reached through the lists' links
+    assert {"/admin/editions/N", "/admin/subscribers/N"} <= set(walked), sorted(walked.values())
 
     # The next edition's preview: in a frame that may run nothing (no allow-* token), showing the edition.
     page.goto(url + ADMIN + "/next")
