@@ -23,10 +23,11 @@ Steps:
 3. `digest admin add`, `digest serve --no-scheduler` (the real uvicorn, the web app alone: no
    scheduled send or feed poll during the run), sign in through the login form.
 4. The pages: those of the admin NAV (digest.service.admin.area.NAV), then every page linked from
-   them under /admin (links, frames, GET forms filled with --search), and from those, to --depth;
-   same origin, GET only, never a POST (no logout, no send). Pages whose paths differ only in
-   numbers (/editions/7, /editions/8) or query values (?page=2, ?page=5000) count as one kind: the
-   first and the last found of each kind are measured.
+   them under /admin (links, frames, GET forms: text inputs filled with --search, each select at
+   its first, second and last option), and from those, to --depth; same origin, GET only, never a
+   POST (no logout, no send). Pages whose paths and queries differ only in numbers (/editions/7,
+   /editions/8; ?before=20, ?before=5000) count as one kind: the first and the last found of each
+   kind are measured.
 5. Each page: one warm-up request, then --requests timed ones; p50/p95/max, size. A line warns of
    any page whose p95 reaches 300 ms (the target of issue 12); the exit status is 0 either way.
    A download (a response that is not HTML, e.g. the CSV export) is timed once and listed apart.
@@ -233,13 +234,15 @@ def prepare(server_url: str, config: Path, args: argparse.Namespace) -> tuple[st
 # --- the pages --------------------------------------------------------------------------------
 
 class Links(HTMLParser):
-    """Where a page leads with a GET: a[href], iframe[src], and GET forms (their text inputs)."""
+    """Where a page leads with a GET: a[href], iframe[src], and GET forms (their text inputs, and
+    their selects with the options' values)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.found: list[str] = []
-        self.forms: list[tuple[str, list[str]]] = []  # (action, text input names)
-        self._form: tuple[str, list[str]] | None = None
+        self.forms: list[tuple[str, list[str], dict[str, list[str]]]] = []  # (action, text inputs, selects)
+        self._form: tuple[str, list[str], dict[str, list[str]]] | None = None
+        self._select: str | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k: v or "" for k, v in attrs}
@@ -248,22 +251,41 @@ class Links(HTMLParser):
         elif tag == "iframe" and a.get("src"):
             self.found.append(a["src"])
         elif tag == "form" and a.get("method", "get").lower() == "get":
-            self._form = (a.get("action", ""), [])
+            self._form = (a.get("action", ""), [], {})
             self.forms.append(self._form)
-        elif tag == "input" and self._form is not None and a.get("name") \
-                and a.get("type", "text") in ("text", "search", "email"):
+        elif self._form is None:
+            return
+        elif tag == "input" and a.get("name") and a.get("type", "text") in ("text", "search", "email"):
             self._form[1].append(a["name"])
+        elif tag == "select" and a.get("name"):
+            self._select = a["name"]
+            self._form[2][self._select] = []
+        elif tag == "option" and self._select is not None:
+            self._form[2][self._select].append(a.get("value", ""))
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "form":
             self._form = None
+        elif tag == "select":
+            self._select = None
 
 
 def kind_of(path_and_query: str) -> str:
-    """/admin/editions/17?page=3 -> /admin/editions/N?page=: pages of one kind cost alike."""
+    """/admin/editions/17?page=3 -> /admin/editions/N?page=N: pages of one kind cost alike (a
+    query's words, ?status=pending or ?match=contains, make kinds of their own)."""
     parts = urlsplit(path_and_query)
-    keys = sorted(k.split("=", 1)[0] for k in parts.query.split("&") if k)
-    return re.sub(r"\d+", "N", parts.path) + ("?" + "&".join(keys) if keys else "")
+    return re.sub(r"\d+", "N", parts.path + ("?" + "&".join(sorted(parts.query.split("&"))) if parts.query else ""))
+
+
+def form_queries(texts: list[str], selects: dict[str, list[str]], search: str) -> list[dict[str, str]]:
+    """A GET form's submissions: the text inputs filled with `search` and each select at its first
+    option; then the same with one select at its second, and at its last, option."""
+    base = {**{n: search for n in texts}, **{n: options[0] for n, options in selects.items() if options}}
+    variants = [base]
+    for name, options in selects.items():
+        for option in dict.fromkeys(options[1:2] + options[-1:]):
+            variants.append({**base, name: option})
+    return variants
 
 
 def linked(base: str, page_url: str, html: str, search: str) -> Iterable[str]:
@@ -271,9 +293,10 @@ def linked(base: str, page_url: str, html: str, search: str) -> Iterable[str]:
     parser = Links()
     parser.feed(html)
     targets = list(parser.found)
-    for action, names in parser.forms:
-        if names:
-            targets.append((action or page_url).split("?")[0] + "?" + urlencode({n: search for n in names}))
+    for action, texts, selects in parser.forms:
+        if texts or selects:
+            for query in form_queries(texts, selects, search):
+                targets.append((action or page_url).split("?")[0] + "?" + urlencode(query))
     origin = urlsplit(base)
     for t in targets:
         u = urlsplit(urljoin(page_url, t))

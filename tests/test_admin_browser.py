@@ -133,6 +133,14 @@ def test_an_admin_signs_in_walks_every_page_and_logs_out(browser, admin_server):
     # the fixture's edition and reader: their pages are reached through the lists' links
     assert {"/admin/editions/N", "/admin/subscribers/N"} <= set(walked), sorted(walked.values())
 
+    # The search form as a browser submits it: every field, "any" status and topic as empty values.
+    page.goto(url + ADMIN + "/subscribers")
+    page.fill("input[name=q]", "reader@")
+    with page.expect_navigation() as searched:
+        page.get_by_role("button", name="Show").click()
+    assert searched.value.status == 200, searched.value.url
+    assert "status=&" in searched.value.url and "reader@example.com" in page.inner_text("main")
+
     # The next edition's preview: in a frame that may run nothing (no allow-* token), showing the edition.
     page.goto(url + ADMIN + "/next")
     frame = page.locator("iframe")
