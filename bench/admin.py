@@ -427,7 +427,7 @@ def main() -> None:
                     pages = discover(client, base, args.depth, args.search)
                     load_during = os.getloadavg()
                     print(f"\n{len(pages)} pages, {args.requests} requests each (after one warm-up):", flush=True)
-                    print(f"  {'page':<52} {'status':>6} {'KB':>6} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}")
+                    print(f"  {'page':<62} {'status':>6} {'KB':>6} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}")
                     slow, downloads = [], []
                     for path in pages:
                         status, size, ms, is_page = measure(client, path, args.requests)
@@ -435,14 +435,14 @@ def main() -> None:
                             downloads.append((path, status, size, ms[0]))
                             continue
                         p95 = percentile(ms, 0.95)
-                        print(f"  {path:<52} {status:>6} {size / 1024:>6.0f} {statistics.median(ms):>8.0f}"
+                        print(f"  {path:<62} {status:>6} {size / 1024:>6.0f} {statistics.median(ms):>8.0f}"
                               f" {p95:>8.0f} {ms[-1]:>8.0f}", flush=True)
                         if p95 >= TARGET_MS or status != 200:
                             slow.append(path)
                     if downloads:
                         print("downloads (not pages; timed once):")
                     for path, status, size, once in downloads:
-                        print(f"  {path:<52} {status:>6} {size / 1024:>6.0f} KB in {once / 1000:.1f} s", flush=True)
+                        print(f"  {path:<62} {status:>6} {size / 1024:>6.0f} KB in {once / 1000:.1f} s", flush=True)
             finally:
                 proc.terminate()
                 proc.wait(30)
