@@ -9,7 +9,7 @@ import re
 import subprocess
 import time
 import warnings
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -253,6 +253,77 @@ def test_weeks_count_joins_departures_and_bounces_and_work_the_size_back(db, clo
                                                                            (1, 0, 0, 3)]
     assert all(w.size == 0 for w in weeks[:-4])
 
+
+
+def test_joins_at_different_times_of_one_week_count_together(db, clock):
+    """Three sign-ups on Monday, Wednesday and Sunday of one week are 3 joins of that week."""
+    now = clock()
+    monday = overview.week_start(now) - timedelta(weeks=2)
+    for i, offset in enumerate((timedelta(hours=1), timedelta(days=2, minutes=7), timedelta(days=6, hours=23))):
+        clock.now = monday + offset
+        subs.add(db, f"week{i}@example.com", clock)
+    clock.now = now
+    weeks = overview.weeks(db, now, overview.subscriber_counts(db)["active"])
+    assert [(w.start, w.joined, w.size) for w in weeks[-3:]] == [(monday, 3, 3), (monday + timedelta(weeks=1), 0, 3),
+                                                                 (overview.week_start(now), 0, 3)]
+
+
+def test_the_charts_axes_are_labelled_with_the_values_at_their_grid_lines():
+    """Labels are whole steps (0, 25, 50, 75, 100; not 0, 2, 5, 7, 10 placed a quarter apart), and
+    the newest week's date is shown without another date on top of it."""
+    from digest.service.admin import chart
+
+    monday = overview.week_start(datetime(2026, 11, 26, tzinfo=UTC))
+    weeks = [overview.Week(monday - timedelta(weeks=25 - i), joined=92 if i == 20 else 10, left=3, bounced=1,
+                           size=1250 + i % 4) for i in range(26)]
+    svg = str(chart.weekly_chart(weeks))
+    left = re.findall(r'text-anchor="end" fill="#57606a">([\d,]+)</text>', svg)
+    right = re.findall(r'fill="#0b5cad">([\d,]+)</text>', svg)
+    assert left == ["0", "25", "50", "75", "100"] and right == ["1,250", "1,251", "1,252", "1,253", "1,254"]
+    dates = re.findall(r'text-anchor="middle" fill="#57606a">([^<]+)</text>', svg)
+    assert dates[-1] == "23 Nov" and dates == [f"{w.start:%d %b}" for w in weeks[1::4]]
+
+
+def test_recent_editions_count_each_outcome_and_the_bounces_among_the_failed(db, clock):
+    """The delivered count is worked out (recipients less the rest); bounces are counted from
+    their own partial index (ix_delivery_bounced), on SQLite and PostgreSQL alike."""
+    for i in range(7):
+        subs.add(db, f"r{i}@example.com", clock)
+    edition = Edition(number=1, created_at=clock(), subject="One", status=EditionStatus.sending, recipients=7)
+    db.add(edition)
+    db.commit()
+    outcomes = [("sent", None), ("sent", None), ("failed", "bounced (550 5.1.1 unknown user)"),
+                ("failed", "554 5.7.1 refused"), ("skipped", None), ("pending", "451 4.7.1 later"),
+                ("failed", "bounced (552 mailbox full)")]
+    for sub, (status, error) in zip(db.exec(select(Subscriber).order_by(Subscriber.id)).all(), outcomes, strict=True):
+        db.add(Delivery(edition_id=edition.id, subscriber_id=sub.id, status=status, last_error=error))
+    db.commit()
+    (line,) = overview.recent_editions(db)
+    assert (line.recipients, line.delivered, line.failed, line.pending, line.skipped, line.bounced) == (7, 2, 3, 1, 1, 2)
+
+
+def test_an_editions_failures_come_a_page_at_a_time_in_delivery_order(db, clock):
+    """editions.undelivered reads the page's ids from the undelivered index, then their rows."""
+    from digest.content import editions
+
+    older = Edition(number=1, created_at=clock(), subject="Older", status=EditionStatus.sent, recipients=0)
+    edition = Edition(number=2, created_at=clock(), subject="Newest", status=EditionStatus.sending, recipients=0)
+    db.add_all([older, edition])
+    db.commit()
+    for i in range(130):
+        sub, _ = subs.add(db, f"r{i:03d}@example.com", clock)
+        db.add(Delivery(edition_id=older.id, subscriber_id=sub.id, status="failed", last_error="554 no"))
+        status, attempts = ("failed", 1) if i % 2 else ("pending", 1 if i % 4 == 0 else 0)
+        db.add(Delivery(edition_id=edition.id, subscriber_id=sub.id, status=status, attempts=attempts,
+                        last_error=f"error {i}"))
+    db.commit()
+    first = editions.undelivered(db, edition, limit=51)
+    assert [r.email for r in first] == [f"r{i:03d}@example.com" for i in range(1, 102, 2)]
+    assert [r.id for r in first] == sorted(r.id for r in first)
+    rest = editions.undelivered(db, edition, after=first[49].id, limit=51)
+    assert [r.last_error for r in rest] == [f"error {i}" for i in range(101, 130, 2)]
+    deferred = editions.undelivered(db, edition, deferred=True, limit=51)
+    assert [r.email for r in deferred] == [f"r{i:03d}@example.com" for i in range(0, 130, 4)]
 
 # --- the next edition ---------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from sqlalchemy import (
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import aliased
 from sqlalchemy.sql.expression import ColumnClause
 from sqlmodel import Session, col, select
 
@@ -480,15 +481,25 @@ def undelivered(session: Session, edition: Edition, *, deferred: bool = False, a
     # The status as a literal, not a parameter, so that both databases see that the partial
     # index's predicate (status <> 'sent') holds.
     status: ColumnClause[str] = literal_column("'pending'" if deferred else "'failed'")
+    # The page's ids first, from the index alone, then their rows. Asked for the rows at once,
+    # PostgreSQL may walk the primary key in id order from the first delivery of all, filtering,
+    # when it overestimates the edition's failures (bench/admin.py: 1.6 M rows read, ~200 ms for
+    # the newest edition; this way ~2 ms).
+    page = aliased(Delivery)
+    ids = (
+        sa_select(col(page.id))
+        .where(col(page.edition_id) == edition.id, col(page.status) == status, col(page.id) > after)
+        .order_by(col(page.id))
+        .limit(limit)
+    )
+    if deferred:
+        ids = ids.where(col(page.attempts) > 0)
     stmt = (
         sa_select(col(Delivery.id), col(Subscriber.email), col(Delivery.attempts), col(Delivery.last_error),
                   col(Delivery.next_attempt_at))
         .select_from(Delivery)
         .outerjoin(Subscriber, col(Subscriber.id) == col(Delivery.subscriber_id))
-        .where(col(Delivery.edition_id) == edition.id, col(Delivery.status) == status, col(Delivery.id) > after)
+        .where(col(Delivery.id).in_(ids))
         .order_by(col(Delivery.id))
-        .limit(limit)
     )
-    if deferred:
-        stmt = stmt.where(col(Delivery.attempts) > 0)
     return session.execute(stmt).all()

@@ -17,25 +17,40 @@ SERIES = (("joined", "#2e7d32"), ("left", "#8a6d3b"), ("bounced", "#b42318"))
 SIZE_COLOUR = "#0b5cad"
 
 
-def nice_ceiling(value: float) -> int:
-    """The smallest 1, 2 or 5 times a power of ten at or above `value` (at least 1)."""
-    step = 1
+GRID = 4  # intervals between the grid lines; each axis labels them in whole steps
+
+
+def nice_step(value: float) -> int:
+    """The smallest 1, 2, 2.5 or 5 times a power of ten at or above `value` (at least 1), whole:
+    a grid step whose multiples read well (25, 50, 75, 100)."""
+    scale = 1
     while True:
-        for m in (1, 2, 5):
-            if step * m >= value:
-                return step * m
-        step *= 10
+        for m in (1, 2, 2.5, 5):
+            if scale * m >= value and float(scale * m).is_integer():
+                return int(scale * m)
+        scale *= 10
+
+
+def size_axis(low: int, high: int) -> tuple[int, int]:
+    """(bottom, step) of the list-size axis: GRID whole steps from a multiple of the step that
+    cover low..high."""
+    step = nice_step((high - low) / GRID)
+    while True:
+        bottom = low - low % step
+        if bottom + GRID * step >= high:
+            return bottom, step
+        step = nice_step(step + 1)
 
 
 def weekly_chart(weeks: Sequence[Week]) -> Markup:
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     bottom = TOP + plot_h
-    top_count = nice_ceiling(max((max(w.joined, w.left, w.bounced) for w in weeks), default=0))
+    count_step = nice_step(max((max(w.joined, w.left, w.bounced) for w in weeks), default=0) / GRID)
+    top_count = GRID * count_step
     sizes = [w.size for w in weeks]
     low, high = (min(sizes), max(sizes)) if sizes else (0, 0)
-    span = nice_ceiling(high - low) if high > low else 1
-    low = max(0, low - low % span if span > 1 else low)
-    size_top = low + span if low + span >= high else low + 2 * span
+    low, size_step = size_axis(low, high)
+    size_top = low + GRID * size_step
 
     def y_count(n: int) -> float:
         return bottom - plot_h * n / top_count
@@ -53,14 +68,14 @@ def weekly_chart(weeks: Sequence[Week]) -> Markup:
         f' at the end of each week, from {sizes[0] if sizes else 0:,} to {sizes[-1] if sizes else 0:,}.'
         ' The table below gives every number.</desc>',
     ]
-    for i in range(5):  # grid and both axes' labels
-        y = bottom - plot_h * i / 4
+    for i in range(GRID + 1):  # grid and both axes' labels
+        y = bottom - plot_h * i / GRID
         parts.append(f'<line x1="{LEFT}" y1="{y:.1f}" x2="{LEFT + plot_w}" y2="{y:.1f}" stroke="#d0d7de"'
                      ' stroke-width="1"/>')
         parts.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#57606a">'
-                     f'{top_count * i // 4:,}</text>')
+                     f'{count_step * i:,}</text>')
         parts.append(f'<text x="{LEFT + plot_w + 6}" y="{y + 4:.1f}" fill="{SIZE_COLOUR}">'
-                     f'{low + (size_top - low) * i // 4:,}</text>')
+                     f'{low + size_step * i:,}</text>')
     for i, w in enumerate(weeks):
         x0 = LEFT + slot * i + slot * 0.1
         for k, (name, colour) in enumerate(SERIES):
@@ -69,7 +84,7 @@ def weekly_chart(weeks: Sequence[Week]) -> Markup:
                 y = y_count(n)
                 parts.append(f'<rect x="{x0 + bar * k:.1f}" y="{y:.1f}" width="{bar:.1f}" height="{bottom - y:.1f}"'
                              f' fill="{colour}"><title>{escape(f"{w.start:%d %b}: {n:,} {name}")}</title></rect>')
-        if i % 4 == 0 or i == len(weeks) - 1:
+        if (len(weeks) - 1 - i) % 4 == 0:  # every 4th week, counted back from this one
             parts.append(f'<text x="{LEFT + slot * (i + 0.5):.1f}" y="{bottom + 16}" text-anchor="middle"'
                          f' fill="#57606a">{w.start:%d %b}</text>')
     points = " ".join(f"{LEFT + slot * (i + 0.5):.1f},{y_size(w.size):.1f}" for i, w in enumerate(weeks))

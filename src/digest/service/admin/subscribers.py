@@ -20,7 +20,7 @@ import csv
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Path, Query, UploadFile
 from fastapi.responses import HTMLResponse, StreamingResponse
@@ -200,7 +200,7 @@ def routes(ctx: AdminContext) -> APIRouter:
     @router.get("/subscribers", response_class=HTMLResponse)
     def subscriber_list(
         who: Admin, s: DB, q: Annotated[str, Query(max_length=320)] = "", match: str = "",
-        status: SubscriberStatus | None = None, topic: Annotated[str, Query(max_length=200)] = "",
+        status: SubscriberStatus | Literal[""] = "", topic: Annotated[str, Query(max_length=200)] = "",
         before: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None, notice: str = "",
         cadence: Annotated[str, Query(max_length=50)] = "",
     ):
@@ -208,7 +208,8 @@ def routes(ctx: AdminContext) -> APIRouter:
             readers = ctx.cadences.readers(ctx.cadences.named(cadence)) if cadence else None
         except NotFound:
             raise HTTPException(404, headers=NO_STORE) from None
-        f = Filter(q.strip().lower(), match == "contains", status, topic or None, cadence if readers else "", readers)
+        # status "" is the form's "any": a browser sends the empty option's value
+        f = Filter(q.strip().lower(), match == "contains", status or None, topic or None, cadence if readers else "", readers)
         return list_page(who, s, f, before, notice=notice)
 
     @router.post("/subscribers/add")
