@@ -457,7 +457,8 @@ def test_the_webhooks_process_of_a_worker_dies_with_it(tmp_path):
     try:
         deadline = time.monotonic() + 60
         while not children(worker.pid):  # forked as the worker starts polling
-            assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()
+            assert worker.poll() is None, worker.communicate()
+            assert time.monotonic() < deadline, "the worker started no process"
             time.sleep(0.05)
         [posting] = children(worker.pid)
     finally:
