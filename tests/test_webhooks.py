@@ -470,6 +470,18 @@ def test_the_webhooks_process_of_a_worker_dies_with_it(tmp_path):
         time.sleep(0.05)
 
 
+def test_a_command_that_posts_nothing_loads_no_http_client(tmp_path):
+    """httpx (~25 ms of every command's start-up) is imported at a webhook's first POST."""
+    import sys
+
+    config = with_webhooks(write_config(tmp_path), hook_table("http://127.0.0.1:9/hook", ["edition.sent"]))
+    run_digest(config, "editions", check=True)  # a new database, made at head
+    probe = ("import sys; from digest.cli import main; sys.argv = ['digest', '--config', sys.argv[1], 'editions'];"
+             " import atexit; atexit.register(lambda: print('httpx' in sys.modules)); main()")
+    proc = subprocess.run([sys.executable, "-c", probe, str(config)], capture_output=True, text=True, check=True)
+    assert proc.stdout.splitlines()[-1] == "False", proc.stdout
+
+
 def test_a_mail_sender_never_claims_a_webhooks_row(db, settings, clock):
     """A mail sender never takes a webhook's row (nor the other way round)."""
     Events(load_settings(with_webhooks(settings._config_path, hook_table("https://a.example.com/x", ["edition.sent"])))
