@@ -10,6 +10,7 @@ process is gone; then another worker sends them.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from digest.mail.mailer import Mailer
 from digest.service import signup
 from digest.service.admin import testmail
 from digest.store.database import make_engine
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -100,8 +103,8 @@ def run(
             report.webhooks = outbox.drain_couriers(session, couriers, clock, sender=sender, stop=stop)
         if isinstance(posting, pool.Companion):
             outcome = posting.close(timeout=webhooks.TIMEOUT_SECONDS + 5)
-            if not outcome.ok:
-                on_error(f"webhooks: {outcome.error}")
+            if not outcome.ok:  # (what it did not post stays queued for the next worker or `digest serve`)
+                log.warning("the webhooks' process: %s", outcome.error)
         elif posting is not None:
             posting.close(timeout=webhooks.TIMEOUT_SECONDS + 5)
     mailer.close()
@@ -113,9 +116,9 @@ def _start_posting(session: Session, settings: Settings, couriers: dict[str, out
     """What posts the webhooks of a polling worker as they come due, apart from the mail (a receiver
     slow to answer never holds up a send): a process forked now, while this one has a single thread,
     with its own engine. A thread (a Dispatcher) would make the sender pool start its processes
-    with forkserver (~15 % slower, ~70 MB more: docs/delivery.md); so would doing it between polls
-    hold the webhooks back for a whole send. A Dispatcher all the same when this process already has
-    a thread (nothing forks then) or an in-memory database (nothing else can open it)."""
+    with forkserver (~15 % slower, ~70 MB more: docs/delivery.md); posting between polls instead
+    would hold the webhooks back for a whole send. A Dispatcher all the same when this process
+    already has a thread (nothing forks then) or an in-memory database (nothing else can open it)."""
     poll_seconds = settings.delivery.poll_seconds
     if pool.can_share(settings.database_url):
         def post(stop: Callable[[], bool], wait: Callable[[float], None]) -> None:
