@@ -602,11 +602,14 @@ def test_a_long_fetch_logs_its_progress(tmp_path):
 
 @pytest.mark.slow
 def test_a_send_with_progress_starts_its_sender_processes_with_fork(tmp_path, smtp_server):
-    """The progress of a send runs in the main thread: with a thread alive, the sender processes would
-    be started with forkserver (slower, and ~70 MB more)."""
+    """The progress of a send runs in the main thread, and nothing else starts a thread (webhooks are
+    only queued): with a thread alive, the sender processes would be started with forkserver
+    (slower, and ~70 MB more)."""
     import re
 
     config = write_config(tmp_path, smtp_port=smtp_server.port, connections=2)
+    config.write_text(config.read_text() + '\n[[webhooks]]\nurl = "http://127.0.0.1:9/hook"\n'
+                      'secret = "test-secret-0123456789"\nevents = ["edition.sent"]\n')
     subscribe(config, *(f"reader{i}@example.com" for i in range(2000)))
     _slow_relay(smtp_server)
     proc = run_digest(config, "--log-level", "debug", "--progress-every", "0.5", "send", check=True, timeout=600)

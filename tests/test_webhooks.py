@@ -5,8 +5,11 @@ long); a removed webhook's requests dropped; neither a request nor a send waits 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import socket
+import subprocess
 import threading
 import time
 from datetime import timedelta
@@ -16,7 +19,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
-from conftest import one_line_error, run_digest, write_config
+from conftest import DIGEST, one_line_error, run_digest, subscribe, write_config
 from digest.clock import utc_now
 from digest.config import load_settings
 from digest.delivery import outbox, webhooks
@@ -440,6 +443,83 @@ def test_digest_worker_once_posts_the_queued_webhooks(db, settings, clock):
         assert "Webhooks: 1 sent, 0 failed, 0 to retry" in out
         [event] = receiver.wait_for(1)
     assert event["data"]["subscriber"]["email"] == "ann@example.com"
+
+
+def start_worker(config: Path, *args: str) -> subprocess.Popen:
+    """A polling `digest worker` (a subprocess, as a service manager runs it)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
+    return subprocess.Popen([*DIGEST, "--config", str(config), *args, "worker"], env=env, cwd=config.parent,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(x) for x in f.read().split()]
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (and been reaped, or is a zombie waiting for it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def test_a_polling_worker_posts_its_webhooks_and_still_forks_its_sender_processes(tmp_path, smtp_server):
+    """A polling `digest worker` posts edition.sent while it runs, from a process of its own: with a
+    thread for the webhooks, its sender processes would be started with forkserver (slower, ~70 MB more)."""
+    config = write_config(tmp_path, smtp_port=smtp_server.port, connections=2,
+                          extra='mode = "workers"\npoll_seconds = 0.2\nbatch_size = 40\n')  # 300: 8 batches, 2 senders
+    subscribe(config, *(f"reader{i}@example.com" for i in range(300)))
+    with Receiver() as receiver:
+        with_webhooks(config, hook_table(receiver.url, ["edition.sent"]))
+        assert "300 deliveries queued for `digest worker`" in run_digest(config, "send", check=True).stdout
+        worker = start_worker(config, "--log-level", "debug")
+        try:
+            [event] = receiver.wait_for(1, timeout=120)  # while the worker still runs
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            out, err = worker.communicate(timeout=60)
+    assert event["type"] == "edition.sent" and event["data"]["edition"]["number"] == 1
+    assert worker.returncode == 0, err[-3000:]
+    assert "Edition 1: 300 delivered, 0 failed, 0 pending" in out
+    started = re.findall(r" DEBUG starting 2 processes with (\w+)$", err, re.M)
+    assert started == ["fork"], err[-3000:]
+
+
+def test_the_webhooks_process_of_a_worker_dies_with_it(tmp_path):
+    """Killed (even with SIGKILL), a polling worker leaves no process behind to post webhooks."""
+    config = with_webhooks(write_config(tmp_path, extra="poll_seconds = 0.2\n"),
+                           hook_table("http://127.0.0.1:9/hook", ["edition.sent"]))
+    run_digest(config, "db", "upgrade", check=True)
+    worker = start_worker(config)
+    try:
+        deadline = time.monotonic() + 60
+        while not children(worker.pid):  # forked as the worker starts polling
+            assert worker.poll() is None, worker.communicate()
+            assert time.monotonic() < deadline, "the worker started no process"
+            time.sleep(0.05)
+        [posting] = children(worker.pid)
+    finally:
+        worker.kill()
+        worker.communicate(timeout=60)
+    deadline = time.monotonic() + 30
+    while not gone(posting):
+        assert time.monotonic() < deadline, f"process {posting} outlived its worker"
+        time.sleep(0.05)
+
+
+def test_a_command_that_posts_nothing_loads_no_http_client(tmp_path):
+    """httpx (~25 ms of every command's start-up) is imported at a webhook's first POST."""
+    import sys
+
+    config = with_webhooks(write_config(tmp_path), hook_table("http://127.0.0.1:9/hook", ["edition.sent"]))
+    run_digest(config, "editions", check=True)  # a new database, made at head
+    probe = ("import sys; from digest.cli import main; sys.argv = ['digest', '--config', sys.argv[1], 'editions'];"
+             " import atexit; atexit.register(lambda: print('httpx' in sys.modules)); main()")
+    proc = subprocess.run([sys.executable, "-c", probe, str(config)], capture_output=True, text=True, check=True)
+    assert proc.stdout.splitlines()[-1] == "False", proc.stdout
 
 
 def test_a_mail_sender_never_claims_a_webhooks_row(db, settings, clock):

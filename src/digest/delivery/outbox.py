@@ -415,8 +415,9 @@ class Relay:
 
 class Dispatcher:
     """A thread that delivers the rows of `couriers` (webhooks) as soon as `wake()` says one was
-    queued, and every POLL_SECONDS anyway: in `digest serve` (the Relay's) and in a polling
-    `digest worker`, so that a receiver that is slow to answer never holds up mail."""
+    queued, and every POLL_SECONDS anyway: in `digest serve` (the Relay's), so that a receiver that
+    is slow to answer never holds up mail. (A polling `digest worker` runs `dispatch_until` in a
+    process of its own instead: a thread would keep its sender pool from forking.)"""
 
     def __init__(self, engine: Engine, couriers: Mapping[str, Courier], clock: Clock, *,
                  poll_seconds: float = POLL_SECONDS):
@@ -447,18 +448,30 @@ class Dispatcher:
             self._thread = None
 
     def _run(self) -> None:
-        sender = new_sender_id()
-        while not self._stop.is_set():
+        def wait(seconds: float) -> None:
+            self._wake.wait(seconds)
             self._wake.clear()
-            try:
-                with new_session(self.engine) as s:
-                    done = dispatch_due(s, self.couriers, self.clock, sender=sender, stop=self._stop.is_set)
-            except Exception as exc:  # the thread keeps running; the rows stay queued
-                log.error("outbox: %s: %s", type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
-                done = Pass()
-            if done.claimed:
-                continue  # more may be due
-            self._wake.wait(self.poll_seconds)
+
+        dispatch_until(self.engine, self.couriers, self.clock, stop=self._stop.is_set, wait=wait,
+                       poll_seconds=self.poll_seconds)
+
+
+def dispatch_until(engine: Engine, couriers: Mapping[str, Courier], clock: Clock, *, stop: Callable[[], bool],
+                   wait: Callable[[float], object], poll_seconds: float = POLL_SECONDS) -> None:
+    """Deliver the couriers' rows as they come due until `stop()`: a Dispatcher's thread, or the
+    process a polling `digest worker` forks for them. `wait(seconds)` sleeps between passes (and
+    returns early when woken or stopped)."""
+    sender = new_sender_id()
+    while not stop():
+        try:
+            with new_session(engine) as s:
+                done = dispatch_due(s, couriers, clock, sender=sender, stop=stop)
+        except Exception as exc:  # it keeps running; the rows stay queued
+            log.error("outbox: %s: %s", type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+            done = Pass()
+        if done.claimed:
+            continue  # more may be due
+        wait(poll_seconds)
 
 
 def drain(

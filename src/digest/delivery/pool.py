@@ -334,3 +334,83 @@ def pool_sender(job: SenderJob, stop: Callable[[], bool]) -> DeliveryReport:
                 mailer.close()
     finally:
         engine.dispose()
+
+
+# ---------------------------------------------------------------------------------------------
+# A process beside a polling one
+
+
+class Companion:
+    """A process forked beside this one by `start_companion`, running its target until close(),
+    a SIGTERM or SIGINT of its own, or this process's end (it dies with it, like the sender
+    processes). `wake()` cuts its current wait short."""
+
+    def __init__(self, process: BaseProcess, waker: Connection[Any, Any], results: Connection[Any, Any]):
+        self.process = process
+        self._waker = waker
+        self._results = results
+
+    def wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._waker.send_bytes(b"")
+
+    def close(self, timeout: float) -> ProcessResult:
+        """Stop it after the work in flight (it gets `timeout` seconds, then SIGKILL); what became of it."""
+        _signal_all([self.process])
+        self._waker.close()
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        try:
+            outcome = _outcome(self._results.recv()) if self._results.poll() else _died(self.process)
+        except (EOFError, OSError):
+            outcome = _died(self.process)
+        self._results.close()
+        outcome.exitcode = self.process.exitcode
+        return outcome
+
+
+def start_companion(target: Callable[[Callable[[], bool], Callable[[float], None]], object], *,
+                    name: str) -> Companion | None:
+    """Fork a process that runs ``target(stop, wait)``: `stop()` turns true as in run_processes (or
+    when this process closes the wake pipe), `wait(seconds)` sleeps until then, a wake() or a stop.
+    None when this process has more than one thread: forking it could deadlock the child, and with
+    a thread alive the sender pool cannot fork anyway (the caller may as well use a thread).
+
+    Started before any thread (a polling `digest worker` does it first), it keeps this process
+    single-threaded, so that its sender processes are forked: forkserver costs ~15 % of the
+    throughput and ~70 MB (docs/delivery.md)."""
+    if start_method() != "fork":
+        return None
+    ctx = mp.get_context("fork")
+    wake_reader, waker = ctx.Pipe(duplex=False)
+    reader, writer = ctx.Pipe(duplex=False)
+
+    def run(_job: None, parent_stop: Callable[[], bool]) -> object:
+        waker.close()  # the child's copy: the parent's closing (or dying) leaves the reader at EOF
+        reader.close()
+        closed = False
+
+        def stop() -> bool:
+            return closed or parent_stop()
+
+        def wait(seconds: float) -> None:
+            nonlocal closed
+            deadline = time.monotonic() + seconds
+            while not stop() and (left := deadline - time.monotonic()) > 0:
+                if wake_reader.poll(min(left, PARENT_CHECK)):  # (stop() checks the parent every PARENT_CHECK)
+                    try:
+                        while wake_reader.poll():
+                            wake_reader.recv_bytes()
+                    except (EOFError, OSError):
+                        closed = True
+                    return
+
+        return target(stop, wait)
+
+    p = ctx.Process(target=_child, args=(run, None, writer), daemon=True, name=name)
+    p.start()
+    wake_reader.close()
+    writer.close()
+    return Companion(p, waker, reader)

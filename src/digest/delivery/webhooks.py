@@ -25,9 +25,8 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from sqlmodel import Session
 
 from digest import __version__
@@ -35,6 +34,9 @@ from digest.clock import Clock, utc_now
 from digest.config import EVENTS, WebhookSettings
 from digest.delivery import outbox
 from digest.store.models import Outbox, Subscriber, as_utc
+
+if TYPE_CHECKING:
+    import httpx  # imported at the first POST: every `digest` command imports this module, few post (~25 ms)
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +118,8 @@ class Webhook:
         timestamp = str(int(self.clock().timestamp()))
         headers = {"Content-Type": "application/json", "X-Digest-Event": _event_type(row.payload),
                    "X-Digest-Timestamp": timestamp, "X-Digest-Signature": signature(secret, timestamp, body)}
+        import httpx
+
         try:
             response = self.client().post(row.recipient, content=body, headers=headers)
         except httpx.HTTPError as exc:  # refused, reset, timed out, a TLS failure
@@ -139,6 +143,8 @@ class Webhook:
         return min(now + outbox.backoff(row.attempts), deadline)
 
     def client(self) -> httpx.Client:
+        import httpx
+
         if self._client is None:
             # No redirects followed: a redirected POST is a misconfigured URL (failed, with the
             # new address in last_error).

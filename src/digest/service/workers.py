@@ -10,6 +10,7 @@ process is gone; then another worker sends them.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from digest.clock import Clock
 from digest.config import Settings
 from digest.content import editions
 from digest.content.render import Renderer
-from digest.delivery import outbox, webhooks
+from digest.delivery import outbox, pool, webhooks
 from digest.delivery.claims import new_sender_id
 from digest.delivery.deliver import SendingSettings, deliver
 from digest.delivery.sender import DeliveryReport
@@ -29,6 +30,9 @@ from digest.links import Links
 from digest.mail.mailer import Mailer
 from digest.service import signup
 from digest.service.admin import testmail
+from digest.store.database import make_engine
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -64,7 +68,8 @@ def run(
 ) -> WorkerReport:
     """Deliver pending deliveries of every unfinished edition, and the mail waiting in the outbox
     (confirmation and welcome mails, which `digest serve` sends too), and its webhooks: after the mail with
-    `once`, else from a thread of their own (a receiver slow to answer never holds up a send).
+    `once`, else from a process of their own (a receiver slow to answer never holds up a send; see
+    _start_posting).
     With `once`, return after one pass,
     when nothing is left that this worker can claim now (deliveries held by other workers, or
     waiting for a retry, are theirs or later's); otherwise poll every `delivery.poll_seconds` until
@@ -81,21 +86,55 @@ def run(
     kinds = {**signup.outbox_kinds(settings, Links(nl.secret_key, nl.public_url, clock), clock, renderer),
              **testmail.outbox_kinds(settings, clock)}
     couriers = webhooks.couriers(settings.webhooks, clock)
-    dispatcher = None
+    posting: pool.Companion | outbox.Dispatcher | None = None
     if not once:
-        dispatcher = outbox.Dispatcher(session.get_bind(), couriers, clock,  # type: ignore[arg-type]
-                                       poll_seconds=settings.delivery.poll_seconds)
-        dispatcher.start()
+        posting = _start_posting(session, settings, couriers, clock)
+
+    def progressed(r: DeliveryReport) -> None:
+        progress(r)
+        if posting is not None:
+            posting.wake()  # an edition that finished has queued its edition.sent: post it now
+
     try:
         _loop(session, settings, mailer, clock, report, sending, renderer, kinds, once=once, stop=stop, wait=wait,
-              progress=progress, on_error=on_error, sender=sender)
+              progress=progressed, on_error=on_error, sender=sender)
     finally:
         if once and not stop():  # even when the SMTP server could not be reached
             report.webhooks = outbox.drain_couriers(session, couriers, clock, sender=sender, stop=stop)
-        if dispatcher is not None:
-            dispatcher.close(timeout=webhooks.TIMEOUT_SECONDS + 5)
+        if isinstance(posting, pool.Companion):
+            outcome = posting.close(timeout=webhooks.TIMEOUT_SECONDS + 5)
+            if not outcome.ok:  # (what it did not post stays queued for the next worker or `digest serve`)
+                log.warning("the webhooks' process: %s", outcome.error)
+        elif posting is not None:
+            posting.close(timeout=webhooks.TIMEOUT_SECONDS + 5)
     mailer.close()
     return report
+
+
+def _start_posting(session: Session, settings: Settings, couriers: dict[str, outbox.Courier],
+                   clock: Clock) -> pool.Companion | outbox.Dispatcher:
+    """What posts the webhooks of a polling worker as they come due, apart from the mail (a receiver
+    slow to answer never holds up a send): a process forked now, while this one has a single thread,
+    with its own engine. A thread (a Dispatcher) would make the sender pool start its processes
+    with forkserver (~15 % slower, ~70 MB more: docs/delivery.md); posting between polls instead
+    would hold the webhooks back for a whole send. A Dispatcher all the same when this process
+    already has a thread (nothing forks then) or an in-memory database (nothing else can open it)."""
+    poll_seconds = settings.delivery.poll_seconds
+    if pool.can_share(settings.database_url):
+        def post(stop: Callable[[], bool], wait: Callable[[float], None]) -> None:
+            engine = make_engine(settings.database_url)
+            try:
+                outbox.dispatch_until(engine, couriers, clock, stop=stop, wait=wait, poll_seconds=poll_seconds)
+            finally:
+                engine.dispose()
+
+        companion = pool.start_companion(post, name="digest-webhooks")
+        if companion is not None:
+            return companion
+    dispatcher = outbox.Dispatcher(session.get_bind(), couriers, clock,  # type: ignore[arg-type]
+                                   poll_seconds=poll_seconds)
+    dispatcher.start()
+    return dispatcher
 
 
 def _loop(session: Session, settings: Settings, mailer: Mailer, clock: Clock, report: WorkerReport,
