@@ -209,7 +209,8 @@ def routes(ctx: AdminContext) -> APIRouter:
         except NotFound:
             raise HTTPException(404, headers=NO_STORE) from None
         # status "" is the form's "any": a browser sends the empty option's value
-        f = Filter(q.strip().lower(), match == "contains", status or None, topic or None, cadence if readers else "", readers)
+        f = Filter(q.strip().lower(), match == "contains", status or None, topic or None,
+                   cadence if readers else "", readers)
         return list_page(who, s, f, before, notice=notice)
 
     @router.post("/subscribers/add")
