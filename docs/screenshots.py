@@ -162,17 +162,22 @@ def admin_screenshots(browser, url: str) -> list[Path]:
     return shots
 
 
+def sample_config(tmp: Path, url: str) -> Path:
+    """A digest.toml in `tmp` for the sample blog, served at `url`, on a SQLite file in `tmp`."""
+    cfg = tmp / "digest.toml"
+    cfg.write_text(render_config(
+        name="codelooru weekly", from_="codelooru weekly <digest@codelooru.example>", public_url=url,
+        feeds=[str(ROOT / "examples" / "codelooru.atom")], database_url=f"sqlite:///{tmp / 'digest.db'}",
+        first_edition_days=0,
+    ))
+    return cfg
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        cfg = tmp / "digest.toml"
-        cfg.write_text(render_config(
-            name="codelooru weekly", from_="codelooru weekly <digest@codelooru.example>", public_url=url,
-            feeds=[str(ROOT / "examples" / "codelooru.atom")], database_url=f"sqlite:///{tmp / 'admin.db'}",
-            first_edition_days=0,
-        ))
+        cfg = sample_config(Path(tmp), url)
         admin_history(cfg)
         proc = serve(cfg, port)
         try:
@@ -185,15 +190,9 @@ def main() -> None:
             proc.wait(10)
     print("Wrote " + ", ".join(str(s) for s in shots))
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        cfg = tmp / "digest.toml"
-        cfg.write_text(render_config(
-            name="codelooru weekly", from_="codelooru weekly <digest@codelooru.example>", public_url=url,
-            feeds=[str(ROOT / "examples" / "codelooru.atom")], database_url=f"sqlite:///{tmp / 'digest.db'}",
-            first_edition_days=0,
-        ))
+        cfg = sample_config(Path(tmp), url)
         settings = load_settings(cfg)
         engine = make_engine(settings.database_url)
         create_schema(engine)
