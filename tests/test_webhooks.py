@@ -563,3 +563,27 @@ def test_adding_and_unsubscribing_from_admin_and_the_api_are_reported_as_the_cli
         ("subscriber.confirmed", "ann@example.com"), ("subscriber.confirmed", "bob@example.com"),
         ("subscriber.unsubscribed", "ann@example.com"), ("subscriber.unsubscribed", "bob@example.com"),
     ]
+
+
+def test_two_confirmations_at_once_report_one_subscriber_confirmed(config_path, db, clock):
+    # Two clicks (two tabs, a mail scanner and the reader) both read the reader while pending;
+    # the second finds them active when it writes: one event, one welcome.
+    from sqlmodel import Session
+
+    from digest.service import welcome
+    from digest.store.models import Subscriber
+
+    settings = load_settings(with_webhooks(config_path, hook_table("http://127.0.0.1:9/hook", ["subscriber.confirmed"])))
+    events = Events(settings.webhooks, clock)
+    links = Links(settings.newsletter.secret_key, settings.newsletter.public_url, clock)
+    signup.subscribe(db, clock, email="ann@example.com")
+    sid = subs.get(db, "ann@example.com").id
+    token = links.confirm_token(sid, "ann@example.com")
+    with Session(db.get_bind()) as second:
+        read = second.get(Subscriber, sid)  # the second request has read them (kept: its session's copy)
+        assert read.status.value == "pending"
+        assert signup.confirm(db, clock, links, token, welcome_mail=True, events=events)[1]
+        sub, changed = signup.confirm(second, clock, links, token, welcome_mail=True, events=events)
+        assert not changed and sub.status.value == "active"
+    assert [outbox.payload(r)["type"] for r in rows(db)] == ["subscriber.confirmed"]
+    assert len(db.exec(select(Outbox).where(Outbox.kind == welcome.WELCOME)).all()) == 1
