@@ -286,3 +286,32 @@ def test_editions_slots_and_readers_from_before_cadences_become_the_main_cadence
     schema.upgrade(engine)
     assert pending_diff(engine) == []
     engine.dispose()
+
+
+def test_the_downgrade_keeps_a_main_delivery_that_caught_up_from_another_cadence(tmp_path):
+    """A reader back in the main cadence from 'daily': their first main edition's delivery records
+    daily's edition as where they stood (catch_up_from). The downgrade drops daily's editions and
+    keeps that delivery (PostgreSQL checks the foreign key)."""
+    cadences = "5c0a9e3d7b21"
+    before = schema._script().get_revision(cadences).down_revision
+    engine = make_engine(database_url(tmp_path))
+    schema.upgrade(engine, cadences)
+    at = "'2026-11-01 09:00:00+00:00'"
+    with engine.begin() as conn:
+        conn.execute(text(f"INSERT INTO subscriber (id, email, status, paused, created_at) VALUES"
+                          f" (1, 'ann@example.com', 'active', false, {at})"))
+        for id_, cadence, number in ((1, "", 1), (2, "daily", 1), (3, "", 2)):
+            conn.execute(text(f"INSERT INTO edition (id, cadence, number, created_at, status, subject) VALUES"
+                              f" ({id_}, '{cadence}', {number}, {at}, 'sent', 'Club')"))
+        conn.execute(text("INSERT INTO delivery (edition_id, subscriber_id, status, attempts) VALUES (1, 1, 'sent', 1)"))
+        conn.execute(text("INSERT INTO delivery (edition_id, subscriber_id, status, attempts, catch_up_from)"
+                          " VALUES (2, 1, 'sent', 1, 1)"))
+        conn.execute(text("INSERT INTO delivery (edition_id, subscriber_id, status, attempts, catch_up_from)"
+                          " VALUES (3, 1, 'sent', 1, 2)"))
+    schema.downgrade(engine, before)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT id FROM edition ORDER BY id")).scalars().all() == [1, 3]
+        assert conn.execute(text("SELECT edition_id FROM delivery ORDER BY id")).scalars().all() == [1, 3]
+    schema.upgrade(engine)
+    assert pending_diff(engine) == []
+    engine.dispose()

@@ -530,3 +530,60 @@ def test_a_mail_sender_never_claims_a_webhooks_row(db, settings, clock):
     assert outbox.claim(db, "mail", clock.now, {signup.CONFIRMATION}) == []
     assert len(outbox.claim(db, "hooks", clock.now, {webhooks.KIND})) == 1
 
+
+
+def test_adding_and_unsubscribing_from_admin_and_the_api_are_reported_as_the_cli_does(config_path, db, clock):
+    # /admin and /api/v1 add and unsubscribe readers too: a receiver that mirrors the list must
+    # hear of those as it hears of `digest subscribers add/remove` and the reader's own links.
+    from fastapi.testclient import TestClient
+
+    from digest.service import apikeys
+    from digest.service.admin import accounts
+    from test_admin import BOSS, PASSWORD, csrf_of, sign_in
+
+    accounts.add(db, BOSS, PASSWORD, clock)
+    _, key = apikeys.create(db, "crm", clock)
+    api = {"Authorization": f"Bearer {key}"}
+    with Receiver() as receiver:
+        settings = load_settings(with_webhooks(
+            config_path, hook_table(receiver.url, ["subscriber.confirmed", "subscriber.unsubscribed"])))
+        with TestClient(create_app(settings, clock=clock)) as client:
+            assert sign_in(client).status_code == 303
+            csrf = csrf_of(client.get("/admin/subscribers").text)
+            assert client.post("/admin/subscribers/add", data={"email": "ann@example.com", "csrf": csrf},
+                               follow_redirects=False).status_code == 303
+            ann = subs.get(db, "ann@example.com").id
+            assert client.post(f"/admin/subscribers/{ann}/unsubscribe", data={"csrf": csrf}).status_code == 200
+            made = client.post("/api/v1/subscribers", headers=api, json={"email": "bob@example.com", "status": "active"})
+            assert made.status_code == 201, made.text
+            bob = made.json()["id"]
+            assert client.post(f"/api/v1/subscribers/{bob}/unsubscribe", headers=api).status_code == 200
+            got = receiver.wait_for(4)
+    assert sorted((e["type"], e["data"]["subscriber"]["email"]) for e in got) == [
+        ("subscriber.confirmed", "ann@example.com"), ("subscriber.confirmed", "bob@example.com"),
+        ("subscriber.unsubscribed", "ann@example.com"), ("subscriber.unsubscribed", "bob@example.com"),
+    ]
+
+
+def test_two_confirmations_at_once_report_one_subscriber_confirmed(config_path, db, clock):
+    # Two clicks (two tabs, a mail scanner and the reader) both read the reader while pending;
+    # the second finds them active when it writes: one event, one welcome.
+    from sqlmodel import Session
+
+    from digest.service import welcome
+    from digest.store.models import Subscriber
+
+    settings = load_settings(with_webhooks(config_path, hook_table("http://127.0.0.1:9/hook", ["subscriber.confirmed"])))
+    events = Events(settings.webhooks, clock)
+    links = Links(settings.newsletter.secret_key, settings.newsletter.public_url, clock)
+    signup.subscribe(db, clock, email="ann@example.com")
+    sid = subs.get(db, "ann@example.com").id
+    token = links.confirm_token(sid, "ann@example.com")
+    with Session(db.get_bind()) as second:
+        read = second.get(Subscriber, sid)  # the second request has read them (kept: its session's copy)
+        assert read.status.value == "pending"
+        assert signup.confirm(db, clock, links, token, welcome_mail=True, events=events)[1]
+        sub, changed = signup.confirm(second, clock, links, token, welcome_mail=True, events=events)
+        assert not changed and sub.status.value == "active"
+    assert [outbox.payload(r)["type"] for r in rows(db)] == ["subscriber.confirmed"]
+    assert len(db.exec(select(Outbox).where(Outbox.kind == welcome.WELCOME)).all()) == 1

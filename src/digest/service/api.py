@@ -40,6 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from digest.clock import Clock
 from digest.config import Settings
 from digest.content import editions as editions_svc
+from digest.delivery.webhooks import Events
 from digest.errors import InvalidAddress, NotFound
 from digest.service import apikeys, signup
 from digest.service import subscribers as subs
@@ -181,6 +182,7 @@ def create_api(settings: Settings, engine: Engine, clock: Clock, wake: Callable[
     confirmation mail was queued."""
     order = settings.edition.sections
     cadences = Cadences(settings.schedule)
+    events = Events(settings.webhooks, clock, settings.schedule.name)
     resend_after = timedelta(minutes=settings.web.confirm_resend_minutes)
     requests = RateLimiter(settings.api.rate_limit_per_minute, clock)
     sign_ups = RateLimiter(settings.api.sign_ups_per_minute, clock)
@@ -294,12 +296,13 @@ def create_api(settings: Settings, engine: Engine, clock: Clock, wake: Callable[
             raise exists(address)
         if body.status == "active":
             try:
-                sub, _ = subs.add(s, address, clock, name=body.name, cadence=cadence)
+                sub, _ = subs.add(s, address, clock, name=body.name, cadence=cadence, events=events)
             except IntegrityError:  # the same address, added twice at once
                 s.rollback()
                 raise exists(address) from None
             if body.topics:
                 signup.save_preferences(s, sub, categories=body.topics, known=known)
+            wake()  # its webhooks are committed in the outbox
             return out(sub)
         if not sign_ups.hit(str(key.id)):
             raise too_many(sign_ups, str(key.id), "pending subscribers")
@@ -337,7 +340,8 @@ def create_api(settings: Settings, engine: Engine, clock: Clock, wake: Callable[
     def unsubscribe_subscriber(s: DB, subscriber_id: SubscriberId):
         """Unsubscribe (the history is kept); idempotent."""
         sub = subscriber(s, subscriber_id)
-        subs.unsubscribe(s, sub, clock)
+        if subs.unsubscribe(s, sub, clock, events):
+            wake()  # its webhooks are committed in the outbox
         return out(sub)
 
     @api.delete("/subscribers/{subscriber_id}", status_code=204, response_class=Response, tags=["subscribers"],

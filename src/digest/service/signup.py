@@ -272,13 +272,21 @@ def confirm(session: Session, clock: Clock, links: Links, token: str, *, welcome
     if sub.status == SubscriberStatus.active:
         return sub, False
     now = as_utc(clock())
-    sub.status = SubscriberStatus.active
-    sub.confirmed_at = now
-    sub.unsubscribed_at = None
-    session.add(sub)
+    # One atomic UPDATE takes the change: a second confirmation that read the reader as pending
+    # too (two clicks at once) finds them active when it writes (SQLite: it waits for the write
+    # lock; PostgreSQL: for the row lock, then reads the row again) and reports nothing.
+    taken = session.execute(  # type: ignore[attr-defined]  # an UPDATE's result is a CursorResult
+        update(Subscriber)
+        .where(col(Subscriber.id) == sub.id, col(Subscriber.status) == sub.status)
+        .values(status=SubscriberStatus.active, confirmed_at=now, unsubscribed_at=None),
+        execution_options={"synchronize_session": False},
+    ).rowcount
+    session.refresh(sub)
+    if not taken:
+        session.commit()
+        return sub, False
     events.emit(session, "subscriber.confirmed", events.subscriber_data(sub))
     if welcome_mail:
-        session.flush()
         welcome.queue(session, stored_id(sub), sub.email, now)
     session.commit()
     return sub, True

@@ -46,6 +46,7 @@ from digest.clock import Clock
 from digest.config import Settings
 from digest.content.render import bundled_templates_dir
 from digest.delivery.outbox import Relay
+from digest.delivery.webhooks import Events
 from digest.links import PublicUrls
 from digest.mail.mailer import Mailer
 from digest.service.admin import accounts
@@ -96,6 +97,7 @@ class AdminContext:
     send_now: SendNow  # wake() after a "send now" request
     urls: PublicUrls = field(init=False)
     cadences: Cadences = field(init=False)
+    events: Events = field(init=False)  # the webhook events an action queues with its change
     secure: bool = field(init=False)  # cookies only over https (public_url is https)
     require_admin: Callable[..., SignedIn] = field(init=False)
     require_form: Callable[..., SignedIn] = field(init=False)
@@ -103,6 +105,7 @@ class AdminContext:
     def __post_init__(self) -> None:
         self.urls = PublicUrls(self.settings.newsletter.public_url)
         self.cadences = Cadences(self.settings.schedule)
+        self.events = Events(self.settings.webhooks, self.clock, self.settings.schedule.name)
         self.secure = self.settings.newsletter.public_url.startswith("https://")
         self._session_signer = Signer(self.settings.newsletter.secret_key, salt=SESSION_SALT)
         self._login_signer = Signer(self.settings.newsletter.secret_key, salt=LOGIN_SALT)

@@ -217,10 +217,11 @@ def routes(ctx: AdminContext) -> APIRouter:
     def add(who: AdminForm, s: DB, email: Annotated[str, Form(max_length=320)] = "",
             name: Annotated[str, Form(max_length=500)] = ""):
         try:
-            sub, _ = subs.add(s, email, ctx.clock, name=name or None)
+            sub, _ = subs.add(s, email, ctx.clock, name=name or None, events=ctx.events)
         except InvalidAddress as exc:
             s.rollback()
             return list_page(who, s, Filter(), None, 400, add_error=str(exc), add_email=email, add_name=name)
+        ctx.relay.wake()  # its webhooks are committed in the outbox
         return ctx.redirect(f"/subscribers/{sub.id}?notice=added")
 
     @router.post("/subscribers/import", response_class=HTMLResponse)
@@ -255,7 +256,9 @@ def routes(ctx: AdminContext) -> APIRouter:
 
     @router.post("/subscribers/{subscriber_id}/unsubscribe")
     def unsubscribe(who: AdminForm, s: DB, subscriber_id: Id):
-        changed = subs.unsubscribe(s, subscriber_or_404(s, subscriber_id), ctx.clock)
+        changed = subs.unsubscribe(s, subscriber_or_404(s, subscriber_id), ctx.clock, ctx.events)
+        if changed:
+            ctx.relay.wake()  # its webhooks are committed in the outbox
         return ctx.redirect(f"/subscribers/{subscriber_id}?notice={'unsubscribed' if changed else 'already'}")
 
     @router.post("/subscribers/{subscriber_id}/erase", response_class=HTMLResponse)

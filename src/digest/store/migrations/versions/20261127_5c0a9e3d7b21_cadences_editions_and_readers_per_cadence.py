@@ -56,6 +56,9 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     others = "SELECT id FROM edition WHERE cadence <> ''"
+    # A main delivery may have caught up from another cadence's edition (a reader back in the
+    # main cadence): the column goes anyway, and its foreign key would refuse the DELETE below.
+    op.execute(f"UPDATE delivery SET catch_up_from = NULL WHERE catch_up_from IN ({others})")
     op.execute(f"DELETE FROM schedule_run WHERE cadence <> '' OR edition_id IN ({others})")
     op.execute(f"DELETE FROM delivery WHERE edition_id IN ({others})")
     op.execute("DELETE FROM editionpost WHERE cadence <> ''")
