@@ -370,3 +370,21 @@ def test_export_cells_a_spreadsheet_would_run_as_formulas_are_text_and_import_ba
     db.expire_all()
     assert subs.get(db, "=sum@example.com").name == formula
     assert subs.get(db, "ann@example.com").name == "-1+2"
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read_or_anyone_is_signed_in(client, signed_in, db):
+    # Not signed in: the import's upload is refused by its size, not read to the end (to a
+    # temporary file) before the redirect to the login page; the readers' form takes no megabytes.
+    token = csrf_of(signed_in.get("/admin/subscribers").text)
+    outsider = test_admin.TestClient(client.app)
+    huge = b"reader@example.com\n" * (subscriber_pages.IMPORT_LIMIT // 19 + 10_000)
+    r = outsider.post("/admin/subscribers/import", data={"csrf": "x"}, files={"file": ("huge.csv", huge, "text/csv")},
+                      follow_redirects=False)
+    assert r.status_code == 413
+    r = outsider.post("/subscribe", data={"email": "ann@example.com", "name": "A" * 1_000_000})
+    assert r.status_code == 413
+    assert db.exec(select(Subscriber)).all() == []
+    # A file under the limit is imported as before, signed in.
+    files = {"file": ("ok.csv", b"email\n" + b"".join(b"r%d@example.com\n" % i for i in range(50_000)), "text/csv")}
+    page = signed_in.post("/admin/subscribers/import", data={"csrf": token}, files=files)
+    assert page.status_code == 200 and "Imported 50,000," in page.text

@@ -77,6 +77,10 @@ ARCHIVE_CSP = (
 # and the server spent a quarter less CPU a request); 8 still leave room for requests waiting on
 # the database (a PostgreSQL round trip, SQLite's write lock held by `digest send`).
 REQUEST_THREADS = 8
+# The most a request's body may hold (a form, an API document): a sign-up or a PATCH is a few
+# hundred bytes, 64 KiB leaves room for any form we have. Larger is answered 413 before it is read,
+# so no one (signed in or not) makes the app spool megabytes; /admin's CSV import has its own.
+BODY_LIMIT = 64 * 1024
 
 # Pages reached through a personal link (links.TOKEN_PATHS): not cached, not indexed, and the
 # token never logged.
@@ -186,7 +190,8 @@ def create_app(
         if own_engine:
             engine.dispose()
 
-    app = FastAPI(title=settings.newsletter.name, docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app = FastAPI(title=settings.newsletter.name, docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan,
+                  max_body_size=BODY_LIMIT)
     app.add_middleware(SecurityHeaders)
     app.state.engine = engine
     app.state.limiter = limiter
