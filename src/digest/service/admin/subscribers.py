@@ -224,7 +224,8 @@ def routes(ctx: AdminContext) -> APIRouter:
         ctx.relay.wake()  # its webhooks are committed in the outbox
         return ctx.redirect(f"/subscribers/{sub.id}?notice=added")
 
-    @router.post("/subscribers/import", response_class=HTMLResponse)
+    # the file and the form around it; a larger body is answered 413 before it is read
+    @router.post("/subscribers/import", response_class=HTMLResponse, max_body_size=IMPORT_LIMIT + 64 * 1024)
     def import_csv(who: AdminForm, s: DB, file: Annotated[UploadFile, File()]):
         source = file.filename or "upload.csv"
         data = file.file.read(IMPORT_LIMIT + 1)
