@@ -334,6 +334,14 @@ def test_two_cadences_each_with_an_edition_1_each_shown_and_retried_as_its_own(t
             weekly_readers = browser.get("/admin/subscribers?cadence=weekly").text
             assert re.findall(r'">([a-z]+@example\.com)</a></th>', weekly_readers) == ["bob@example.com"]
             assert browser.get("/admin/subscribers?cadence=hourly").status_code == 404
+            # The export names each reader's cadence, as `digest subscribers export` does.
+            exported = browser.get("/admin/subscribers/export").text
+            assert exported.splitlines()[0].endswith(",topics,cadence")
+            expected = io.StringIO()
+            csv.writer(expected, lineterminator="\n").writerows(subs.export_rows(blog.session, None, blog.cadences))
+            assert exported == expected.getvalue()  # what the CLI writes (cli.subscribers_export)
+            assert {line.split(",")[0]: line.split(",")[-1] for line in exported.splitlines()[1:]} == {
+                "ann@example.com": "daily", "late@example.com": "daily", "bob@example.com": "weekly"}
 
             blog.new_post()  # post 4: new to both; post 3 is in daily 2 already, not yet in a weekly one
             jobs.poll(blog.session, blog.settings, blog.clock)

@@ -163,7 +163,7 @@ def csv_chunks(ctx: AdminContext, status: SubscriberStatus | None) -> Iterator[s
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     with new_session(ctx.engine) as s:
-        for n, row in enumerate(subs.export_rows(s, status), 1):
+        for n, row in enumerate(subs.export_rows(s, status, ctx.cadences), 1):
             writer.writerow(row)
             if n % 1000 == 0:
                 yield buffer.getvalue()
