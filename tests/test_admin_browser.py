@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from conftest import DIGEST, FIXTURES, free_port, run_digest, write_config
+from conftest import DIGEST, FIXTURES, free_port, run_digest, subscribe, write_config
 from digest.service.admin.area import ADMIN, NAV
 from test_web_browser import browser, wait_for  # noqa: F401 - the fixture, and its skip rules
 
@@ -46,7 +46,7 @@ def admin_server(tmp_path, smtp_server):
     first = [str(FIXTURES / "blogger.atom")]
     cfg = write_config(tmp_path, feeds=first, smtp_port=smtp_server.port, public_url=url)
     run_digest(cfg, "fetch", check=True)
-    run_digest(cfg, "subscribers", "add", "reader@example.com", check=True)
+    subscribe(cfg, "reader@example.com")  # in this process: the subject is what follows
     run_digest(cfg, "send", "--no-fetch", check=True)
     secret = re.search(r'^secret_key = "([^"]+)"', cfg.read_text(), re.M).group(1)
     cfg = write_config(tmp_path, feeds=[*first, str(FIXTURES / "wordpress.rss")], smtp_port=smtp_server.port,

@@ -56,7 +56,7 @@ def test_preview_of_an_edition_too_large_for_one_email_shows_what_is_sent(tmp_pa
 
     feed = write_feed(tmp_path / "big.atom", list(range(1, 301)))
     config = write_config(tmp_path, feeds=[str(feed)], smtp_port=smtp_server.port)
-    run_digest(config, "subscribers", "add", "ann@example.com", check=True)
+    subscribe(config, "ann@example.com")  # in this process: the subject is what follows
     out = tmp_path / "out"
     proc = run_digest(config, "send", "--preview", "--out", str(out), check=True)
     text = (out / "preview.txt").read_text()
@@ -175,7 +175,7 @@ def test_a_feed_category_is_printed_as_it_is(smtp_server, tmp_path):
         "<entry><id>urn:test:1</id><title>[bold]x[/: The post</title><link href='https://blog.test/1'/>"
         "<updated>2026-11-26T08:00:00Z</updated><summary>Body.</summary></entry></feed>", encoding="utf-8")
     config = write_config(tmp_path, feeds=[str(feed)], smtp_port=smtp_server.port)
-    run_digest(config, "subscribers", "add", "ann@example.com", check=True)
+    subscribe(config, "ann@example.com")  # in this process: the subject is what follows
     preview = run_digest(config, "send", "--preview", "--out", str(tmp_path / "out"))
     assert preview.returncode == 0 and "Traceback" not in preview.stderr, preview.stderr
     assert "[bold]x[/ (1)" in preview.stdout
@@ -222,7 +222,7 @@ def odd_http_server():
 def test_an_http_reason_phrase_is_printed_as_it_is_and_send_fails_when_every_feed_failed(odd_http_server, smtp_server, tmp_path):
     url = f"{odd_http_server}/feed.atom"
     config = write_config(tmp_path, feeds=[url, str(FIXTURES / "broken.xml")], smtp_port=smtp_server.port)
-    run_digest(config, "subscribers", "add", "ann@example.com", check=True)
+    subscribe(config, "ann@example.com")  # in this process: the subject is what follows
     fetch = run_digest(config, "fetch")
     assert fetch.returncode == 1 and "Traceback" not in fetch.stderr, fetch.stderr
     assert f"{url}: HTTP 503 [/]oops" in fetch.stderr
@@ -240,7 +240,7 @@ def test_send_prints_each_feed_before_an_smtp_error(tmp_path):
 
     port = free_port()  # nothing listens there
     config = write_config(tmp_path, smtp_port=port)
-    run_digest(config, "subscribers", "add", "ann@example.com", check=True)
+    subscribe(config, "ann@example.com")  # in this process: the subject is what follows
     proc = run_digest(config, "send")
     assert proc.returncode == 1 and f"127.0.0.1:{port}" in proc.stderr and "Traceback" not in proc.stderr
     assert "blogger.atom: 5 new, 0 updated, 0 unchanged" in proc.stdout
@@ -253,7 +253,7 @@ def _digest_with_input(config, *args, stdin_text):
 
 
 def test_delete_without_a_terminal_needs_yes(config_path):
-    run_digest(config_path, "subscribers", "add", "ann@example.com", check=True)
+    subscribe(config_path, "ann@example.com")  # in this process: the subject is what follows
     proc = _digest_with_input(config_path, "subscribers", "delete", "ann@example.com", stdin_text="n\n")
     assert proc.returncode == 1 and "Erased" not in proc.stdout
     assert len(proc.stderr.strip().splitlines()) == 1 and "--yes" in proc.stderr and "ann@example.com" in proc.stderr
@@ -350,7 +350,7 @@ def small_disk(tmp_path):
 
 def test_a_full_disk_is_one_line_and_loses_nothing(tmp_path, small_disk):
     config = write_config(small_disk, database_url=f"sqlite:///{small_disk / 'digest.db'}")
-    run_digest(config, "subscribers", "add", "ann@example.com", check=True)
+    subscribe(config, "ann@example.com")  # in this process: the subject is what follows
     people = tmp_path / "people.csv"
     # ~2.5 MB of rows and index for a 1 MB disk: the disk fills during the import.
     people.write_text("".join(f"reader{i}@example.com,Reader number {i}\n" for i in range(30_000)))
