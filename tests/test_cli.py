@@ -448,10 +448,11 @@ def test_tables_fit_80_columns_and_show_whole_addresses(config_path, smtp_server
     run_digest(config_path, "subscribers", "add", address, "--name", "Bartholomew Montgomery-Fitzgerald III",
                check=True)
     run_digest(config_path, "send", check=True)
-    for command in (("subscribers", "list"), ("editions",)):
-        table = run_digest(config_path, *command, env={"COLUMNS": "80"}, check=True).stdout
+    tables = {command: run_digest(config_path, *command, env={"COLUMNS": "80"}, check=True).stdout
+              for command in (("subscribers", "list"), ("editions",))}
+    for table in tables.values():
         assert max(len(line) for line in table.splitlines()) <= 80, table
-    listing = run_digest(config_path, "subscribers", "list", env={"COLUMNS": "80"}, check=True).stdout
+    listing = tables["subscribers", "list"]
     first_column = "".join(line.split("│")[1].strip() for line in listing.splitlines() if line.startswith("│"))
     assert first_column == address, listing
 
