@@ -294,6 +294,33 @@ def settled(db, timeout: float = 30) -> None:
         time.sleep(0.02)
 
 
+def fetch(config: Path) -> None:
+    """`digest fetch` (every configured feed polled, its posts stored) in this process: for tests
+    whose subject is what comes after. A new database is created at the newest schema. The poll
+    runs in a thread of its own: its asyncio.run refuses the thread where Playwright's sync API
+    keeps its event loop (the browser tests)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from digest.clock import utc_now
+    from digest.service import pipeline
+
+    settings = load_settings(config)
+
+    def poll() -> list:
+        engine = make_engine(settings.database_url)
+        try:
+            start_from_head_template(engine)
+            ready(engine)
+            with session(engine) as s:
+                return pipeline.poll(s, settings, utc_now)
+        finally:
+            engine.dispose()
+
+    with ThreadPoolExecutor(1) as thread:
+        reports = thread.submit(poll).result()
+    assert reports and all(r.ok for r in reports), [r.error for r in reports]
+
+
 def subscribe(config: Path, *emails: str) -> None:
     """Confirmed subscribers in the configured database, as `digest subscribers add` / `import`
     makes them (a new database is created at the newest schema), but in this process: for tests
