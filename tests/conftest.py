@@ -13,9 +13,11 @@ import email.policy
 import io
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -199,9 +201,39 @@ def settings(config_path):
     return load_settings(config_path)
 
 
+_head_template: Path | None = None  # a SQLite file the migrations brought to head, once per test process
+
+
+def start_from_head_template(engine) -> None:
+    """A new SQLite file (none yet at the engine's path) starts as a copy of one the migrations
+    made once in this test process: Alembic takes ~0.1 s a database, ~130 tests make one. The
+    caller still runs create_schema or ready, which find it at head. Others are left as they are
+    (an existing file, PostgreSQL)."""
+    global _head_template
+    path = engine.url.database
+    if engine.dialect.name != "sqlite" or not path or path == ":memory:" or "mode=memory" in str(engine.url) \
+            or Path(path).exists():
+        return
+    if _head_template is None:
+        folder = Path(tempfile.mkdtemp(prefix="digest-head-"))
+        template = make_engine(f"sqlite:///{folder / 'head.db'}")
+        create_schema(template)
+        template.dispose()  # the last connection checkpoints the WAL into the file
+        _head_template = folder / "head.db"
+    shutil.copyfile(_head_template, path)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_head_template():
+    yield
+    if _head_template is not None:
+        shutil.rmtree(_head_template.parent, ignore_errors=True)
+
+
 @pytest.fixture
 def db(settings):
     engine = make_engine(settings.database_url)
+    start_from_head_template(engine)
     create_schema(engine)
     with session(engine) as s:
         yield s
@@ -262,6 +294,33 @@ def settled(db, timeout: float = 30) -> None:
         time.sleep(0.02)
 
 
+def fetch(config: Path) -> None:
+    """`digest fetch` (every configured feed polled, its posts stored) in this process: for tests
+    whose subject is what comes after. A new database is created at the newest schema. The poll
+    runs in a thread of its own: its asyncio.run refuses the thread where Playwright's sync API
+    keeps its event loop (the browser tests)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from digest.clock import utc_now
+    from digest.service import pipeline
+
+    settings = load_settings(config)
+
+    def poll() -> list:
+        engine = make_engine(settings.database_url)
+        try:
+            start_from_head_template(engine)
+            ready(engine)
+            with session(engine) as s:
+                return pipeline.poll(s, settings, utc_now)
+        finally:
+            engine.dispose()
+
+    with ThreadPoolExecutor(1) as thread:
+        reports = thread.submit(poll).result()
+    assert reports and all(r.ok for r in reports), [r.error for r in reports]
+
+
 def subscribe(config: Path, *emails: str) -> None:
     """Confirmed subscribers in the configured database, as `digest subscribers add` / `import`
     makes them (a new database is created at the newest schema), but in this process: for tests
@@ -271,6 +330,7 @@ def subscribe(config: Path, *emails: str) -> None:
 
     engine = make_engine(load_settings(config).database_url)
     try:
+        start_from_head_template(engine)
         ready(engine)
         with session(engine) as s:
             report = subscribers.import_csv(s, io.StringIO("email\n" + "".join(f"{e}\n" for e in emails)), utc_now)

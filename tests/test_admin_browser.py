@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from conftest import DIGEST, FIXTURES, free_port, run_digest, write_config
+from conftest import DIGEST, FIXTURES, fetch, free_port, run_digest, subscribe, write_config
 from digest.service.admin.area import ADMIN, NAV
 from test_web_browser import browser, wait_for  # noqa: F401 - the fixture, and its skip rules
 
@@ -45,13 +45,13 @@ def admin_server(tmp_path, smtp_server):
     url = f"http://127.0.0.1:{port}"
     first = [str(FIXTURES / "blogger.atom")]
     cfg = write_config(tmp_path, feeds=first, smtp_port=smtp_server.port, public_url=url)
-    run_digest(cfg, "fetch", check=True)
-    run_digest(cfg, "subscribers", "add", "reader@example.com", check=True)
+    fetch(cfg)  # in this process: the subject is the admin area
+    subscribe(cfg, "reader@example.com")  # in this process: the subject is what follows
     run_digest(cfg, "send", "--no-fetch", check=True)
     secret = re.search(r'^secret_key = "([^"]+)"', cfg.read_text(), re.M).group(1)
     cfg = write_config(tmp_path, feeds=[*first, str(FIXTURES / "wordpress.rss")], smtp_port=smtp_server.port,
                        public_url=url, secret_key=secret)
-    run_digest(cfg, "fetch", check=True)
+    fetch(cfg)  # in this process: the subject is the admin area
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
     added = subprocess.run([*DIGEST, "--config", str(cfg), "admin", "add", BOSS, "--password-stdin"],
                            input=PASSWORD + "\n", capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)

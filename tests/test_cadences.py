@@ -326,12 +326,12 @@ def test_each_cadence_has_its_archive(blog, client):
 
 @pytest.mark.slow
 def test_send_cadence_sends_one_and_schedule_shows_every_cadence(tmp_path, smtp_server):
-    from conftest import one_line_error, run_digest
+    from conftest import one_line_error, run_digest, subscribe
 
     feed = write_feed(tmp_path / "blog.atom", [1, 2])
     path = write_config(tmp_path, feeds=[str(feed)], smtp_port=smtp_server.port)
     path.write_text(path.read_text() + '\n[schedule.cadences]\ndaily = "0 7 * * *"\n')
-    run_digest(path, "subscribers", "add", "ann@example.com", check=True)
+    subscribe(path, "ann@example.com")  # in this process; dan's cadence is given as a reader gives it
     run_digest(path, "subscribers", "add", "dan@example.com", "--cadence", "daily", check=True)
     sent = run_digest(path, "send", "--cadence", "daily", check=True)
     assert "Daily edition 1: 2 posts, 1 delivered, 0 failed" in sent.stdout

@@ -9,7 +9,7 @@ from typing import ClassVar
 
 import pytest
 
-from conftest import FIXTURES, run_digest, write_config
+from conftest import FIXTURES, run_digest, subscribe, write_config
 from digest.config import load_settings
 from digest.service import pipeline
 from feedserver import TRICKLE_SECONDS, FeedServer
@@ -122,7 +122,7 @@ def test_a_json_feed_over_http_is_sent_with_its_posts_in_their_sections(tmp_path
     with FeedServer(routes={"/sidings/feed": ("text/plain; charset=utf-8", jsonfeed)}) as server:
         json_url, atom_url = f"{server.base}/sidings/feed", f"{server.base}/codelooru.atom"
         config = write_config(tmp_path, feeds=[json_url, atom_url], smtp_port=smtp_server.port)
-        run_digest(config, "subscribers", "add", "reader@example.com", check=True)
+        subscribe(config, "reader@example.com")  # in this process: the subject is what follows
         sent = run_digest(config, "send", check=True).stdout
     assert f"{json_url}: 4 new, 0 updated, 0 unchanged" in sent
     assert "Edition 1: 9 posts, 1 delivered, 0 failed" in sent

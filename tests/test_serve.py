@@ -334,7 +334,7 @@ def test_a_burst_of_sign_ups_with_a_slow_relay_gets_answers_and_every_mail_once(
 
     import httpx
 
-    smtp_server.on_message = lambda _got: time.sleep(1.0)  # a relay taking one message a second, one at a time
+    smtp_server.on_message = lambda _got: time.sleep(0.5)  # a relay taking two messages a second, one at a time
     serve = web_only(tmp_path, smtp_server)
     procs.append(serve)
     base = f"http://127.0.0.1:{serve.port}"
@@ -342,8 +342,9 @@ def test_a_burst_of_sign_ups_with_a_slow_relay_gets_answers_and_every_mail_once(
 
     def sign_up(i: int) -> int:
         # 8 readers behind the proxy (127.0.0.1 is trusted for X-Forwarded-For), 5 each: the rate limit.
-        # Each gets its answer long before the relay has sent the 40 s of mail (a bound 100 times
-        # what it takes, not a speed test: on a request that waits for SMTP it is a timeout).
+        # Each gets its answer long before the relay has sent the 20 s of mail (a bound 100 times
+        # what it takes, not a speed test: a request that waited for SMTP would be the 30th
+        # or later in the relay's queue, past 15 s: a timeout).
         headers = {"X-Forwarded-For": f"192.0.2.{i % 8 + 1}"}
         try:
             return httpx.post(f"{base}/subscribe", data={"email": addresses[i]}, headers=headers, timeout=15).status_code

@@ -24,7 +24,7 @@ import httpx
 import pytest
 from sqlmodel import select
 
-from conftest import DIGEST, free_port, run_digest, write_config
+from conftest import DIGEST, fetch, free_port, run_digest, write_config
 from digest.store.database import make_engine, session
 from digest.store.models import Subscriber, SubscriberStatus
 
@@ -135,7 +135,7 @@ def serve_digest(tmp_path: Path, smtp_server, site_url: str | None = None):
     cfg = write_config(tmp_path, smtp_port=smtp_server.port, public_url=url)
     if site_url:
         cfg.write_text(cfg.read_text().replace("[newsletter]\n", f'[newsletter]\nsite_url = "{site_url}"\n', 1))
-    run_digest(cfg, "fetch", check=True)  # the blog's topics appear on the form
+    fetch(cfg)  # the blog's topics appear on the form
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
     log = tmp_path / "serve.log"
     with log.open("w") as out:

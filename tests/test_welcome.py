@@ -15,7 +15,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette's note about httpx's successor
     from fastapi.testclient import TestClient
 
-from conftest import one_line_error, run_digest, settled, write_config
+from conftest import fetch, one_line_error, run_digest, settled, write_config
 from digest.config import load_settings
 from digest.content.render import Renderer
 from digest.delivery import outbox
@@ -203,7 +203,7 @@ def test_a_welcome_of_ones_own(tmp_path, db, clock, smtp_server, posts):
 
 def test_subscribers_add_welcome_queues_one_welcome_that_a_worker_sends(tmp_path, smtp_server):
     config = write_config(tmp_path, smtp_port=smtp_server.port)
-    run_digest(config, "fetch", check=True)
+    fetch(config)  # in this process: the subject is `subscribers add --welcome`
     added = run_digest(config, "subscribers", "add", "ann@example.com", "--name", "Ann", "--welcome", check=True)
     assert "Welcome mail queued" in added.stdout
     again = run_digest(config, "subscribers", "add", "ann@example.com", "--welcome", check=True)
