@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from sqlalchemy import TextClause, bindparam, func, text, update
+from sqlalchemy import TextClause, Update, bindparam, func, text, update
 from sqlalchemy.engine import Dialect
 from sqlmodel import Session, col, select
 
@@ -234,6 +234,15 @@ _PENDING_VARIANTS = text(
 )
 
 
+def _release(sender: str) -> Update:
+    """The UPDATE that gives back every claim `sender` still holds."""
+    return (
+        update(Delivery)
+        .where(col(Delivery.claimed_by) == sender, col(Delivery.status) == DeliveryStatus.pending)
+        .values(claimed_by=None, claimed_until=None)
+    )
+
+
 class SQLLedger:
     """DeliveryStore on a database session (SQLite or PostgreSQL)."""
 
@@ -311,11 +320,7 @@ class SQLLedger:
         return kept
 
     def release(self, sender: str) -> None:
-        self.session.execute(
-            update(Delivery)
-            .where(col(Delivery.claimed_by) == sender, col(Delivery.status) == DeliveryStatus.pending)
-            .values(claimed_by=None, claimed_until=None)
-        )
+        self.session.execute(_release(sender))
         self.session.commit()
 
     def replay(self, accepted: Sequence[Accepted]) -> int:
@@ -335,11 +340,7 @@ class SQLLedger:
         ).all()
         dead = [o for o in owners if o and is_gone(o)]
         for owner in dead:
-            self.session.execute(
-                update(Delivery)
-                .where(col(Delivery.claimed_by) == owner, col(Delivery.status) == DeliveryStatus.pending)
-                .values(claimed_by=None, claimed_until=None)
-            )
+            self.session.execute(_release(owner))
         self.session.commit()
         return len(dead)
 
