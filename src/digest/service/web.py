@@ -368,7 +368,7 @@ def create_app(
             return page("invalid_link.html", 400)
         notice = None
         if action == "save":
-            known = _with_chosen(signup.known_categories(s, order), sub)
+            known = signup.known_for(s, sub, order)
             signup.save_preferences(s, sub, categories=categories, known=known)
             notice = "Saved. Your next digest follows these choices."
         elif action == "pause":
@@ -388,7 +388,7 @@ def create_app(
         return preferences(s, sub, token, notice=notice)
 
     def preferences(s: Session, sub, token: str, notice: str | None = None) -> HTMLResponse:
-        known = _with_chosen(signup.known_categories(s, order), sub)
+        known = signup.known_for(s, sub, order)
         picked = signup.chosen(sub)
         return page(
             "preferences.html",
@@ -504,12 +504,6 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
         return False
     tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
     return "*" in tags or etag in tags
-
-
-def _with_chosen(known: list[str], sub) -> list[str]:
-    """Known categories plus any the subscriber chose that no post carries any more."""
-    picked = signup.chosen(sub) or frozenset()
-    return known + sorted(picked - set(known), key=str.casefold)
 
 
 def _stylesheet(override: FilePath | None) -> bytes:
