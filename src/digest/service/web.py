@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from email.utils import format_datetime
-from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 import anyio.to_thread
@@ -32,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from digest.clock import Clock, utc_now
 from digest.config import Settings, WebSettings
-from digest.content.render import Renderer, bundled_templates_dir, environment
+from digest.content.render import Renderer, environment, template_file
 from digest.delivery import outbox, webhooks
 from digest.errors import BadToken, InvalidAddress, NotFound
 from digest.links import (
@@ -165,7 +164,7 @@ def create_app(
     renderer = Renderer.from_settings(settings)
     urls = renderer.urls  # the pages' links: paths under public_url's path prefix
     limiter = RateLimiter(settings.web.rate_limit_per_minute, clock)
-    stylesheet = _stylesheet(settings.templates_dir)
+    stylesheet = template_file(settings.templates_dir, "web/style.css")
     order = settings.edition.sections
     cadences = Cadences(settings.schedule)
     resend_after = timedelta(minutes=settings.web.confirm_resend_minutes)
@@ -504,13 +503,6 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
         return False
     tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
     return "*" in tags or etag in tags
-
-
-def _stylesheet(override: FilePath | None) -> bytes:
-    for base in (override, bundled_templates_dir()):
-        if base is not None and (base / "web" / "style.css").is_file():
-            return (base / "web" / "style.css").read_bytes()
-    return b""
 
 
 def serve(app: FastAPI, web: WebSettings, host: str | None = None, port: int | None = None,
