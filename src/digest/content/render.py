@@ -138,6 +138,15 @@ def bundled_templates_dir() -> Path:
     raise FileNotFoundError("bundled templates not found")
 
 
+def template_file(override_dir: Path | None, name: str) -> bytes:
+    """The bytes of template file `name` (e.g. "web/style.css"): override_dir's, else the bundled
+    one; b"" when neither has it."""
+    for base in (override_dir, bundled_templates_dir()):
+        if base is not None and (base / name).is_file():
+            return (base / name).read_bytes()
+    return b""
+
+
 def environment(override_dir: Path | None = None) -> jinja2.Environment:
     dirs = [str(override_dir)] if override_dir else []
     dirs.append(str(bundled_templates_dir()))

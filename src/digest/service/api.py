@@ -227,9 +227,7 @@ def create_api(settings: Settings, engine: Engine, clock: Clock, wake: Callable[
 
     def known_topics(s: Session, sub: Subscriber | None, topics: list[str]) -> list[str]:
         """The known categories (and those `sub` chose before); ApiError naming a topic that is neither."""
-        known = signup.known_categories(s, order)
-        if sub is not None and sub.topics:
-            known += sorted(set(sub.topics) - set(known), key=str.casefold)
+        known = signup.known_for(s, sub, order)
         for topic in topics:
             if topic not in known:
                 raise ApiError(422, ErrorCode.unknown_topic, f"unknown topic {topic!r}: no post carries it"

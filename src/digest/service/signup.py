@@ -79,6 +79,13 @@ def chosen(sub: Subscriber) -> frozenset[str] | None:
     return None if sub.topics is None else frozenset(sub.topics)
 
 
+def known_for(session: Session, sub: Subscriber | None, order: Sequence[str] = ()) -> list[str]:
+    """Known categories plus any `sub` chose that no post carries any more."""
+    known = known_categories(session, order)
+    picked = (chosen(sub) if sub is not None else None) or frozenset()
+    return known + sorted(picked - set(known), key=str.casefold)
+
+
 # --- subscribe --------------------------------------------------------------------------------
 
 

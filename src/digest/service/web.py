@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from email.utils import format_datetime
-from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 import anyio.to_thread
@@ -32,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from digest.clock import Clock, utc_now
 from digest.config import Settings, WebSettings
-from digest.content.render import Renderer, bundled_templates_dir, environment
+from digest.content.render import Renderer, environment, template_file
 from digest.delivery import outbox, webhooks
 from digest.errors import BadToken, InvalidAddress, NotFound
 from digest.links import (
@@ -165,7 +164,7 @@ def create_app(
     renderer = Renderer.from_settings(settings)
     urls = renderer.urls  # the pages' links: paths under public_url's path prefix
     limiter = RateLimiter(settings.web.rate_limit_per_minute, clock)
-    stylesheet = _stylesheet(settings.templates_dir)
+    stylesheet = template_file(settings.templates_dir, "web/style.css")
     order = settings.edition.sections
     cadences = Cadences(settings.schedule)
     resend_after = timedelta(minutes=settings.web.confirm_resend_minutes)
@@ -368,7 +367,7 @@ def create_app(
             return page("invalid_link.html", 400)
         notice = None
         if action == "save":
-            known = _with_chosen(signup.known_categories(s, order), sub)
+            known = signup.known_for(s, sub, order)
             signup.save_preferences(s, sub, categories=categories, known=known)
             notice = "Saved. Your next digest follows these choices."
         elif action == "pause":
@@ -388,7 +387,7 @@ def create_app(
         return preferences(s, sub, token, notice=notice)
 
     def preferences(s: Session, sub, token: str, notice: str | None = None) -> HTMLResponse:
-        known = _with_chosen(signup.known_categories(s, order), sub)
+        known = signup.known_for(s, sub, order)
         picked = signup.chosen(sub)
         return page(
             "preferences.html",
@@ -504,19 +503,6 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
         return False
     tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
     return "*" in tags or etag in tags
-
-
-def _with_chosen(known: list[str], sub) -> list[str]:
-    """Known categories plus any the subscriber chose that no post carries any more."""
-    picked = signup.chosen(sub) or frozenset()
-    return known + sorted(picked - set(known), key=str.casefold)
-
-
-def _stylesheet(override: FilePath | None) -> bytes:
-    for base in (override, bundled_templates_dir()):
-        if base is not None and (base / "web" / "style.css").is_file():
-            return (base / "web" / "style.css").read_bytes()
-    return b""
 
 
 def serve(app: FastAPI, web: WebSettings, host: str | None = None, port: int | None = None,

@@ -44,7 +44,7 @@ from starlette.exceptions import HTTPException
 
 from digest.clock import Clock
 from digest.config import Settings
-from digest.content.render import bundled_templates_dir
+from digest.content.render import template_file
 from digest.delivery.outbox import Relay
 from digest.delivery.webhooks import Events
 from digest.links import PublicUrls
@@ -68,6 +68,7 @@ ADMIN_CSP = (
 # The next-edition page frames its preview (a URL of this app, itself sandboxed).
 FRAMING_CSP = ADMIN_CSP + "; frame-src 'self'"
 NO_STORE = {"Cache-Control": "no-store", "X-Robots-Tag": "noindex, nofollow"}
+MAX_ID = 2**62  # ids and numbers in admin URLs: a larger one is no row's, so 422, not a database error
 
 # The navigation of every admin page: (label, path under /admin). A new page adds its line.
 NAV: list[tuple[str, str]] = [("Overview", ""), ("Next edition", "/next"), ("Editions", "/editions"),
@@ -207,13 +208,6 @@ def _route_modules() -> list[Callable[[AdminContext], Any]]:
     return [signin.routes, home.routes, editions.routes, subscribers.routes]
 
 
-def stylesheet(override: Any) -> bytes:
-    for base in (override, bundled_templates_dir()):
-        if base is not None and (base / "admin" / "admin.css").is_file():
-            return bytes((base / "admin" / "admin.css").read_bytes())
-    return b""
-
-
 def mount(app: FastAPI, settings: Settings, *, engine: Engine, clock: Clock, env: Environment,
           db: Callable[..., AsyncIterator[Session]], relay: Relay, mailer_factory: Callable[[], Mailer]) -> SendNow:
     """Add /admin to `app`. Returns the "send now" thread, which the app's lifespan starts and closes."""
@@ -221,7 +215,7 @@ def mount(app: FastAPI, settings: Settings, *, engine: Engine, clock: Clock, env
     ctx = AdminContext(settings, engine, clock, env, db, relay, send_now)
     for routes in _route_modules():
         app.include_router(routes(ctx), prefix=ADMIN)
-    css = stylesheet(settings.templates_dir)
+    css = template_file(settings.templates_dir, "admin/admin.css")
     app.add_api_route(ADMIN + "/admin.css", lambda: Response(css, media_type="text/css"), include_in_schema=False)
 
     async def to_login(request: Request, exc: Exception) -> Response:

@@ -28,11 +28,10 @@ from digest.delivery.ledger import reset_for_retry
 from digest.errors import NotFound
 from digest.service.admin import overview
 from digest.service.admin.accounts import SignedIn
-from digest.service.admin.area import NO_STORE, AdminContext
+from digest.service.admin.area import MAX_ID, NO_STORE, AdminContext
 from digest.store.models import MAIN_CADENCE, Edition
 
 PAGE = 50  # editions a page; failed deliveries a page
-MAX_ID = 2**62  # a larger number in a URL is not one of ours: 422, not a database error
 
 Number = Annotated[int, Path(ge=1, le=MAX_ID)]
 

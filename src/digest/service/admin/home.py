@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from digest.service import pipeline
 from digest.service.admin import chart, overview, sending, testmail
 from digest.service.admin.accounts import SignedIn
-from digest.service.admin.area import FRAMING_CSP, NO_STORE, AdminContext
+from digest.service.admin.area import FRAMING_CSP, MAX_ID, NO_STORE, AdminContext
 from digest.service.scheduler import when
 
 # The preview is the email's own HTML (inline styles, as email needs), shown in a frame that
@@ -95,7 +95,7 @@ def routes(ctx: AdminContext) -> APIRouter:
         return ctx.redirect(f"/send/{row.id}")
 
     @router.get("/send/{request_id}", response_class=HTMLResponse)
-    def send_status(who: Admin, s: DB, request_id: Annotated[int, Path(ge=1, le=2**62)]):
+    def send_status(who: Admin, s: DB, request_id: Annotated[int, Path(ge=1, le=MAX_ID)]):
         row = sending.get(s, request_id)
         if row is None:
             raise HTTPException(404, headers=NO_STORE)

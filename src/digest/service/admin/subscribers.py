@@ -36,7 +36,7 @@ from digest.service import signup
 from digest.service import subscribers as subs
 from digest.service.admin import overview
 from digest.service.admin.accounts import SignedIn
-from digest.service.admin.area import NO_STORE, AdminContext
+from digest.service.admin.area import MAX_ID, NO_STORE, AdminContext
 from digest.store.database import session as new_session
 from digest.store.models import Delivery, Edition, Subscriber, SubscriberStatus, stored_id
 
@@ -45,7 +45,6 @@ WINDOW = 100_000  # subscribers (by id) a "contains" or topic search looks throu
 IMPORT_LIMIT = 5 * 1024 * 1024  # bytes of an uploaded CSV (~100,000 rows); more: `digest subscribers import`
 SHOWN_ERRORS = 100  # bad rows of an import listed on the page (all are counted)
 SHOWN_DELIVERIES = 50  # a subscriber's newest deliveries, and bounces, on their page
-MAX_ID = 2**62
 
 
 @dataclass(frozen=True)
