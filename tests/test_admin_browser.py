@@ -16,12 +16,11 @@ import re
 import subprocess
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 
 from conftest import DIGEST, FIXTURES, fetch, free_port, run_digest, subscribe, write_config
 from digest.service.admin.area import ADMIN, NAV
-from test_web_browser import browser, wait_for  # noqa: F401 - the fixture, and its skip rules
+from test_web_browser import browser, running_serve  # noqa: F401 - the fixture, and its skip rules
 
 PASSWORD = "correct horse battery staple"
 BOSS = "boss@example.com"
@@ -56,27 +55,8 @@ def admin_server(tmp_path, smtp_server):
     added = subprocess.run([*DIGEST, "--config", str(cfg), "admin", "add", BOSS, "--password-stdin"],
                            input=PASSWORD + "\n", capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
     assert added.returncode == 0, added.stderr
-    log = tmp_path / "serve.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen([*DIGEST, "--config", str(cfg), "serve", "--no-scheduler", "--port", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for("digest serve to answer /healthz", healthy, proc=proc, log=log)
+    with running_serve(cfg, port, tmp_path, "--no-scheduler"):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.mark.slow

@@ -136,23 +136,31 @@ def serve_digest(tmp_path: Path, smtp_server, site_url: str | None = None):
     if site_url:
         cfg.write_text(cfg.read_text().replace("[newsletter]\n", f'[newsletter]\nsite_url = "{site_url}"\n', 1))
     fetch(cfg)  # the blog's topics appear on the form
+    with running_serve(cfg, port, tmp_path) as (proc, log):
+        yield Server(url, cfg, proc, log)
+
+
+@contextmanager
+def running_serve(cfg: Path, port: int, tmp_path: Path, *args: str):
+    """`digest serve --port PORT *args` as a subprocess (no DIGEST_ variable of the test's
+    environment), once it answers /healthz; yields (process, log file) and stops it after."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
     log = tmp_path / "serve.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [*DIGEST, "--config", str(cfg), "serve", "--port", str(port)],
+            [*DIGEST, "--config", str(cfg), "serve", *args, "--port", str(port)],
             stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=env,
         )
 
     def healthy() -> bool:
         try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
 
     try:
         wait_for("digest serve to answer /healthz", healthy, proc=proc, log=log)
-        yield Server(url, cfg, proc, log)
+        yield proc, log
     finally:
         proc.terminate()
         try:
