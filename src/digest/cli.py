@@ -716,12 +716,6 @@ def db_revision(
 # --- subscribers ------------------------------------------------------------------------------
 
 
-def _events(cfg: Settings) -> Events:
-    """The configured webhooks, dated now; a subscriber of the main cadence is reported under its
-    name (schedule.name)."""
-    return Events(cfg.webhooks, utc_now, cfg.schedule.name)
-
-
 def _smtputf8_note(count: int, who: str) -> str:
     """Non-ASCII addresses are stored, but only a relay offering SMTPUTF8 takes them: say so now
     rather than at send time."""
@@ -749,7 +743,7 @@ def subscribers_add(
         known = subs.find(s, email)
         welcomed_before = known is not None and known.welcomed_at is not None
         sub, created = subs.add(s, email, utc_now, name=name, welcome_mail=welcome,
-                                events=_events(cfg), cadence=chosen)
+                                events=Events.from_settings(cfg, utc_now), cadence=chosen)
     out.print(f"{'Added' if created else 'Updated'} {sub.email} ({sub.status.value})")
     if welcome:
         out.print(f"{sub.email} had their welcome mail already: none queued" if welcomed_before else
@@ -836,7 +830,7 @@ def subscribers_remove(email: str) -> None:
     cfg = settings()
     with db(cfg.database_url) as s:
         sub = subs.get(s, email)
-        changed = subs.unsubscribe(s, sub, utc_now, _events(cfg))
+        changed = subs.unsubscribe(s, sub, utc_now, Events.from_settings(cfg, utc_now))
     out.print(f"Unsubscribed {sub.email}" if changed else f"{sub.email} was already unsubscribed")
 
 
@@ -1010,7 +1004,7 @@ def bounces_process(
     cfg = settings()
     with db(cfg.database_url) as s:
         report = bounces_svc.process(s, VERP(cfg.newsletter.secret_key, cfg.bounce_domain), path, utc_now,
-                                     _events(cfg))
+                                     Events.from_settings(cfg, utc_now))
     for label, reason in report.unreadable:
         err.print(f"{label}: not processed: {reason}")
     out.print(f"Read {plural(report.read, 'message')}: {plural(report.hard, 'hard bounce')},"

@@ -31,7 +31,7 @@ from sqlmodel import Session
 
 from digest import __version__
 from digest.clock import Clock, utc_now
-from digest.config import EVENTS, WebhookSettings
+from digest.config import EVENTS, Settings, WebhookSettings
 from digest.delivery import outbox
 from digest.store.models import Outbox, Subscriber, as_utc
 
@@ -59,6 +59,12 @@ class Events:
         self.hooks = tuple(hooks)
         self.clock = clock
         self.main_cadence = main_cadence
+
+    @classmethod
+    def from_settings(cls, settings: Settings, clock: Clock) -> Events:
+        """The configured webhooks; a reader of the main cadence is reported under its name
+        (schedule.name), not as it is stored ("")."""
+        return cls(settings.webhooks, clock, settings.schedule.name)
 
     def cadence(self, key: str) -> str:
         """The name of the cadence stored as `key`."""

@@ -182,7 +182,7 @@ def create_api(settings: Settings, engine: Engine, clock: Clock, wake: Callable[
     confirmation mail was queued."""
     order = settings.edition.sections
     cadences = Cadences(settings.schedule)
-    events = Events(settings.webhooks, clock, settings.schedule.name)
+    events = Events.from_settings(settings, clock)
     resend_after = timedelta(minutes=settings.web.confirm_resend_minutes)
     requests = RateLimiter(settings.api.rate_limit_per_minute, clock)
     sign_ups = RateLimiter(settings.api.sign_ups_per_minute, clock)

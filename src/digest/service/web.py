@@ -170,7 +170,7 @@ def create_app(
     resend_after = timedelta(minutes=settings.web.confirm_resend_minutes)
 
     kinds = {**signup.outbox_kinds(settings, links, clock, renderer), **testmail.outbox_kinds(settings, clock)}
-    events = webhooks.Events(settings.webhooks, clock, settings.schedule.name)
+    events = webhooks.Events.from_settings(settings, clock)
     relay = outbox.Relay(
         engine, kinds, mailer_factory, clock,
         connections=settings.smtp.connections, max_attempts=settings.smtp.max_attempts,

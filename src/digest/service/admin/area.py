@@ -106,7 +106,7 @@ class AdminContext:
     def __post_init__(self) -> None:
         self.urls = PublicUrls(self.settings.newsletter.public_url)
         self.cadences = Cadences(self.settings.schedule)
-        self.events = Events(self.settings.webhooks, self.clock, self.settings.schedule.name)
+        self.events = Events.from_settings(self.settings, self.clock)
         self.secure = self.settings.newsletter.public_url.startswith("https://")
         self._session_signer = Signer(self.settings.newsletter.secret_key, salt=SESSION_SALT)
         self._login_signer = Signer(self.settings.newsletter.secret_key, salt=LOGIN_SALT)
